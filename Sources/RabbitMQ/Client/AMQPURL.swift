@@ -25,12 +25,13 @@ struct AMQPURL: Equatable {
         default: throw invalid("the scheme must be amqp or amqps")
         }
         var rest = schemeParts[1]
+        // Checked before the query is split off, so a fragment after the query is refused too.
+        if rest.contains("#") { throw invalid("fragments are not allowed") }
         var query: Substring = ""
         if let mark = rest.firstIndex(of: "?") {
             query = rest[rest.index(after: mark)...]
             rest = rest[..<mark]
         }
-        if rest.contains("#") { throw invalid("fragments are not allowed") }
         var authority = rest
         var path: Substring = ""
         if let slash = rest.firstIndex(of: "/") {
@@ -71,30 +72,56 @@ struct AMQPURL: Equatable {
         for item in query.split(separator: "&") where !item.isEmpty {
             let pair = item.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
             let key = String(pair[0])
+            // Never echo an unknown key: the tail of a password with an unencoded '?' lands here.
+            guard Self.queryKeys.contains(key) else { throw invalid(Self.unknownQueryKey) }
             let value = pair.count > 1 ? try Self.percentDecoded(pair[1], part: key) : ""
             switch key {
             case "heartbeat":
-                guard let seconds = UInt32(value) else { throw invalid("heartbeat must be whole seconds") }
+                // The protocol carries the heartbeat as a 16-bit number of seconds.
+                guard let seconds = Self.integer(value, as: UInt16.self) else {
+                    throw invalid("heartbeat must be whole seconds, 0 to 65535")
+                }
                 heartbeat = .seconds(seconds)
             case "connection_timeout":
-                guard let milliseconds = UInt32(value) else { throw invalid("connection_timeout must be milliseconds") }
+                guard let milliseconds = Self.integer(value, as: UInt32.self) else {
+                    throw invalid("connection_timeout must be milliseconds")
+                }
                 connectTimeout = .milliseconds(milliseconds)
             case "frame_max":
-                guard let frames = UInt32(value), frames >= 4096 else { throw invalid("frame_max must be at least 4096") }
+                guard let frames = Self.integer(value, as: UInt32.self), frames >= 4096 else {
+                    throw invalid("frame_max must be at least 4096")
+                }
                 frameMax = frames
             case "channel_max":
-                guard let channels = UInt16(value) else { throw invalid("channel_max must be 0 to 65535") }
+                guard let channels = Self.integer(value, as: UInt16.self) else {
+                    throw invalid("channel_max must be 0 to 65535")
+                }
                 channelMax = channels
             case "connection_name":
                 connectionName = value
             default:
-                throw invalid("unknown query parameter '\(key)'")
+                throw invalid(Self.unknownQueryKey)
             }
         }
     }
 
+    /// The query parameters the parser understands.
+    private static let queryKeys = ["heartbeat", "connection_timeout", "frame_max", "channel_max", "connection_name"]
+    private static let unknownQueryKey =
+        "unknown query parameter; the supported ones are \(queryKeys.joined(separator: ", "))"
+
+    /// `text` as a number when it is only ASCII digits (no sign, no spaces) and fits `T`.
+    private static func integer<T: FixedWidthInteger>(_ text: some StringProtocol, as type: T.Type) -> T? {
+        guard !text.isEmpty, text.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }) else {
+            return nil
+        }
+        return T(text, radix: 10)
+    }
+
     private static func port(_ text: Substring, invalid: (String) -> RabbitMQError) throws(RabbitMQError) -> Int {
-        guard let port = Int(text), (1...65535).contains(port) else { throw invalid("the port must be 1 to 65535") }
+        guard let port = integer(text, as: Int.self), (1...65535).contains(port) else {
+            throw invalid("the port must be 1 to 65535")
+        }
         return port
     }
 
