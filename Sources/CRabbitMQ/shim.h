@@ -14,4 +14,20 @@
 #include <amqp_ssl_socket.h>
 #endif
 
+// Swift cannot call C variadic functions; these wrappers fix the SASL arguments.
+static inline amqp_rpc_reply_t swift_amqp_login_plain(amqp_connection_state_t state, const char *vhost,
+                                                      int channel_max, int frame_max, int heartbeat,
+                                                      const amqp_table_t *properties, const char *user,
+                                                      const char *password) {
+    return amqp_login_with_properties(state, vhost, channel_max, frame_max, heartbeat, properties,
+                                      AMQP_SASL_METHOD_PLAIN, user, password);
+}
+
+static inline amqp_rpc_reply_t swift_amqp_login_external(amqp_connection_state_t state, const char *vhost,
+                                                         int channel_max, int frame_max, int heartbeat,
+                                                         const amqp_table_t *properties, const char *identity) {
+    return amqp_login_with_properties(state, vhost, channel_max, frame_max, heartbeat, properties,
+                                      AMQP_SASL_METHOD_EXTERNAL, identity);
+}
+
 #endif

@@ -1,0 +1,51 @@
+import Synchronization
+
+/// What tasks share with the I/O thread about one open channel: its number, whether it is still open,
+/// its publish window, and the queue to send commands through.
+///
+/// A channel number is reused after a channel closes; a link is not, so a stale delivery's ack can be
+/// recognised and refused.
+final class ChannelLink: Sendable {
+    let number: UInt16
+    let commands: CommandQueue
+    let window: PublishWindow
+    private let closure = Mutex<RabbitMQError?>(nil)
+    private let open = Atomic<Bool>(true)
+
+    init(number: UInt16, commands: CommandQueue, windowCapacity: Int) {
+        self.number = number
+        self.commands = commands
+        self.window = PublishWindow(capacity: windowCapacity)
+    }
+
+    /// Whether the channel is open, cheaply.
+    var isOpen: Bool { open.load(ordering: .acquiring) }
+
+    /// The error the channel closed with, or `nil` while it is open.
+    var closedError: RabbitMQError? { closure.withLock { $0 } }
+
+    /// Records that the channel closed (first error wins) and fails publishers waiting for room.
+    func markClosed(_ error: RabbitMQError) {
+        let first = closure.withLock { stored -> Bool in
+            guard stored == nil else { return false }
+            stored = error
+            return true
+        }
+        guard first else { return }
+        open.store(false, ordering: .releasing)
+        window.close(error)
+    }
+
+    /// Throws the closing error if the channel is closed.
+    func checkOpen(_ operation: String) throws(RabbitMQError) {
+        guard !isOpen else { return }
+        var error = closedError ?? RabbitMQError(.clientClosed, "the channel is closed")
+        error.operation = operation
+        throw error
+    }
+
+    /// Hands a command to the I/O thread.
+    func submit(_ command: EngineCommand) throws(RabbitMQError) {
+        try commands.submit(command)
+    }
+}

@@ -1,0 +1,124 @@
+import Foundation
+
+extension RabbitMQClient {
+    /// Declares every exchange, queue and binding of `topology`, in that order. Idempotent: declaring what
+    /// exists with the same settings succeeds.
+    /// - Returns: the declared queues' names and counts, in the topology's order.
+    /// - Throws: ``RabbitMQError`` with reply code 406 when something exists with other settings.
+    @discardableResult
+    public func declare(_ topology: Topology) async throws -> [QueueInfo] {
+        try await withChannel { try await $0.declare(topology) }
+    }
+
+    /// Declares an exchange. See ``Channel/declare(_:)-(Exchange)``.
+    public func declare(_ exchange: Exchange) async throws {
+        try await withChannel { try await $0.declare(exchange) }
+    }
+
+    /// Declares a queue and returns its name and counts. See ``Channel/declare(_:)-(Queue)``.
+    @discardableResult
+    public func declare(_ queue: Queue) async throws -> QueueInfo {
+        try await withChannel { try await $0.declare(queue) }
+    }
+
+    /// Adds a binding.
+    public func bind(_ binding: Binding) async throws {
+        try await withChannel { try await $0.bind(binding) }
+    }
+
+    /// Removes a binding.
+    public func unbind(_ binding: Binding) async throws {
+        try await withChannel { try await $0.unbind(binding) }
+    }
+
+    /// A queue's message and consumer counts, without creating it.
+    /// - Throws: ``RabbitMQError`` with reply code 404 when the queue does not exist.
+    public func queueInfo(_ name: String) async throws -> QueueInfo {
+        try await withChannel { try await $0.queueInfo(name) }
+    }
+
+    /// Checks that an exchange exists.
+    /// - Throws: ``RabbitMQError`` with reply code 404 when it does not.
+    public func checkExchange(_ name: String) async throws {
+        try await withChannel { try await $0.checkExchange(name) }
+    }
+
+    /// Deletes a queue and returns how many messages it held.
+    @discardableResult
+    public func deleteQueue(_ name: String, ifUnused: Bool = false, ifEmpty: Bool = false) async throws -> UInt32 {
+        try await withChannel { try await $0.deleteQueue(name, ifUnused: ifUnused, ifEmpty: ifEmpty) }
+    }
+
+    /// Deletes an exchange.
+    public func deleteExchange(_ name: String, ifUnused: Bool = false) async throws {
+        try await withChannel { try await $0.deleteExchange(name, ifUnused: ifUnused) }
+    }
+
+    /// Removes every ready message from a queue and returns how many there were.
+    @discardableResult
+    public func purge(_ queue: String) async throws -> UInt32 {
+        try await withChannel { try await $0.purge(queue) }
+    }
+
+    /// Publishes a message and returns once the broker has confirmed it (publisher confirms).
+    ///
+    /// Many tasks may publish at once: they share one confirm channel whose window
+    /// (``Configuration/publishWindow``) bounds the messages in flight. For the highest rate from one task,
+    /// open a ``Channel``, ``Channel/enableConfirms(window:)`` and await confirmations in bulk.
+    /// - Throws: ``RabbitMQError``: ``RabbitMQError/Code/publishNacked``, ``RabbitMQError/Code/unroutable``
+    ///   (mandatory only), ``RabbitMQError/Code/timeout``, ``RabbitMQError/Code/messageTooLarge``, or the
+    ///   channel's or connection's failure.
+    public func publish(
+        _ body: [UInt8],
+        to exchange: String = "",
+        routingKey: String,
+        properties: MessageProperties = MessageProperties(),
+        mandatory: Bool = false
+    ) async throws {
+        let channel = try await publisherChannel()
+        try await channel.publish(body, to: exchange, routingKey: routingKey, properties: properties,
+                                  mandatory: mandatory).wait()
+    }
+
+    /// Publishes `value` as JSON and returns once the broker has confirmed it.
+    public func publish(
+        json value: some Encodable,
+        to exchange: String = "",
+        routingKey: String,
+        properties: MessageProperties = MessageProperties(),
+        mandatory: Bool = false,
+        encoder: JSONEncoder = JSONEncoder()
+    ) async throws {
+        let channel = try await publisherChannel()
+        try await channel.publish(json: value, to: exchange, routingKey: routingKey, properties: properties,
+                                  mandatory: mandatory, encoder: encoder).wait()
+    }
+
+    /// Consumes `queue` on a channel of its own, with at most `prefetch` unacknowledged deliveries.
+    /// Ending the loop over the result (or ``Consumer/cancel()``) cancels the consumer and closes its
+    /// channel; unacknowledged deliveries go back to the queue.
+    public func consume(_ queue: String, prefetch: UInt16 = 100, options: ConsumeOptions = ConsumeOptions())
+        async throws -> Consumer
+    {
+        guard prefetch > 0 else {
+            throw RabbitMQError(.invalidArgument, "prefetch must be at least 1: 0 would mean unlimited buffering",
+                                operation: "basic.qos")
+        }
+        let channel = try await openChannel()
+        do {
+            try await channel.setPrefetch(prefetch)
+            return try await channel.consume(queue, options: options, ownsChannel: true)
+        } catch {
+            try? await channel.close()
+            throw error
+        }
+    }
+
+    /// Fetches one message from `queue`, or `nil` if it is empty. With manual acknowledgement, settle it
+    /// before the client closes (a pooled channel carries it).
+    public func get(from queue: String, acknowledgement: ConsumeOptions.Acknowledgement = .manual) async throws
+        -> Delivery?
+    {
+        try await withChannel { try await $0.get(from: queue, acknowledgement: acknowledgement) }
+    }
+}

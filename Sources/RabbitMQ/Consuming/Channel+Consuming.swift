@@ -1,0 +1,42 @@
+extension Channel {
+    /// Limits how many unacknowledged deliveries the broker sends to each consumer started afterwards on this
+    /// channel (or, with `global`, to the channel as a whole).
+    public func setPrefetch(_ count: UInt16, global: Bool = false) async throws {
+        _ = try await request(.basicQos(prefetchCount: count, global: global))
+    }
+
+    /// Starts a consumer on `queue`. Set the prefetch with ``setPrefetch(_:global:)`` first.
+    /// - Throws: ``RabbitMQError`` with reply code 404 if the queue does not exist, 403 or 405 if another
+    ///   consumer holds it exclusively (either closes the channel).
+    public func consume(_ queue: String, options: ConsumeOptions = ConsumeOptions()) async throws -> Consumer {
+        try await consume(queue, options: options, ownsChannel: false)
+    }
+
+    func consume(_ queue: String, options: ConsumeOptions, ownsChannel: Bool) async throws -> Consumer {
+        try NameValidation.validateEntityName(queue, as: "queue name", operation: "basic.consume")
+        let tag = options.consumerTag ?? ConsumerCore.makeTag()
+        try NameValidation.validate(tag, as: "consumer tag", operation: "basic.consume")
+        try NameValidation.validate(options.arguments, as: "consumer arguments", operation: "basic.consume")
+        var arguments = options.arguments
+        if let priority = options.priority { arguments["x-priority"] = .int32(priority) }
+        let buffer = DeliveryBuffer()
+        try link.submit(.registerConsumer(link, consumerTag: tag, buffer))
+        _ = try await request(.basicConsume(queue: queue, consumerTag: tag, noAck: false, exclusive: options.exclusive,
+                                            arguments: arguments))
+        return Consumer(core: ConsumerCore(tag: tag, channel: self, buffer: buffer, ownsChannel: ownsChannel,
+                                           acknowledgesAutomatically: options.acknowledgement == .automatic))
+    }
+
+    /// Fetches one message from `queue` (basic.get), or `nil` if it is empty. Prefer a consumer for a stream
+    /// of messages: each get is a round trip.
+    public func get(from queue: String, acknowledgement: ConsumeOptions.Acknowledgement = .manual) async throws
+        -> Delivery?
+    {
+        try NameValidation.validateEntityName(queue, as: "queue name", operation: "basic.get")
+        switch try await request(.basicGet(queue: queue, noAck: acknowledgement == .automatic)) {
+        case .message(let delivery): return delivery
+        case .getEmpty: return nil
+        default: throw Self.unexpectedReply("basic.get")
+        }
+    }
+}

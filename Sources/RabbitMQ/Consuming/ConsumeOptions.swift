@@ -1,0 +1,33 @@
+/// How a consumer receives messages.
+public struct ConsumeOptions: Sendable, Hashable {
+    /// When deliveries are acknowledged.
+    public enum Acknowledgement: Sendable, Hashable {
+        /// The application settles each delivery with ``Delivery/ack(multiple:)``, ``Delivery/nack(requeue:multiple:)``
+        /// or ``Delivery/reject(requeue:)``. The default.
+        case manual
+        /// The library acknowledges each delivery as the sequence hands it over. Unlike AMQP's `no-ack`, the
+        /// prefetch limit still applies, so a slow consumer never buffers more than the prefetch.
+        case automatic
+    }
+
+    /// When deliveries are acknowledged. Default ``Acknowledgement/manual``.
+    public var acknowledgement: Acknowledgement
+    /// Whether this must be the queue's only consumer. Default `false`.
+    public var exclusive: Bool
+    /// Consumer priority (`x-priority`): higher-priority consumers get messages first. Default `nil`.
+    public var priority: Int32?
+    /// Consumer tag; `nil` lets the library generate a unique one. Default `nil`.
+    public var consumerTag: String?
+    /// Extra consumer arguments. Default empty.
+    public var arguments: FieldTable
+
+    /// Creates options; every argument has its documented default.
+    public init(acknowledgement: Acknowledgement = .manual, exclusive: Bool = false, priority: Int32? = nil,
+                consumerTag: String? = nil, arguments: FieldTable = [:]) {
+        self.acknowledgement = acknowledgement
+        self.exclusive = exclusive
+        self.priority = priority
+        self.consumerTag = consumerTag
+        self.arguments = arguments
+    }
+}

@@ -1,0 +1,107 @@
+import Foundation
+import Synchronization
+
+/// The deliveries of one consumer, as an `AsyncSequence`.
+///
+/// ```swift
+/// for try await delivery in try await client.consume("orders.coupon", prefetch: 50) {
+///     try await handle(delivery)
+///     try await delivery.ack()
+/// }
+/// ```
+/// Deliveries cross from the connection's I/O thread in batches, and at most the prefetch count of them is
+/// ever buffered. Leaving the loop, cancelling its task or calling ``cancel()`` cancels the consumer at the
+/// broker; unacknowledged deliveries go back to the queue when its channel closes. The sequence ends with
+/// ``RabbitMQError/Code/consumerCancelled`` if the broker cancels the consumer (its queue was deleted), and
+/// with the channel's or connection's error if either fails.
+public struct Consumer: AsyncSequence, Sendable {
+    public typealias Element = Delivery
+    let core: ConsumerCore
+
+    /// The consumer tag the broker knows this consumer by.
+    public var consumerTag: String { core.tag }
+
+    /// Stops the consumer at the broker; the sequence ends after the deliveries already received.
+    /// For a consumer opened by ``RabbitMQClient/consume(_:prefetch:options:)`` this also closes its channel,
+    /// which returns unacknowledged deliveries to the queue.
+    public func cancel() async {
+        await core.cancel()
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(core: core)
+    }
+
+    /// Iterates the deliveries; not meant to be shared between tasks.
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        let core: ConsumerCore
+        private var batch: [Delivery] = []
+        private var index = 0
+
+        init(core: ConsumerCore) {
+            self.core = core
+        }
+
+        public mutating func next() async throws -> Delivery? {
+            if index == batch.count {
+                batch = try await core.buffer.next()
+                index = 0
+                if batch.isEmpty { return nil }
+            }
+            let delivery = batch[index]
+            index += 1
+            if core.acknowledgesAutomatically {
+                try delivery.link.submit(.settle(delivery.link, .ack(deliveryTag: delivery.deliveryTag, multiple: false)))
+            }
+            return delivery
+        }
+    }
+}
+
+/// The consumer's registration; cancels it at the broker when the last sequence or iterator lets go.
+final class ConsumerCore: Sendable {
+    let tag: String
+    let channel: Channel
+    let buffer: DeliveryBuffer
+    let ownsChannel: Bool
+    let acknowledgesAutomatically: Bool
+    private let cancelled = Atomic<Bool>(false)
+
+    init(tag: String, channel: Channel, buffer: DeliveryBuffer, ownsChannel: Bool, acknowledgesAutomatically: Bool) {
+        self.tag = tag
+        self.channel = channel
+        self.buffer = buffer
+        self.ownsChannel = ownsChannel
+        self.acknowledgesAutomatically = acknowledgesAutomatically
+    }
+
+    deinit {
+        guard !cancelled.load(ordering: .acquiring) else { return }
+        let (channel, tag, ownsChannel) = (channel, tag, ownsChannel)
+        Task { await Self.stop(channel: channel, tag: tag, ownsChannel: ownsChannel) }
+    }
+
+    func cancel() async {
+        guard !cancelled.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        await Self.stop(channel: channel, tag: tag, ownsChannel: ownsChannel)
+        buffer.finish(nil)
+    }
+
+    private static func stop(channel: Channel, tag: String, ownsChannel: Bool) async {
+        guard channel.isOpen else { return }
+        if ownsChannel {
+            // Closing the channel cancels the consumer and requeues its unacknowledged deliveries at once.
+            try? await channel.close()
+        } else {
+            _ = try? await channel.request(.basicCancel(consumerTag: tag))
+        }
+    }
+
+    private static let tagPrefix = "swift-rabbitmq-\(UInt32.random(in: 0...UInt32.max))"
+    private static let tagCounter = Atomic<UInt64>(0)
+
+    /// A consumer tag unique within the process.
+    static func makeTag() -> String {
+        "\(tagPrefix)-\(tagCounter.add(1, ordering: .relaxed).newValue)"
+    }
+}

@@ -1,0 +1,79 @@
+import Synchronization
+
+/// Carries one consumer's deliveries from the I/O thread to the consuming task, a batch per crossing.
+///
+/// The I/O thread appends every delivery it read in one pass at once and resumes the consumer at most once;
+/// the consumer takes everything buffered in one call. The broker's prefetch bounds what can be buffered,
+/// since it sends no more while that many deliveries are unacknowledged.
+final class DeliveryBuffer: Sendable {
+    private struct State {
+        var buffered: [Delivery] = []
+        var waiter: CheckedContinuation<[Delivery], any Error>?
+        var finished = false
+        var failure: RabbitMQError?
+    }
+
+    private let state = Mutex(State())
+
+    /// Appends a batch (the I/O thread's `batch` is left empty).
+    func push(_ batch: inout [Delivery]) {
+        let waiter = state.withLock { state -> CheckedContinuation<[Delivery], any Error>? in
+            guard !state.finished else {
+                batch.removeAll(keepingCapacity: true)
+                return nil
+            }
+            if state.buffered.isEmpty { swap(&state.buffered, &batch) } else { state.buffered.append(contentsOf: batch) }
+            batch.removeAll(keepingCapacity: true)
+            guard let waiter = state.waiter else { return nil }
+            state.waiter = nil
+            return waiter
+        }
+        if let waiter { waiter.resume(returning: state.withLock { Self.takeAll(&$0) }) }
+    }
+
+    /// Ends the stream after what is buffered, with `error` if it failed.
+    func finish(_ error: RabbitMQError?) {
+        let waiter = state.withLock { state -> CheckedContinuation<[Delivery], any Error>? in
+            guard !state.finished else { return nil }
+            state.finished = true
+            state.failure = error
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        guard let waiter else { return }
+        if let error { waiter.resume(throwing: error) } else { waiter.resume(returning: []) }
+    }
+
+    /// Everything buffered, waiting if nothing is; an empty batch means the stream ended normally.
+    func next() async throws -> [Delivery] {
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<[Delivery], any Error>) in
+                let result = state.withLock { state -> Result<[Delivery], any Error>? in
+                    if !state.buffered.isEmpty { return .success(Self.takeAll(&state)) }
+                    if state.finished { return state.failure.map { .failure($0) } ?? .success([]) }
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    state.waiter = continuation
+                    return nil
+                }
+                if let result { continuation.resume(with: result) }
+            }
+        } onCancel: {
+            let waiter = state.withLock { state in
+                defer { state.waiter = nil }
+                return state.waiter
+            }
+            waiter?.resume(throwing: CancellationError())
+        }
+    }
+
+    /// Takes what is buffered without waiting (used to requeue it when a consumer stops).
+    func drain() -> [Delivery] {
+        state.withLock { Self.takeAll(&$0) }
+    }
+
+    private static func takeAll(_ state: inout State) -> [Delivery] {
+        var batch: [Delivery] = []
+        swap(&batch, &state.buffered)
+        return batch
+    }
+}

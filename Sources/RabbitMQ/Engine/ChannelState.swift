@@ -1,0 +1,99 @@
+import CRabbitMQ
+import DequeModule
+
+/// Everything the I/O thread knows about one open channel. Confined to that thread.
+final class ChannelState {
+    let link: ChannelLink
+    var number: UInt16 { link.number }
+    /// Requests sent and waiting for their reply, in order (the broker answers in order).
+    var pending: Deque<PendingRequest> = []
+    /// Set once confirm.select is sent: publishes from then on are numbered and confirmed.
+    var confirmMode = false
+    var nextPublishSequence: UInt64 = 1
+    var unconfirmed: Deque<UnconfirmedPublish> = []
+    /// Window slots freed in this pass, released in one call at its end.
+    var slotsToRelease = 0
+    var consumers: [String: ConsumerState] = [:]
+    var acks = AckCoalescer()
+    var hasPendingAcks = false
+    /// The message being assembled from a method, a header and body frames.
+    var incoming: IncomingMessage?
+    /// channel.close sent after a failure; the number stays taken until close-ok.
+    var isClosing = false
+
+    init(link: ChannelLink) {
+        self.link = link
+    }
+}
+
+/// A request waiting for its reply.
+struct PendingRequest {
+    enum Completion {
+        case reply(CheckedContinuation<MethodReply, any Error>)
+        case channelOpened(CheckedContinuation<ChannelLink, any Error>)
+    }
+
+    let id: RequestID
+    let method: OutgoingMethod
+    let deadline: ContinuousClock.Instant
+    let completion: Completion
+
+    func succeed(_ reply: MethodReply, link: ChannelLink) {
+        switch completion {
+        case .reply(let continuation): continuation.resume(returning: reply)
+        case .channelOpened(let continuation): continuation.resume(returning: link)
+        }
+    }
+
+    func fail(_ error: any Error) {
+        var error = error
+        if var rabbitError = error as? RabbitMQError, rabbitError.operation == nil {
+            rabbitError.operation = method.name
+            error = rabbitError
+        }
+        switch completion {
+        case .reply(let continuation): continuation.resume(throwing: error)
+        case .channelOpened(let continuation): continuation.resume(throwing: error)
+        }
+    }
+}
+
+/// A publish sent in confirm mode, waiting for basic.ack or basic.nack.
+struct UnconfirmedPublish {
+    let sequence: UInt64
+    let ticket: PublishTicket
+    /// Kept for mandatory publishes only, to match a basic.return to its publish.
+    let mandatoryMessage: OutgoingMessage?
+    var returned: RabbitMQError?
+    var isResolved = false
+}
+
+/// A consumer's deliveries read in the current pass, not yet handed to its buffer.
+final class ConsumerState {
+    let buffer: DeliveryBuffer
+    var batch: [Delivery] = []
+    var isTouched = false
+
+    init(buffer: DeliveryBuffer) {
+        self.buffer = buffer
+    }
+}
+
+/// A message arriving in pieces: its method, then a header frame, then body frames.
+struct IncomingMessage {
+    enum Kind {
+        case deliver(consumerTag: String)
+        case returned(replyCode: UInt16, replyText: String)
+        case got
+    }
+
+    let kind: Kind
+    let deliveryTag: UInt64
+    let isRedelivered: Bool
+    let exchange: String
+    let routingKey: String
+    var properties = MessageProperties()
+    var bodySize = 0
+    var body: [UInt8] = []
+    var hasHeader = false
+}

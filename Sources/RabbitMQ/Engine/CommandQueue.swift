@@ -1,0 +1,70 @@
+import Synchronization
+
+/// The queue through which tasks hand commands to a connection's I/O thread.
+///
+/// Submitting takes a lock and appends; it signals the thread's wake-up descriptor only when the thread is
+/// asleep in `poll()` and has not been signalled yet, so a busy thread is never woken per command.
+final class CommandQueue: Sendable {
+    private struct State {
+        var commands: [EngineCommand] = []
+        var sleeping = false
+        var signalled = false
+        var terminal: RabbitMQError?
+    }
+
+    private let state = Mutex(State())
+    let wakeup: Wakeup
+
+    init() throws(RabbitMQError) {
+        wakeup = try Wakeup()
+    }
+
+    /// Hands `command` to the I/O thread.
+    /// - Throws: the connection's final error once the I/O thread has stopped.
+    func submit(_ command: EngineCommand) throws(RabbitMQError) {
+        let shouldSignal = try state.withLock { state throws(RabbitMQError) -> Bool in
+            if let terminal = state.terminal { throw terminal }
+            state.commands.append(command)
+            guard state.sleeping, !state.signalled else { return false }
+            state.signalled = true
+            return true
+        }
+        if shouldSignal { wakeup.signal() }
+    }
+
+    /// Moves every pending command into `batch` (which the caller keeps empty between calls).
+    func takeAll(into batch: inout [EngineCommand]) {
+        state.withLock { state in swap(&state.commands, &batch) }
+    }
+
+    /// Marks the thread asleep unless commands are waiting; returns whether it may poll.
+    func prepareToSleep() -> Bool {
+        state.withLock { state in
+            guard state.commands.isEmpty else { return false }
+            state.sleeping = true
+            return true
+        }
+    }
+
+    /// Marks the thread awake after `poll()` returned.
+    func didWake() {
+        let wasSignalled = state.withLock { state in
+            state.sleeping = false
+            defer { state.signalled = false }
+            return state.signalled
+        }
+        if wasSignalled { wakeup.drain() }
+    }
+
+    /// Refuses further commands with `error` and returns those not yet taken, for the thread to fail.
+    func terminate(with error: RabbitMQError) -> [EngineCommand] {
+        state.withLock { state in
+            if state.terminal == nil { state.terminal = error }
+            defer { state.commands.removeAll() }
+            return state.commands
+        }
+    }
+
+    /// The error that stopped the connection, once it has stopped.
+    var terminalError: RabbitMQError? { state.withLock { $0.terminal } }
+}

@@ -1,0 +1,201 @@
+import CRabbitMQ
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// What the I/O thread needs to open a connection; plain values, so it can cross to the thread.
+struct ConnectionParameters: Sendable {
+    var endpoint: RabbitMQClient.Configuration.Endpoint
+    var username: String
+    var password: String
+    var virtualHost: String
+    var tls: TLSConfiguration?
+    var connectTimeout: Duration
+    var handshakeTimeout: Duration
+    var requestTimeout: Duration
+    var heartbeat: Duration
+    var frameMax: UInt32
+    var channelMax: UInt16
+    var clientProperties: FieldTable
+
+    init(_ configuration: RabbitMQClient.Configuration, endpoint: RabbitMQClient.Configuration.Endpoint) {
+        self.endpoint = endpoint
+        username = configuration.username
+        password = configuration.password
+        virtualHost = configuration.virtualHost
+        tls = configuration.tls
+        connectTimeout = configuration.connectTimeout
+        handshakeTimeout = configuration.handshakeTimeout
+        requestTimeout = configuration.requestTimeout
+        heartbeat = configuration.heartbeat
+        frameMax = configuration.frameMax
+        channelMax = configuration.channelMax
+        var properties: FieldTable = [
+            "product": "swift-rabbitmq",
+            "version": "0.1.0",
+            "platform": "Swift",
+            "information": "https://github.com/swift-rabbitmq",
+            // librabbitmq 0.11 advertises only two capabilities; without these the broker stays silent
+            // about consumer cancellation and resource alarms.
+            "capabilities": [
+                "publisher_confirms": true,
+                "exchange_exchange_bindings": true,
+                "basic.nack": true,
+                "consumer_cancel_notify": true,
+                "connection.blocked": true,
+                "authentication_failure_close": true,
+                "per_consumer_qos": true,
+            ],
+        ]
+        if let name = configuration.connectionName { properties["connection_name"] = .string(name) }
+        clientProperties = properties.merging(configuration.clientProperties)
+    }
+}
+
+/// What the broker and the client agreed on at login.
+struct NegotiatedParameters: Sendable {
+    var endpoint: RabbitMQClient.Configuration.Endpoint
+    var heartbeatSeconds: Int
+    var frameMax: Int
+    var channelMax: Int
+    var serverProperties: FieldTable
+}
+
+extension timeval {
+    init(_ duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        self.init(tv_sec: .init(seconds), tv_usec: .init(attoseconds / 1_000_000_000_000))
+    }
+}
+
+/// Opens the socket and logs in, on the I/O thread. On failure the connection state is destroyed.
+func openConnection(_ parameters: ConnectionParameters, arena: CArena) throws(RabbitMQError)
+    -> (amqp_connection_state_t, NegotiatedParameters)
+{
+    guard let state = amqp_new_connection() else {
+        throw RabbitMQError(.connectionLost, "librabbitmq could not allocate a connection")
+    }
+    do {
+        let negotiated = try login(state, parameters, arena: arena)
+        return (state, negotiated)
+    } catch {
+        amqp_destroy_connection(state)
+        throw error
+    }
+}
+
+private func login(_ state: amqp_connection_state_t, _ parameters: ConnectionParameters, arena: CArena)
+    throws(RabbitMQError) -> NegotiatedParameters
+{
+    defer { arena.reset() }
+    let endpoint = parameters.endpoint
+    let socket: OpaquePointer?
+    if let tls = parameters.tls {
+        socket = amqp_ssl_socket_new(state)
+        if let socket { try configureTLS(socket, tls) }
+    } else {
+        socket = amqp_tcp_socket_new(state)
+    }
+    guard let socket else { throw RabbitMQError(.connectionLost, "librabbitmq could not create a socket") }
+
+    var connectTimeout = timeval(parameters.connectTimeout)
+    let openStatus = amqp_socket_open_noblock(socket, endpoint.host, Int32(endpoint.port), &connectTimeout)
+    guard openStatus == AMQP_STATUS_OK.rawValue else {
+        throw socketOpenError(openStatus, endpoint: endpoint, isTLS: parameters.tls != nil)
+    }
+
+    var handshakeTimeout = timeval(parameters.handshakeTimeout)
+    amqp_set_handshake_timeout(state, &handshakeTimeout)
+    var properties = arena.table(parameters.clientProperties)
+    let heartbeat = Int32(clamping: parameters.heartbeat.components.seconds)
+    let reply = swift_amqp_login_plain(
+        state, parameters.virtualHost, Int32(parameters.channelMax), Int32(clamping: Int64(parameters.frameMax)),
+        min(heartbeat, Int32(UInt16.max)), &properties, parameters.username, parameters.password)
+    try checkLoginReply(reply, parameters)
+    return NegotiatedParameters(
+        endpoint: endpoint,
+        heartbeatSeconds: Int(amqp_get_heartbeat(state)),
+        frameMax: Int(amqp_get_frame_max(state)),
+        channelMax: Int(amqp_get_channel_max(state)),
+        serverProperties: amqp_get_server_properties(state).map { FieldTable($0.pointee) } ?? [:])
+}
+
+private func configureTLS(_ socket: OpaquePointer, _ tls: TLSConfiguration) throws(RabbitMQError) {
+    amqp_ssl_socket_set_verify_peer(socket, tls.verifyPeer ? 1 : 0)
+    amqp_ssl_socket_set_verify_hostname(socket, tls.verifyHostname ? 1 : 0)
+    if let ca = tls.caCertificatePath, amqp_ssl_socket_set_cacert(socket, ca) != AMQP_STATUS_OK.rawValue {
+        throw RabbitMQError(.tlsFailure, "cannot read the CA certificate file \(ca)")
+    }
+    if let certificate = tls.certificatePath {
+        guard let key = tls.keyPath else {
+            throw RabbitMQError(.invalidArgument, "a TLS client certificate needs its key (keyPath)")
+        }
+        if amqp_ssl_socket_set_key(socket, certificate, key) != AMQP_STATUS_OK.rawValue {
+            throw RabbitMQError(.tlsFailure, "cannot read the client certificate \(certificate) or its key \(key)")
+        }
+    }
+}
+
+private func socketOpenError(_ status: Int32, endpoint: RabbitMQClient.Configuration.Endpoint, isTLS: Bool)
+    -> RabbitMQError
+{
+    let detail = String(cString: amqp_error_string2(status))
+    switch status {
+    case AMQP_STATUS_HOSTNAME_RESOLUTION_FAILED.rawValue:
+        return RabbitMQError(.hostNotFound, "cannot resolve the host name \(endpoint.host)", operation: "connect")
+    case AMQP_STATUS_TIMEOUT.rawValue:
+        return RabbitMQError(.timeout, "connecting to \(endpoint) timed out", operation: "connect")
+    case AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED.rawValue:
+        return RabbitMQError(.tlsFailure, "the broker's certificate does not name \(endpoint.host)", operation: "connect")
+    case AMQP_STATUS_SSL_PEER_VERIFY_FAILED.rawValue:
+        return RabbitMQError(.tlsFailure, "the broker's certificate is not trusted by the configured CA",
+                             operation: "connect")
+    case AMQP_STATUS_SSL_ERROR.rawValue, AMQP_STATUS_SSL_CONNECTION_FAILED.rawValue:
+        return RabbitMQError(.tlsFailure, "the TLS handshake with \(endpoint) failed: \(detail)", operation: "connect")
+    default:
+        if errno == ECONNREFUSED || status == AMQP_STATUS_SOCKET_ERROR.rawValue && !isTLS {
+            return RabbitMQError(.connectionRefused, "nothing accepts connections at \(endpoint)", operation: "connect")
+        }
+        return RabbitMQError(.connectionLost, "cannot connect to \(endpoint): \(detail)", operation: "connect")
+    }
+}
+
+private func checkLoginReply(_ reply: amqp_rpc_reply_t, _ parameters: ConnectionParameters) throws(RabbitMQError) {
+    switch reply.reply_type {
+    case AMQP_RESPONSE_NORMAL:
+        return
+    case AMQP_RESPONSE_SERVER_EXCEPTION where reply.reply.id == AMQP_CONNECTION_CLOSE_METHOD:
+        let close = reply.reply.decoded!.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
+        let code = close.reply_code
+        let text = close.reply_text.string
+        switch code {
+        case 403:
+            throw RabbitMQError(.authenticationFailed, "the broker refused user '\(parameters.username)' or its password",
+                                operation: "login", replyCode: code, replyText: text)
+        case 530:
+            throw RabbitMQError(.vhostNotFound,
+                                "virtual host '\(parameters.virtualHost)' does not exist or user "
+                                    + "'\(parameters.username)' may not use it",
+                                operation: "login", replyCode: code, replyText: text)
+        default:
+            throw RabbitMQError(.connectionClosed, "the broker closed the connection during login",
+                                operation: "login", replyCode: code, replyText: text)
+        }
+    case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+        let status = reply.library_error
+        if status == AMQP_STATUS_TIMEOUT.rawValue {
+            throw RabbitMQError(.timeout, "the broker at \(parameters.endpoint) did not complete the AMQP handshake "
+                                    + "within \(parameters.handshakeTimeout)", operation: "handshake")
+        }
+        if status == AMQP_STATUS_SSL_ERROR.rawValue {
+            throw RabbitMQError(.tlsFailure, "TLS failed during the AMQP handshake", operation: "handshake")
+        }
+        let detail = String(cString: amqp_error_string2(status))
+        throw RabbitMQError(.connectionLost, "the connection failed during the AMQP handshake: \(detail)",
+                            operation: "handshake")
+    default:
+        throw RabbitMQError(.protocolError, "unexpected reply during the AMQP handshake", operation: "handshake")
+    }
+}

@@ -1,0 +1,56 @@
+/// Identifies a request so that a cancelled task can withdraw it.
+typealias RequestID = UInt64
+
+/// Work handed from a task to a connection's I/O thread.
+enum EngineCommand: Sendable {
+    /// Open a channel whose publish window allows `window` messages in flight.
+    case openChannel(window: Int, CheckedContinuation<ChannelLink, any Error>)
+    /// Send a method and resume with the broker's reply.
+    case request(Request)
+    /// Withdraw a request whose task was cancelled or timed out; its channel is closed, since a late reply
+    /// could no longer be matched.
+    case abandonRequest(RequestID, any Error)
+    /// Publish a message; `ticket` completes on confirm (or once written, without confirms).
+    case publish(ChannelLink, OutgoingMessage, PublishTicket)
+    /// Ack, nack or reject deliveries.
+    case settle(ChannelLink, Settlement)
+    /// Route deliveries for `consumerTag` to `buffer` (sent before the basic.consume request).
+    case registerConsumer(ChannelLink, consumerTag: String, DeliveryBuffer)
+    /// Close the connection with the AMQP handshake, then stop the thread.
+    case closeConnection(CheckedContinuation<Void, Never>?)
+}
+
+/// A method waiting for the broker's reply.
+struct Request: Sendable {
+    let id: RequestID
+    let link: ChannelLink
+    let method: OutgoingMethod
+    let deadline: ContinuousClock.Instant
+    let continuation: CheckedContinuation<MethodReply, any Error>
+}
+
+/// The broker's reply to a request, copied out of librabbitmq's memory.
+enum MethodReply: Sendable {
+    case done
+    case queueDeclared(name: String, messageCount: UInt32, consumerCount: UInt32)
+    case messageCount(UInt32)
+    case consumerTag(String)
+    case getEmpty
+    case message(Delivery)
+}
+
+/// A message to publish, as handed to the I/O thread (the body is published from this buffer, not copied).
+struct OutgoingMessage: Sendable {
+    var exchange: String
+    var routingKey: String
+    var mandatory: Bool
+    var properties: MessageProperties
+    var body: [UInt8]
+}
+
+/// How the application settles a delivery.
+enum Settlement: Sendable, Equatable {
+    case ack(deliveryTag: UInt64, multiple: Bool)
+    case nack(deliveryTag: UInt64, multiple: Bool, requeue: Bool)
+    case reject(deliveryTag: UInt64, requeue: Bool)
+}

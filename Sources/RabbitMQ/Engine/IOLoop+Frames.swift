@@ -1,0 +1,284 @@
+import CRabbitMQ
+import Logging
+import DequeModule
+
+extension IOLoop {
+    /// Handles one frame. Everything it needs is copied out: librabbitmq recycles the frame's memory next.
+    func dispatch(_ frame: amqp_frame_t) {
+        switch Int32(frame.frame_type) {
+        case AMQP_FRAME_METHOD:
+            if frame.channel == 0 {
+                connectionMethod(frame.payload.method)
+            } else if let channel = channels[Int(frame.channel)] {
+                channelMethod(frame.payload.method, on: channel)
+            }
+        case AMQP_FRAME_HEADER:
+            guard let channel = channels[Int(frame.channel)], var message = channel.incoming, !message.hasHeader else {
+                return
+            }
+            let header = frame.payload.properties
+            message.properties = MessageProperties(header.decoded!.assumingMemoryBound(to: amqp_basic_properties_t.self).pointee)
+            message.bodySize = Int(header.body_size)
+            message.hasHeader = true
+            if message.bodySize == 0 {
+                channel.incoming = nil
+                complete(message, on: channel)
+            } else {
+                message.body.reserveCapacity(message.bodySize)
+                channel.incoming = message
+            }
+        case AMQP_FRAME_BODY:
+            guard let channel = channels[Int(frame.channel)], channel.incoming?.hasHeader == true else { return }
+            let fragment = frame.payload.body_fragment
+            guard fragment.len > 0, let bytes = fragment.bytes else { return }
+            // The body's one copy: out of librabbitmq's frame buffer into the delivery's array.
+            channel.incoming!.body.append(contentsOf: UnsafeRawBufferPointer(start: bytes, count: fragment.len))
+            if channel.incoming!.body.count >= channel.incoming!.bodySize {
+                let message = channel.incoming!
+                channel.incoming = nil
+                complete(message, on: channel)
+            }
+        default:
+            break  // heartbeats: librabbitmq already recorded that the broker is alive
+        }
+    }
+
+    private func connectionMethod(_ method: amqp_method_t) {
+        switch method.id {
+        case AMQP_CONNECTION_CLOSE_METHOD:
+            let close = method.decoded!.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
+            let code = close.reply_code
+            let text = close.reply_text.string
+            sendMethod(.connectionCloseOk, on: nil)
+            logger.warning("broker closed the connection", metadata: ["code": "\(code)", "text": "\(text)"])
+            finish(RabbitMQError(.connectionClosed, "the broker closed the connection", replyCode: code,
+                                 replyText: text))
+        case AMQP_CONNECTION_CLOSE_OK_METHOD:
+            finish(RabbitMQError(.clientClosed, "the client closed the connection"))
+        case AMQP_CONNECTION_BLOCKED_METHOD:
+            let blocked = method.decoded!.assumingMemoryBound(to: amqp_connection_blocked_t.self).pointee
+            setBlocked(true, reason: blocked.reason.string)
+        case AMQP_CONNECTION_UNBLOCKED_METHOD:
+            setBlocked(false, reason: "")
+        default:
+            logger.debug("ignored a connection method", metadata: ["method": "\(method.id)"])
+        }
+    }
+
+    private func channelMethod(_ method: amqp_method_t, on channel: ChannelState) {
+        let decoded = method.decoded
+        switch method.id {
+        case AMQP_CHANNEL_CLOSE_METHOD:
+            let close = decoded!.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
+            brokerClosed(channel, code: close.reply_code, text: close.reply_text.string)
+            return
+        case AMQP_CHANNEL_CLOSE_OK_METHOD where channel.isClosing:
+            channels[Int(channel.number)] = nil
+            return
+        default:
+            break
+        }
+        guard !channel.isClosing else { return }
+        switch method.id {
+        case AMQP_BASIC_DELIVER_METHOD:
+            let deliver = decoded!.assumingMemoryBound(to: amqp_basic_deliver_t.self).pointee
+            channel.incoming = IncomingMessage(
+                kind: .deliver(consumerTag: deliver.consumer_tag.string), deliveryTag: deliver.delivery_tag,
+                isRedelivered: deliver.redelivered != 0, exchange: deliver.exchange.string,
+                routingKey: deliver.routing_key.string)
+        case AMQP_BASIC_ACK_METHOD:
+            let ack = decoded!.assumingMemoryBound(to: amqp_basic_ack_t.self).pointee
+            confirm(ack.delivery_tag, multiple: ack.multiple != 0, nacked: false, on: channel)
+        case AMQP_BASIC_NACK_METHOD:
+            let nack = decoded!.assumingMemoryBound(to: amqp_basic_nack_t.self).pointee
+            confirm(nack.delivery_tag, multiple: nack.multiple != 0, nacked: true, on: channel)
+        case AMQP_BASIC_RETURN_METHOD:
+            let returned = decoded!.assumingMemoryBound(to: amqp_basic_return_t.self).pointee
+            channel.incoming = IncomingMessage(
+                kind: .returned(replyCode: returned.reply_code, replyText: returned.reply_text.string),
+                deliveryTag: 0, isRedelivered: false, exchange: returned.exchange.string,
+                routingKey: returned.routing_key.string)
+        case AMQP_BASIC_GET_OK_METHOD:
+            let got = decoded!.assumingMemoryBound(to: amqp_basic_get_ok_t.self).pointee
+            channel.incoming = IncomingMessage(
+                kind: .got, deliveryTag: got.delivery_tag, isRedelivered: got.redelivered != 0,
+                exchange: got.exchange.string, routingKey: got.routing_key.string)
+        case AMQP_BASIC_CANCEL_METHOD:
+            let cancel = decoded!.assumingMemoryBound(to: amqp_basic_cancel_t.self).pointee
+            let tag = cancel.consumer_tag.string
+            if cancel.nowait == 0 { sendMethod(.basicCancelOk(consumerTag: tag), on: channel) }
+            endConsumer(tag, on: channel, error: RabbitMQError(
+                .consumerCancelled, "the broker cancelled consumer '\(tag)' (its queue was deleted or failed over)"))
+        case AMQP_CHANNEL_FLOW_METHOD:
+            let flow = decoded!.assumingMemoryBound(to: amqp_channel_flow_t.self).pointee
+            sendMethod(.channelFlowOk(active: flow.active != 0), on: channel)
+        default:
+            reply(method, on: channel)
+        }
+    }
+
+    /// Matches a reply to the oldest request on the channel.
+    private func reply(_ method: amqp_method_t, on channel: ChannelState) {
+        guard let request = channel.pending.first, request.method.replies.contains(method.id) else {
+            logger.warning("ignored an unexpected method from the broker",
+                           metadata: ["channel": "\(channel.number)", "method": "\(method.id)"])
+            return
+        }
+        channel.pending.removeFirst()
+        let decoded = method.decoded
+        let reply: MethodReply
+        switch method.id {
+        case AMQP_QUEUE_DECLARE_OK_METHOD:
+            let ok = decoded!.assumingMemoryBound(to: amqp_queue_declare_ok_t.self).pointee
+            reply = .queueDeclared(name: ok.queue.string, messageCount: ok.message_count,
+                                   consumerCount: ok.consumer_count)
+        case AMQP_QUEUE_PURGE_OK_METHOD:
+            reply = .messageCount(decoded!.assumingMemoryBound(to: amqp_queue_purge_ok_t.self).pointee.message_count)
+        case AMQP_QUEUE_DELETE_OK_METHOD:
+            reply = .messageCount(decoded!.assumingMemoryBound(to: amqp_queue_delete_ok_t.self).pointee.message_count)
+        case AMQP_BASIC_CONSUME_OK_METHOD:
+            reply = .consumerTag(decoded!.assumingMemoryBound(to: amqp_basic_consume_ok_t.self).pointee.consumer_tag.string)
+        case AMQP_BASIC_CANCEL_OK_METHOD:
+            let tag = decoded!.assumingMemoryBound(to: amqp_basic_cancel_ok_t.self).pointee.consumer_tag.string
+            endConsumer(tag, on: channel, error: nil)
+            reply = .done
+        case AMQP_BASIC_GET_EMPTY_METHOD:
+            reply = .getEmpty
+        case AMQP_CHANNEL_CLOSE_OK_METHOD:
+            tearDown(channel, RabbitMQError(.clientClosed, "the channel was closed by the application"))
+            reply = .done
+        default:
+            reply = .done
+        }
+        request.succeed(reply, link: channel.link)
+    }
+
+    /// A message is complete: hand it to its consumer, its get request, or its publisher (returns).
+    private func complete(_ message: IncomingMessage, on channel: ChannelState) {
+        switch message.kind {
+        case .deliver(let consumerTag):
+            channel.acks.delivered(message.deliveryTag)
+            let delivery = Delivery(
+                body: message.body, properties: message.properties, exchange: message.exchange,
+                routingKey: message.routingKey, isRedelivered: message.isRedelivered,
+                deliveryTag: message.deliveryTag, consumerTag: consumerTag, link: channel.link)
+            if let consumer = channel.consumers[consumerTag] {
+                consumer.batch.append(delivery)
+                touch(consumer)
+            } else {
+                // Its consumer is gone (cancelled while this was in flight): give the message back.
+                _ = channel.acks.settle(.reject(deliveryTag: message.deliveryTag, requeue: true)) { frame in
+                    sendSettlementFrame(frame, on: channel)
+                }
+            }
+        case .got:
+            guard let request = channel.pending.first, case .basicGet(_, let noAck) = request.method else { return }
+            channel.pending.removeFirst()
+            if !noAck { channel.acks.delivered(message.deliveryTag) }
+            request.succeed(.message(Delivery(
+                body: message.body, properties: message.properties, exchange: message.exchange,
+                routingKey: message.routingKey, isRedelivered: message.isRedelivered,
+                deliveryTag: message.deliveryTag, consumerTag: nil, link: channel.link)), link: channel.link)
+        case .returned(let code, let text):
+            matchReturn(message, code: code, text: text, on: channel)
+        }
+    }
+
+    /// A basic.return precedes the confirm of its publish but carries no sequence number: it belongs to the
+    /// oldest unconfirmed mandatory publish with the same exchange, routing key and body.
+    private func matchReturn(_ message: IncomingMessage, code: UInt16, text: String, on channel: ChannelState) {
+        let index = channel.unconfirmed.firstIndex { publish in
+            guard publish.returned == nil, !publish.isResolved, let sent = publish.mandatoryMessage else { return false }
+            return sent.exchange == message.exchange && sent.routingKey == message.routingKey && sent.body == message.body
+        }
+        guard let index else {
+            logger.warning("a mandatory message was returned as unroutable; publish with confirms to be told which",
+                           metadata: ["exchange": "\(message.exchange)", "routing_key": "\(message.routingKey)"])
+            return
+        }
+        channel.unconfirmed[index].returned = RabbitMQError(
+            .unroutable, "no queue is bound to exchange '\(message.exchange)' with routing key "
+                + "'\(message.routingKey)'", operation: "basic.publish", replyCode: code, replyText: text)
+    }
+
+    /// basic.ack / basic.nack for publishes up to (or exactly) `tag`.
+    private func confirm(_ tag: UInt64, multiple: Bool, nacked: Bool, on channel: ChannelState) {
+        func resolve(_ publish: UnconfirmedPublish) {
+            let outcome: Result<Void, RabbitMQError>
+            if nacked {
+                outcome = .failure(RabbitMQError(.publishNacked, "the broker refused the message (basic.nack)",
+                                                 operation: "basic.publish"))
+            } else if let returned = publish.returned {
+                outcome = .failure(returned)
+            } else {
+                outcome = .success(())
+            }
+            if case .failure(let error) = outcome, publish.ticket.complete(outcome) {
+                channel.link.window.recordFailure(error)
+            } else {
+                publish.ticket.complete(outcome)
+            }
+            releaseSlot(channel)
+        }
+        if multiple {
+            while let head = channel.unconfirmed.first, head.sequence <= tag {
+                channel.unconfirmed.removeFirst()
+                if !head.isResolved { resolve(head) }
+            }
+        } else if let index = channel.unconfirmed.binarySearch(sequence: tag), !channel.unconfirmed[index].isResolved {
+            resolve(channel.unconfirmed[index])
+            channel.unconfirmed[index].isResolved = true
+        }
+        while channel.unconfirmed.first?.isResolved == true { channel.unconfirmed.removeFirst() }
+    }
+
+    private func brokerClosed(_ channel: ChannelState, code: UInt16, text: String) {
+        sendMethod(.channelCloseOk, on: channel)
+        guard !channel.isClosing else {
+            channels[Int(channel.number)] = nil
+            return
+        }
+        let operation = channel.pending.first?.method.name
+        let tooLarge = code == 406 && text.contains("message size")
+        let error = RabbitMQError(
+            tooLarge ? .messageTooLarge : .channelClosed,
+            tooLarge ? "the message is larger than the broker's maximum message size"
+                : "the broker closed channel \(channel.number)",
+            operation: operation, replyCode: code, replyText: text)
+        logger.debug("broker closed a channel", metadata: ["channel": "\(channel.number)", "error": "\(error)"])
+        tearDown(channel, error)
+    }
+
+    private func endConsumer(_ tag: String, on channel: ChannelState, error: RabbitMQError?) {
+        guard let consumer = channel.consumers.removeValue(forKey: tag) else { return }
+        if !consumer.batch.isEmpty { consumer.buffer.push(&consumer.batch) }
+        consumer.buffer.finish(error)
+    }
+
+    func sendSettlementFrame(_ frame: AckCoalescer.Frame, on channel: ChannelState) {
+        let status: Int32
+        switch frame {
+        case .ack(let tag, let multiple):
+            status = amqp_basic_ack(connection, channel.number, tag, multiple ? 1 : 0)
+        case .nack(let tag, let multiple, let requeue):
+            status = amqp_basic_nack(connection, channel.number, tag, multiple ? 1 : 0, requeue ? 1 : 0)
+        case .reject(let tag, let requeue):
+            status = amqp_basic_reject(connection, channel.number, tag, requeue ? 1 : 0)
+        }
+        if status != AMQP_STATUS_OK.rawValue { fail(connectionError(status, while: "settling a delivery")) }
+    }
+}
+
+extension Deque where Element == UnconfirmedPublish {
+    /// The index of the publish numbered `sequence` (the deque is in sequence order).
+    func binarySearch(sequence: UInt64) -> Int? {
+        var low = 0
+        var high = count - 1
+        while low <= high {
+            let middle = (low + high) / 2
+            if self[middle].sequence == sequence { return middle }
+            if self[middle].sequence < sequence { low = middle + 1 } else { high = middle - 1 }
+        }
+        return nil
+    }
+}

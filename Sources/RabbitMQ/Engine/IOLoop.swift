@@ -1,0 +1,494 @@
+import CRabbitMQ
+import DequeModule
+import Logging
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The owner of one librabbitmq connection: runs on the connection's dedicated thread and is the only code
+/// that touches its C state.
+///
+/// It is not `Sendable` and is created on that thread, so the compiler keeps it there. Each pass reads every
+/// frame available without blocking, hands results over in batches (one push per consumer, one release per
+/// publish window), runs the commands that tasks queued, and sleeps in `poll()` on the socket and the wake-up
+/// pipe only when there is nothing left to do.
+final class IOLoop {
+    let connection: amqp_connection_state_t
+    let commands: CommandQueue
+    let logger: Logger
+    let arena: CArena
+    let negotiated: NegotiatedParameters
+    let requestTimeout: Duration
+    private let socket: Int32
+
+    var channels: [ChannelState?]
+    private var nextChannelHint = 1
+    var isBlocked = false
+    /// Publishes held back while the broker blocks the connection, in order.
+    var held: Deque<(link: ChannelLink, message: OutgoingMessage, ticket: PublishTicket)> = []
+    var touchedConsumers: [ConsumerState] = []
+    var touchedChannels: [ChannelState] = []
+    var channelsWithAcks: [ChannelState] = []
+    private var batch: [EngineCommand] = []
+    private var closeWaiters: [CheckedContinuation<Void, Never>] = []
+    private var closeDeadline: ContinuousClock.Instant?
+    /// Set when the connection has ended; the loop then exits.
+    private(set) var finalError: RabbitMQError?
+    private var lastDeadlineCheck = ContinuousClock.now
+
+    /// Maximum frames read in one pass before commands get their turn.
+    private static let framesPerPass = 4096
+
+    init(connection: amqp_connection_state_t, negotiated: NegotiatedParameters, commands: CommandQueue,
+         requestTimeout: Duration, arena: CArena, logger: Logger) {
+        self.connection = connection
+        self.negotiated = negotiated
+        self.commands = commands
+        self.requestTimeout = requestTimeout
+        self.arena = arena
+        self.logger = logger
+        socket = amqp_get_sockfd(connection)
+        channels = Array(repeating: nil, count: max(negotiated.channelMax, 1) + 1)
+    }
+
+    deinit {
+        amqp_destroy_connection(connection)
+    }
+
+    /// Runs until the connection closes or fails.
+    func run() {
+        while finalError == nil {
+            let drainedAll = readFrames()
+            flushBatches()
+            if finalError != nil { break }
+            commands.takeAll(into: &batch)
+            if batch.isEmpty {
+                checkDeadlines(force: false)
+                if drainedAll, finalError == nil { sleep() }
+                continue
+            }
+            for command in batch where finalError == nil { handle(command) }
+            if let error = finalError {
+                for command in batch { reject(command, error) }
+            }
+            batch.removeAll(keepingCapacity: true)
+            flushAcks()
+            flushBatches()
+            checkDeadlines(force: false)
+        }
+        let error = finalError ?? RabbitMQError(.clientClosed, "the connection was closed")
+        for command in commands.terminate(with: error) { reject(command, error) }
+        for waiter in closeWaiters { waiter.resume() }
+        closeWaiters.removeAll()
+    }
+
+    // MARK: Reading
+
+    /// Reads and dispatches frames until none is buffered or the pass's limit is reached.
+    /// Returns whether everything buffered was read (only then may the loop poll).
+    private func readFrames() -> Bool {
+        var frame = amqp_frame_t()
+        var noWait = timeval(tv_sec: 0, tv_usec: 0)
+        for _ in 0..<Self.framesPerPass {
+            let status = amqp_simple_wait_frame_noblock(connection, &frame, &noWait)
+            if status == AMQP_STATUS_TIMEOUT.rawValue { return true }
+            guard status == AMQP_STATUS_OK.rawValue else {
+                fail(connectionError(status, while: "reading from the broker"))
+                return true
+            }
+            dispatch(frame)
+            amqp_maybe_release_buffers_on_channel(connection, frame.channel)
+            if finalError != nil { return true }
+        }
+        return false
+    }
+
+    /// Sleeps in `poll()` until the socket is readable, a task queues a command, or a deadline is due.
+    private func sleep() {
+        guard commands.prepareToSleep() else { return }
+        var descriptors = [
+            pollfd(fd: socket, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: commands.wakeup.readDescriptor, events: Int16(POLLIN), revents: 0),
+        ]
+        let result = poll(&descriptors, 2, pollTimeoutMilliseconds())
+        commands.didWake()
+        if result == 0 { checkDeadlines(force: true) }
+    }
+
+    private func pollTimeoutMilliseconds() -> Int32 {
+        // librabbitmq sends heartbeats only from inside its wait functions: wake at least twice per interval.
+        var timeout: Duration = .seconds(5)
+        if negotiated.heartbeatSeconds > 0 { timeout = min(timeout, .seconds(negotiated.heartbeatSeconds) / 2) }
+        if let next = nextDeadline() {
+            timeout = min(timeout, max(.zero, next - .now) + .milliseconds(1))
+        }
+        return Int32(timeout.wholeMilliseconds)
+    }
+
+    // MARK: Handing results over
+
+    /// Hands each consumer its deliveries of this pass and each publish window its freed slots, once.
+    func flushBatches() {
+        for consumer in touchedConsumers {
+            consumer.isTouched = false
+            consumer.buffer.push(&consumer.batch)
+        }
+        touchedConsumers.removeAll(keepingCapacity: true)
+        for channel in touchedChannels where channel.slotsToRelease > 0 {
+            channel.link.window.release(channel.slotsToRelease)
+            channel.slotsToRelease = 0
+        }
+        touchedChannels.removeAll(keepingCapacity: true)
+    }
+
+    func touch(_ consumer: ConsumerState) {
+        guard !consumer.isTouched else { return }
+        consumer.isTouched = true
+        touchedConsumers.append(consumer)
+    }
+
+    func releaseSlot(_ channel: ChannelState) {
+        if channel.slotsToRelease == 0 { touchedChannels.append(channel) }
+        channel.slotsToRelease += 1
+    }
+
+    // MARK: Commands
+
+    private func handle(_ command: EngineCommand) {
+        switch command {
+        case .openChannel(let window, let continuation):
+            openChannel(window: window, continuation)
+        case .request(let request):
+            send(request)
+        case .abandonRequest(let id, let error):
+            abandon(id, error)
+        case .publish(let link, let message, let ticket):
+            publish(message, on: link, ticket: ticket)
+        case .settle(let link, let settlement):
+            settle(settlement, on: link)
+        case .registerConsumer(let link, let tag, let buffer):
+            guard let channel = openState(of: link) else {
+                buffer.finish(link.closedError ?? RabbitMQError(.clientClosed, "the channel is closed"))
+                return
+            }
+            channel.consumers[tag] = ConsumerState(buffer: buffer)
+        case .closeConnection(let waiter):
+            beginClose(waiter)
+        }
+    }
+
+    /// Fails a command that will never run.
+    private func reject(_ command: EngineCommand, _ error: RabbitMQError) {
+        switch command {
+        case .openChannel(_, let continuation): continuation.resume(throwing: error)
+        case .request(let request): PendingRequest(request).fail(error)
+        case .publish(_, _, let ticket): ticket.complete(.failure(error))
+        case .registerConsumer(_, _, let buffer): buffer.finish(error)
+        case .closeConnection(let waiter): waiter?.resume()
+        case .settle, .abandonRequest: break
+        }
+    }
+
+    /// The channel's state if it is open and still the incarnation `link` refers to.
+    func openState(of link: ChannelLink) -> ChannelState? {
+        guard let channel = channels[Int(link.number)], channel.link === link, !channel.isClosing else { return nil }
+        return channel
+    }
+
+    private func openChannel(window: Int, _ continuation: CheckedContinuation<ChannelLink, any Error>) {
+        guard let number = freeChannelNumber() else {
+            continuation.resume(throwing: RabbitMQError(
+                .invalidArgument, "all \(channels.count - 1) channels of the connection are in use",
+                operation: "channel.open"))
+            return
+        }
+        let link = ChannelLink(number: UInt16(number), commands: commands, windowCapacity: window)
+        if isBlocked { link.window.setBlocked(true) }
+        let channel = ChannelState(link: link)
+        channels[number] = channel
+        let pending = PendingRequest(id: 0, method: .channelOpen, deadline: .now + requestTimeout,
+                                     completion: .channelOpened(continuation))
+        guard sendMethod(.channelOpen, on: channel) else {
+            pending.fail(finalError!)
+            return
+        }
+        channel.pending.append(pending)
+    }
+
+    private func freeChannelNumber() -> Int? {
+        let limit = channels.count - 1
+        guard limit >= 1 else { return nil }
+        for offset in 0..<limit {
+            let number = (nextChannelHint - 1 + offset) % limit + 1
+            if channels[number] == nil {
+                nextChannelHint = number % limit + 1
+                return number
+            }
+        }
+        return nil
+    }
+
+    private func send(_ request: Request) {
+        let pending = PendingRequest(request)
+        guard let channel = openState(of: request.link) else {
+            pending.fail(request.link.closedError ?? RabbitMQError(.clientClosed, "the channel is closed"))
+            return
+        }
+        guard sendMethod(request.method, on: channel) else {
+            pending.fail(finalError!)
+            return
+        }
+        if case .confirmSelect = request.method { channel.confirmMode = true }
+        if request.method.replies.isEmpty {
+            pending.succeed(.done, link: channel.link)
+        } else {
+            channel.pending.append(pending)
+        }
+    }
+
+    /// Writes a method; on a socket failure fails the connection and returns `false`.
+    @discardableResult
+    func sendMethod(_ method: OutgoingMethod, on channel: ChannelState?) -> Bool {
+        let status = method.send(on: connection, channel: channel?.number ?? 0, arena: arena)
+        guard status == AMQP_STATUS_OK.rawValue else {
+            fail(connectionError(status, while: "sending \(method.name)"))
+            return false
+        }
+        return true
+    }
+
+    private func abandon(_ id: RequestID, _ error: any Error) {
+        for case let channel? in channels where !channel.isClosing {
+            guard let index = channel.pending.firstIndex(where: { $0.id == id }) else { continue }
+            let request = channel.pending.remove(at: index)
+            request.fail(error)
+            // Its reply may still come and would be taken for the next request's: start the channel afresh.
+            closeAfterFailure(channel, RabbitMQError(
+                .clientClosed, "the channel was closed because a \(request.method.name) request was abandoned"))
+            return
+        }
+    }
+
+    // MARK: Publishing
+
+    private func publish(_ message: OutgoingMessage, on link: ChannelLink, ticket: PublishTicket) {
+        guard let channel = openState(of: link) else {
+            ticket.complete(.failure(link.closedError ?? RabbitMQError(.clientClosed, "the channel is closed")))
+            return
+        }
+        if isBlocked || !held.isEmpty {
+            held.append((link, message, ticket))
+            return
+        }
+        write(message, on: channel, ticket: ticket)
+    }
+
+    private func write(_ message: OutgoingMessage, on channel: ChannelState, ticket: PublishTicket) {
+        if ticket.isCompleted {
+            // Timed out while held back: the publisher was told it failed, so it must not go out now.
+            releaseSlot(channel)
+            return
+        }
+        var properties = arena.basicProperties(message.properties)
+        let exchange = arena.bytes(message.exchange)
+        let routingKey = arena.bytes(message.routingKey)
+        let status = message.body.withUnsafeBytes { body in
+            amqp_basic_publish(connection, channel.number, exchange, routingKey, message.mandatory ? 1 : 0, 0,
+                               &properties, amqp_bytes_t(len: body.count, bytes: UnsafeMutableRawPointer(mutating: body.baseAddress)))
+        }
+        arena.reset()
+        guard status == AMQP_STATUS_OK.rawValue else {
+            let error = connectionError(status, while: "publishing")
+            ticket.complete(.failure(error))
+            fail(error)
+            return
+        }
+        if channel.confirmMode {
+            channel.unconfirmed.append(UnconfirmedPublish(
+                sequence: channel.nextPublishSequence, ticket: ticket,
+                mandatoryMessage: message.mandatory ? message : nil))
+            channel.nextPublishSequence += 1
+        } else {
+            ticket.complete(.success(()))
+            releaseSlot(channel)
+        }
+    }
+
+    func setBlocked(_ blocked: Bool, reason: String) {
+        guard blocked != isBlocked else { return }
+        isBlocked = blocked
+        if blocked {
+            logger.warning("broker blocked the connection; publishes wait", metadata: ["reason": "\(reason)"])
+        } else {
+            logger.info("broker unblocked the connection")
+        }
+        for case let channel? in channels { channel.link.window.setBlocked(blocked) }
+        guard !blocked else { return }
+        while !isBlocked, finalError == nil, let next = held.popFirst() {
+            guard let channel = openState(of: next.link) else {
+                next.ticket.complete(.failure(next.link.closedError ?? RabbitMQError(.clientClosed, "channel closed")))
+                continue
+            }
+            write(next.message, on: channel, ticket: next.ticket)
+        }
+    }
+
+    // MARK: Settling deliveries
+
+    private func settle(_ settlement: Settlement, on link: ChannelLink) {
+        guard let channel = openState(of: link) else { return }
+        let accepted = channel.acks.settle(settlement) { frame in sendSettlementFrame(frame, on: channel) }
+        if !accepted {
+            logger.warning("ignored a settlement for a delivery that is unknown or already settled",
+                           metadata: ["channel": "\(channel.number)", "settlement": "\(settlement)"])
+        }
+        if case .ack = settlement, !channel.hasPendingAcks {
+            channel.hasPendingAcks = true
+            channelsWithAcks.append(channel)
+        }
+    }
+
+    private func flushAcks() {
+        for channel in channelsWithAcks {
+            channel.hasPendingAcks = false
+            if openState(of: channel.link) != nil {
+                channel.acks.flush { frame in sendSettlementFrame(frame, on: channel) }
+            }
+        }
+        channelsWithAcks.removeAll(keepingCapacity: true)
+    }
+
+    // MARK: Deadlines
+
+    private func checkDeadlines(force: Bool) {
+        let now = ContinuousClock.now
+        guard force || now - lastDeadlineCheck >= .milliseconds(5) else { return }
+        lastDeadlineCheck = now
+        if let closeDeadline, now >= closeDeadline {
+            finish(RabbitMQError(.clientClosed, "the client closed the connection (the broker did not confirm in time)"))
+            return
+        }
+        for case let channel? in channels {
+            if !channel.isClosing, let head = channel.pending.first, head.deadline <= now {
+                let error = RabbitMQError(.timeout, "the broker did not answer \(head.method.name) within "
+                                              + "\(requestTimeout)", operation: head.method.name)
+                channel.pending.removeFirst().fail(error)
+                closeAfterFailure(channel, error)
+            }
+            while let head = channel.unconfirmed.first, head.ticket.deadline <= now {
+                channel.unconfirmed.removeFirst()
+                let error = RabbitMQError(.timeout, "the broker did not confirm the publish in time",
+                                          operation: "publish confirm")
+                if head.ticket.complete(.failure(error)) { channel.link.window.recordFailure(error) }
+                releaseSlot(channel)
+            }
+        }
+        while let head = held.first, head.ticket.deadline <= now {
+            held.removeFirst()
+            let error = RabbitMQError(.timeout, "the broker blocked the connection and the publish timed out waiting",
+                                      operation: "publish")
+            head.ticket.complete(.failure(error))
+            if let channel = openState(of: head.link) {
+                channel.link.window.recordFailure(error)
+                releaseSlot(channel)
+            }
+        }
+        flushBatches()
+    }
+
+    private func nextDeadline() -> ContinuousClock.Instant? {
+        var next = closeDeadline
+        func consider(_ deadline: ContinuousClock.Instant?) {
+            guard let deadline else { return }
+            next = next.map { min($0, deadline) } ?? deadline
+        }
+        for case let channel? in channels {
+            consider(channel.pending.first?.deadline)
+            consider(channel.unconfirmed.first?.ticket.deadline)
+        }
+        consider(held.first?.ticket.deadline)
+        return next
+    }
+
+    // MARK: Closing and failing
+
+    private func beginClose(_ waiter: CheckedContinuation<Void, Never>?) {
+        if let waiter { closeWaiters.append(waiter) }
+        guard closeDeadline == nil else { return }
+        closeDeadline = .now + min(requestTimeout, .seconds(5))
+        let error = RabbitMQError(.clientClosed, "the client closed the connection")
+        for entry in held { entry.ticket.complete(.failure(error)) }
+        held.removeAll()
+        sendMethod(.connectionClose(replyCode: 200, replyText: "client closed the connection"), on: nil)
+    }
+
+    /// The broker acknowledged our connection.close, or closed the connection itself.
+    func finish(_ error: RabbitMQError) {
+        guard finalError == nil else { return }
+        finalError = error
+        for case let channel? in channels {
+            tearDown(channel, error)
+        }
+        for entry in held { entry.ticket.complete(.failure(error)) }
+        held.removeAll()
+        flushBatches()
+    }
+
+    /// The connection failed (socket error, missed heartbeats, protocol error).
+    func fail(_ error: RabbitMQError) {
+        guard finalError == nil else { return }
+        logger.error("connection to \(negotiated.endpoint) failed", metadata: ["error": "\(error)"])
+        finish(error)
+    }
+
+    /// Fails everything waiting on the channel and frees its number (or keeps it while `channel.close` is out).
+    func tearDown(_ channel: ChannelState, _ error: RabbitMQError, keepNumberUntilCloseOk: Bool = false) {
+        channel.link.markClosed(error)
+        while let request = channel.pending.popFirst() { request.fail(error) }
+        while let publish = channel.unconfirmed.popFirst() {
+            publish.ticket.complete(.failure(error))
+        }
+        for consumer in channel.consumers.values {
+            consumer.batch.removeAll()
+            consumer.buffer.finish(error)
+        }
+        channel.consumers.removeAll()
+        channel.incoming = nil
+        channel.slotsToRelease = 0
+        if keepNumberUntilCloseOk {
+            channel.isClosing = true
+        } else if channels[Int(channel.number)] === channel {
+            channels[Int(channel.number)] = nil
+        }
+    }
+
+    /// Closes a channel whose state can no longer be trusted (a timed-out or abandoned request).
+    func closeAfterFailure(_ channel: ChannelState, _ error: RabbitMQError) {
+        tearDown(channel, error, keepNumberUntilCloseOk: true)
+        sendMethod(.channelClose(replyCode: 200, replyText: "request abandoned by the client"), on: channel)
+    }
+
+    func connectionError(_ status: Int32, while activity: String) -> RabbitMQError {
+        let detail = String(cString: amqp_error_string2(status))
+        switch status {
+        case AMQP_STATUS_HEARTBEAT_TIMEOUT.rawValue:
+            return RabbitMQError(.connectionLost, "the broker missed two heartbeats: connection presumed dead",
+                                 operation: activity)
+        case AMQP_STATUS_BAD_AMQP_DATA.rawValue, AMQP_STATUS_UNKNOWN_CLASS.rawValue,
+             AMQP_STATUS_UNKNOWN_METHOD.rawValue, AMQP_STATUS_UNEXPECTED_STATE.rawValue:
+            return RabbitMQError(.protocolError, "protocol error while \(activity): \(detail)", operation: activity,
+                                 isRetryable: true)
+        default:
+            return RabbitMQError(.connectionLost, "connection lost while \(activity): \(detail)", operation: activity)
+        }
+    }
+}
+
+extension PendingRequest {
+    init(_ request: Request) {
+        self.init(id: request.id, method: request.method, deadline: request.deadline,
+                  completion: .reply(request.continuation))
+    }
+}

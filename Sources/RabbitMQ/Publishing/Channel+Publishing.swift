@@ -1,0 +1,97 @@
+import Foundation
+
+extension Channel {
+    /// The largest body the library sends: RabbitMQ's hard limit (a broker may be configured lower, in which
+    /// case it closes the channel and the publish fails with ``RabbitMQError/Code/messageTooLarge``).
+    public static let maximumBodySize = 536_870_912
+
+    /// Turns on publisher confirms: from now on every publish on this channel is confirmed by the broker.
+    /// - Parameter window: the most unconfirmed publishes in flight; further publishes wait for room. Default:
+    ///   the window the channel was opened with (``RabbitMQClient/Configuration/publishWindow``).
+    public func enableConfirms(window: Int? = nil) async throws {
+        if let window {
+            guard window > 0 else { throw RabbitMQError(.invalidArgument, "the publish window must be at least 1") }
+            link.window.setCapacity(window)
+        }
+        _ = try await request(.confirmSelect)
+    }
+
+    /// Publishes a message and returns without waiting for the broker's confirmation, unless the window of
+    /// messages in flight is full or the broker has blocked the connection (then it waits for room, at most the
+    /// confirm timeout).
+    ///
+    /// Await ``PublishConfirmation/wait()`` on the result, or ``waitForConfirms()`` for everything published.
+    /// Messages are persistent unless `properties` says otherwise.
+    /// - Parameters:
+    ///   - body: the message body, sent from this buffer without a copy on the Swift side.
+    ///   - exchange: the exchange; `""` is the default exchange, which routes to the queue named `routingKey`.
+    ///   - routingKey: the routing key.
+    ///   - properties: headers and basic properties.
+    ///   - mandatory: return the message as ``RabbitMQError/Code/unroutable`` if no queue gets it (needs
+    ///     publisher confirms to be reported).
+    /// - Throws: ``RabbitMQError`` for an invalid name or an oversized body, a closed channel, or a timeout
+    ///   waiting for room.
+    public func publish(
+        _ body: [UInt8],
+        to exchange: String = "",
+        routingKey: String,
+        properties: MessageProperties = MessageProperties(),
+        mandatory: Bool = false
+    ) async throws -> PublishConfirmation {
+        try link.checkOpen("basic.publish")
+        try NameValidation.validate(exchange, as: "exchange name", operation: "basic.publish")
+        try NameValidation.validate(routingKey, as: "routing key", operation: "basic.publish")
+        if !properties.headers.isEmpty {
+            try NameValidation.validate(properties.headers, as: "message headers", operation: "basic.publish")
+        }
+        guard body.count <= Self.maximumBodySize else {
+            throw RabbitMQError(.messageTooLarge, "the body has \(body.count) bytes; RabbitMQ accepts at most "
+                                    + "\(Self.maximumBodySize)", operation: "basic.publish")
+        }
+        var properties = properties
+        if properties.deliveryMode == nil { properties.deliveryMode = .persistent }
+        let deadline = ContinuousClock.now + engine.confirmTimeout
+        try await link.window.acquire(deadline: deadline)
+        let ticket = PublishTicket(deadline: deadline)
+        let message = OutgoingMessage(exchange: exchange, routingKey: routingKey, mandatory: mandatory,
+                                      properties: properties, body: body)
+        do {
+            try link.submit(.publish(link, message, ticket))
+        } catch {
+            link.window.release(1)
+            throw error
+        }
+        return PublishConfirmation(ticket: ticket)
+    }
+
+    /// Publishes `value` encoded as JSON (content type `application/json`).
+    public func publish(
+        json value: some Encodable,
+        to exchange: String = "",
+        routingKey: String,
+        properties: MessageProperties = MessageProperties(),
+        mandatory: Bool = false,
+        encoder: JSONEncoder = JSONEncoder()
+    ) async throws -> PublishConfirmation {
+        let body: [UInt8]
+        do {
+            body = Array(try encoder.encode(value))
+        } catch {
+            throw RabbitMQError(.invalidArgument, "cannot encode the message as JSON: \(error)", operation: "basic.publish")
+        }
+        var properties = properties
+        if properties.contentType == nil { properties.contentType = "application/json" }
+        return try await publish(body, to: exchange, routingKey: routingKey, properties: properties,
+                                 mandatory: mandatory)
+    }
+
+    /// Waits until every message published on this channel so far is confirmed (or written, without confirms).
+    /// - Throws: the first failure since the previous call (nack, unroutable, timeout), with the number of
+    ///   failures in its message; or a timeout if confirms take longer than the confirm timeout.
+    public func waitForConfirms() async throws {
+        try await link.window.waitUntilDrained(deadline: .now + engine.confirmTimeout)
+    }
+
+    /// Messages published on this channel and not yet confirmed.
+    public var unconfirmedCount: Int { link.window.inFlight }
+}

@@ -1,0 +1,76 @@
+import Synchronization
+
+/// The shared outcome of one publish: completed once by the I/O thread, awaited by the publisher.
+final class PublishTicket: Sendable {
+    private struct State {
+        var outcome: Result<Void, RabbitMQError>?
+        var waiter: CheckedContinuation<Void, any Error>?
+    }
+
+    private let state = Mutex(State())
+    /// When the publish must be confirmed by; the I/O thread fails it after that.
+    let deadline: ContinuousClock.Instant
+
+    init(deadline: ContinuousClock.Instant) {
+        self.deadline = deadline
+    }
+
+    /// Records the outcome; later calls are ignored. Returns whether this call decided it.
+    @discardableResult
+    func complete(_ outcome: Result<Void, RabbitMQError>) -> Bool {
+        let (decided, waiter) = state.withLock { state -> (Bool, CheckedContinuation<Void, any Error>?) in
+            guard state.outcome == nil else { return (false, nil) }
+            state.outcome = outcome
+            defer { state.waiter = nil }
+            return (true, state.waiter)
+        }
+        waiter?.resume(with: outcome.mapError { $0 as any Error })
+        return decided
+    }
+
+    /// Whether the outcome is known.
+    var isCompleted: Bool { state.withLock { $0.outcome != nil } }
+
+    /// Waits for the outcome.
+    func wait() async throws {
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let outcome = state.withLock { state -> Result<Void, RabbitMQError>? in
+                    if state.outcome == nil, !Task.isCancelled { state.waiter = continuation }
+                    return state.outcome
+                }
+                if let outcome {
+                    continuation.resume(with: outcome.mapError { $0 as any Error })
+                } else if Task.isCancelled {
+                    continuation.resume(throwing: CancellationError())
+                }
+            }
+        } onCancel: {
+            let waiter = state.withLock { state in
+                defer { state.waiter = nil }
+                return state.waiter
+            }
+            waiter?.resume(throwing: CancellationError())
+        }
+    }
+}
+
+/// The pending broker confirmation of one published message.
+///
+/// ``wait()`` returns once the broker has taken responsibility for the message (basic.ack), and throws a
+/// ``RabbitMQError`` when it refused it (``RabbitMQError/Code/publishNacked``), returned it as unroutable
+/// (``RabbitMQError/Code/unroutable``, mandatory publishes only), did not confirm it within the confirm
+/// timeout (``RabbitMQError/Code/timeout``), or the channel or connection failed first. Without publisher
+/// confirms on the channel, it returns once the message is written to the socket.
+public struct PublishConfirmation: Sendable {
+    let ticket: PublishTicket
+
+    /// Waits for the broker's verdict on the message.
+    /// - Throws: ``RabbitMQError`` as described on the type, or `CancellationError`.
+    public func wait() async throws {
+        try await ticket.wait()
+    }
+
+    /// Whether the verdict is in (confirmed or failed).
+    public var isSettled: Bool { ticket.isCompleted }
+}
