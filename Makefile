@@ -1,0 +1,65 @@
+# swift-rabbitmq: install dependencies, run throwaway brokers, test.
+# 'make help' lists the targets. The scripts in scripts/ do the work.
+
+SHELL := /usr/bin/env bash
+
+# The default test node: NAME@localhost on 127.0.0.1:PORT (distribution on PORT+20000).
+BROKER_NAME ?= swiftrmq
+BROKER_PORT ?= 5673
+# Build folders: 'make test' and 'make test-tsan'.
+SCRATCH      ?= .build
+TSAN_SCRATCH ?= .build-tsan
+# Extra arguments for 'swift test', e.g. make test ARGS='--filter Consumer'.
+ARGS ?=
+
+export BROKER_NAME BROKER_PORT
+
+.DEFAULT_GOAL := help
+.PHONY: help deps broker broker-stop test test-tsan cluster cluster-stop tls tls-stop bench demo clean
+
+help: ## List the targets
+	@echo "swift-rabbitmq make targets:"
+	@awk -F ':.*## ' '/^[a-z-]+:.*## / { printf "  %-13s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@echo
+	@echo "Variables: BROKER_NAME=$(BROKER_NAME) BROKER_PORT=$(BROKER_PORT) SCRATCH=$(SCRATCH) TSAN_SCRATCH=$(TSAN_SCRATCH) ARGS=..."
+	@echo "Set AMQP_URL=amqp://user:pass@host:port/vhost to test against your own broker (then none is started)."
+
+deps: ## Install missing Debian packages (librabbitmq-dev rabbitmq-server pkg-config openssl time)
+	@scripts/deps.sh
+
+broker: deps ## Start the test node swiftrmq@localhost on port 5673, from empty data
+	@scripts/broker.sh start $(BROKER_NAME) $(BROKER_PORT)
+
+broker-stop: ## Stop the test node
+	@scripts/broker.sh stop $(BROKER_NAME)
+
+test: ## deps, build, start the brokers, swift test, stop the brokers
+	@SWIFT_SCRATCH=$(SCRATCH) scripts/test.sh $(ARGS)
+
+test-tsan: ## The same under ThreadSanitizer (swift test --sanitize=thread, in .build-tsan)
+	@SWIFT_SCRATCH=$(TSAN_SCRATCH) SWIFT_SANITIZE=thread scripts/test.sh $(ARGS)
+
+cluster: deps ## Start a 3-node cluster swiftrmq-c1..c3@localhost on ports 5681-5683
+	@scripts/cluster.sh start
+
+cluster-stop: ## Stop the 3-node cluster
+	@scripts/cluster.sh stop
+
+tls: deps ## Make certificates in .broker/tls and start swiftrmq-tls@localhost (5690, TLS 5691)
+	@scripts/tls.sh start
+
+tls-stop: ## Stop the TLS node and remove its certificates
+	@scripts/tls.sh stop
+
+bench: ## Run the benchmarks (scripts/bench.sh)
+	@scripts/bench.sh
+
+demo: deps broker ## Run the sample pipeline against the local broker
+	@echo "The sample pipeline is not written yet; the broker is running on amqp://guest:guest@127.0.0.1:$(BROKER_PORT)/ ('make broker-stop' stops it)."
+
+clean: ## Stop all throwaway nodes, remove .broker/, .build and .build-tsan
+	@scripts/cluster.sh stop
+	@scripts/tls.sh stop
+	@scripts/broker.sh stop $(BROKER_NAME)
+	@for d in .broker/*/; do [ -f "$$d/port" ] && scripts/broker.sh stop "$$(basename "$$d")"; done; true
+	rm -rf .broker $(SCRATCH) $(TSAN_SCRATCH)
