@@ -1,0 +1,27 @@
+import RabbitMQ
+import Testing
+
+@Suite("Round trip")
+struct SmokeTests {
+    @Test func declarePublishConsumeRoundTrip() async throws {
+        try await TestBroker.withClient { client in
+            let queue = TestBroker.uniqueName("smoke")
+            try await client.declare(Queue(queue))
+            for index in 0..<10 {
+                try await client.publish(Array("message \(index)".utf8), routingKey: queue)
+            }
+            #expect(try TestBroker.messageCount(queue) == 10)
+            var received: [String] = []
+            for try await delivery in try await client.consume(queue, prefetch: 5) {
+                received.append(delivery.bodyString)
+                try await delivery.ack()
+                if received.count == 10 { break }
+            }
+            #expect(received == (0..<10).map { "message \($0)" })
+            #expect(try await TestBroker.eventually {
+                try TestBroker.queueStats(queue).map { $0.ready + $0.unacked + $0.consumers } == 0
+            })
+            try await client.deleteQueue(queue)
+        }
+    }
+}

@@ -1,0 +1,113 @@
+import Foundation
+import Logging
+import RabbitMQ
+import Testing
+
+/// The broker the integration tests run against: `AMQP_URL` (set by `make test`), and `rabbitmqctl` for
+/// checking what the broker holds.
+enum TestBroker {
+    static let url = ProcessInfo.processInfo.environment["AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5673/"
+    static let node = ProcessInfo.processInfo.environment["RABBITMQ_NODE"] ?? "swiftrmq@localhost"
+    static let rabbitmqctlPath = ProcessInfo.processInfo.environment["RABBITMQCTL"] ?? "/usr/lib/rabbitmq/bin/rabbitmqctl"
+
+    static var configuration: RabbitMQClient.Configuration {
+        get throws {
+            var configuration = try RabbitMQClient.Configuration(url: url)
+            configuration.requestTimeout = .seconds(10)
+            configuration.confirmTimeout = .seconds(20)
+            return configuration
+        }
+    }
+
+    static let logger: Logger = {
+        var logger = Logger(label: "rabbitmq.tests")
+        logger.logLevel = ProcessInfo.processInfo.environment["LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .warning
+        return logger
+    }()
+
+    /// A client for one test; closed by `withClient`.
+    static func makeClient(name: String = #function,
+                           configure: (inout RabbitMQClient.Configuration) -> Void = { _ in }) throws -> RabbitMQClient {
+        var configuration = try configuration
+        configuration.connectionName = "test \(name)"
+        configure(&configuration)
+        return RabbitMQClient(configuration: configuration, logger: logger)
+    }
+
+    /// Runs `body` with a connected client and closes it afterwards, also on failure.
+    static func withClient<T>(name: String = #function,
+                              configure: (inout RabbitMQClient.Configuration) -> Void = { _ in },
+                              _ body: (RabbitMQClient) async throws -> T) async throws -> T {
+        let client = try makeClient(name: name, configure: configure)
+        do {
+            try await client.connect()
+            let result = try await body(client)
+            await client.close()
+            return result
+        } catch {
+            await client.close()
+            throw error
+        }
+    }
+
+    /// A name no other test uses.
+    static func uniqueName(_ prefix: String = "test") -> String {
+        "\(prefix).\(UUID().uuidString.prefix(8).lowercased())"
+    }
+
+    /// Runs `rabbitmqctl -n NODE args…` and returns its standard output.
+    @discardableResult
+    static func rabbitmqctl(_ arguments: String...) throws -> String {
+        try rabbitmqctl(arguments)
+    }
+
+    @discardableResult
+    static func rabbitmqctl(_ arguments: [String]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: rabbitmqctlPath)
+        process.arguments = ["-n", node, "-q"] + arguments
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = Pipe()
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw RabbitMQCtlError(arguments: arguments, status: process.terminationStatus)
+        }
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// Messages ready in `queue`, as the broker counts them.
+    static func messageCount(_ queue: String) throws -> Int? {
+        try queueStats(queue)?.ready
+    }
+
+    /// Ready and unacknowledged messages and consumers of `queue`, as the broker counts them.
+    static func queueStats(_ queue: String) throws -> (ready: Int, unacked: Int, consumers: Int)? {
+        let output = try rabbitmqctl("list_queues", "name", "messages_ready", "messages_unacknowledged", "consumers",
+                                     "--no-table-headers")
+        for line in output.split(separator: "\n") {
+            let fields = line.split(separator: "\t")
+            guard fields.count == 4, fields[0] == queue else { continue }
+            return (Int(fields[1]) ?? -1, Int(fields[2]) ?? -1, Int(fields[3]) ?? -1)
+        }
+        return nil
+    }
+
+    /// Waits until `condition` holds, checking every 50 ms, at most `timeout`.
+    static func eventually(timeout: Duration = .seconds(10), _ condition: () throws -> Bool) async throws -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if try condition() { return true }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        return try condition()
+    }
+}
+
+struct RabbitMQCtlError: Error, CustomStringConvertible {
+    let arguments: [String]
+    let status: Int32
+    var description: String { "rabbitmqctl \(arguments.joined(separator: " ")) exited with \(status)" }
+}
