@@ -88,8 +88,14 @@ show_logs() {
     local f
     for f in "$dir/stdout.log" "$logfile"; do
         if [ -s "$f" ]; then
-            printf -- '---- last lines of %s ----\n' "$f" >&2
-            tail -n 40 "$f" >&2
+            printf -- '---- %s ----\n' "$f" >&2
+            if [ "$(wc -l <"$f")" -le 60 ]; then
+                cat "$f" >&2
+            else
+                head -n 20 "$f" >&2
+                printf -- '[…]\n' >&2
+                tail -n 30 "$f" >&2
+            fi
         fi
     done
     printf -- '---- end of logs ----\n' >&2
@@ -104,10 +110,12 @@ do_stop() {
         return 0
     fi
     log "stopping $node (pid $pid)"
+    # A test may have frozen it (kill -STOP) and failed before thawing it.
+    kill -CONT "$pid" 2>/dev/null || true
     if [ -s "$pidfile" ]; then
-        timeout 60 "$RABBITMQCTL" -n "$node" stop "$pidfile" >/dev/null 2>&1 || true
+        timeout 30 "$RABBITMQCTL" -n "$node" stop "$pidfile" >/dev/null 2>&1 || true
     else
-        timeout 60 "$RABBITMQCTL" -n "$node" stop >/dev/null 2>&1 || true
+        timeout 30 "$RABBITMQCTL" -n "$node" stop >/dev/null 2>&1 || true
     fi
     local i
     for i in $(seq 1 50); do
