@@ -83,7 +83,7 @@ enum OutgoingMethod: Sendable {
     /// Writes the method to the socket. Returns librabbitmq's status (0 for success).
     func send(on state: amqp_connection_state_t, channel: UInt16, arena: CArena) -> Int32 {
         defer { arena.reset() }
-        func send<T>(_ id: amqp_method_number_t, _ method: T) -> Int32 {
+        func send<T: BitwiseCopyable>(_ id: amqp_method_number_t, _ method: T) -> Int32 {
             var method = method
             return amqp_send_method(state, channel, id, &method)
         }

@@ -1,0 +1,141 @@
+import ArgumentParser
+import Foundation
+import Histogram
+import Logging
+import RabbitMQ
+
+/// `rabbitmq-bench`: the library's throughput and latency, with the same workloads and output as the C
+/// baseline in Benchmarks/CBaseline so that `make bench` can compare them.
+@main
+struct RabbitMQBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rabbitmq-bench",
+        abstract: "Measures swift-rabbitmq against a RabbitMQ broker.",
+        subcommands: [Publish.self, Consume.self, Latency.self])
+}
+
+struct ConnectionOptions: ParsableArguments {
+    @Option(help: "Broker URL.")
+    var url = ProcessInfo.processInfo.environment["AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5673/"
+
+    @Option(help: "Durable queue to use.")
+    var queue = "bench-swift"
+
+    @Option(help: "Number of messages.")
+    var count = 100_000
+
+    func makeClient() throws -> RabbitMQClient {
+        var configuration = try RabbitMQClient.Configuration(url: url)
+        configuration.connectionName = "rabbitmq-bench"
+        configuration.confirmTimeout = .seconds(120)
+        var logger = Logger(label: "rabbitmq-bench")
+        logger.logLevel = .warning
+        return RabbitMQClient(configuration: configuration, logger: logger)
+    }
+}
+
+func report(_ label: String, messages: Int, from start: ContinuousClock.Instant) {
+    let seconds = Double((ContinuousClock.now - start).components.attoseconds) / 1e18
+        + Double((ContinuousClock.now - start).components.seconds)
+    print(String(format: "%@ msgs=%d secs=%.3f rate=%d", label, messages, seconds, Int(Double(messages) / seconds)))
+}
+
+struct Publish: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Publishes persistent messages with confirms, keeping at most --window unconfirmed.")
+
+    @OptionGroup var connection: ConnectionOptions
+    @Option(help: "Body size in bytes.") var size = 128
+    @Option(help: "Unconfirmed messages in flight at most.") var window = 1000
+
+    func run() async throws {
+        let client = try connection.makeClient()
+        let channel = try await client.openChannel()
+        try await channel.declare(Queue(connection.queue))
+        try await channel.purge(connection.queue)
+        try await channel.enableConfirms(window: window)
+        let body = [UInt8](repeating: 0x61, count: size)
+        let start = ContinuousClock.now
+        for _ in 0..<connection.count {
+            _ = try await channel.publish(body, routingKey: connection.queue)
+        }
+        try await channel.waitForConfirms()
+        report("pub", messages: connection.count, from: start)
+        await client.close()
+    }
+}
+
+struct Consume: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Consumes --count messages, acking each.")
+
+    @OptionGroup var connection: ConnectionOptions
+    @Option(help: "Prefetch count.") var prefetch: UInt16 = 1000
+
+    func run() async throws {
+        let client = try connection.makeClient()
+        let channel = try await client.openChannel()
+        try await channel.setPrefetch(prefetch)
+        var received = 0
+        var start: ContinuousClock.Instant?
+        for try await delivery in try await channel.consume(connection.queue) {
+            if start == nil { start = .now }
+            try await delivery.ack()
+            received += 1
+            if received == connection.count { break }
+        }
+        try await channel.close()
+        report("con", messages: received, from: start ?? .now)
+        await client.close()
+    }
+}
+
+struct Latency: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Publish-to-delivery latency at a fixed rate, publisher and consumer in this process.")
+
+    @OptionGroup var connection: ConnectionOptions
+    @Option(help: "Messages per second.") var rate = 5000
+    @Option(help: "Body size in bytes (at least 8).") var size = 128
+
+    func run() async throws {
+        let client = try connection.makeClient()
+        let queue = connection.queue + "-latency"
+        try await client.declare(Queue(queue))
+        try await client.purge(queue)
+        let count = connection.count
+        let origin = ContinuousClock.now
+        func nanosecondsSinceOrigin() -> UInt64 {
+            let elapsed = ContinuousClock.now - origin
+            return UInt64(elapsed.components.seconds) * 1_000_000_000 + UInt64(elapsed.components.attoseconds / 1_000_000_000)
+        }
+        let consumer = try await client.consume(queue, prefetch: 1000)
+        let histogram = Task {
+            var histogram = Histogram<UInt64>(highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: .three)
+            var received = 0
+            for try await delivery in consumer {
+                let sent = delivery.body.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
+                _ = histogram.record((nanosecondsSinceOrigin() - sent) / 1000)
+                try await delivery.ack()
+                received += 1
+                if received == count { break }
+            }
+            return histogram
+        }
+        let publisher = try await client.openChannel()
+        try await publisher.enableConfirms(window: 1000)
+        let interval = 1.0 / Double(rate)
+        let start = ContinuousClock.now
+        var body = [UInt8](repeating: 0, count: max(size, 8))
+        for index in 0..<count {
+            let due = start + .seconds(Double(index) * interval)
+            if due > .now { try await Task.sleep(until: due, clock: .continuous) }
+            var sent = nanosecondsSinceOrigin()
+            withUnsafeBytes(of: &sent) { body.replaceSubrange(0..<8, with: $0) }
+            _ = try await publisher.publish(body, routingKey: queue)
+        }
+        try await publisher.waitForConfirms()
+        let result = try await histogram.value
+        print("lat msgs=\(count) p50us=\(result.valueAtPercentile(50)) p99us=\(result.valueAtPercentile(99))")
+        await client.close()
+    }
+}
