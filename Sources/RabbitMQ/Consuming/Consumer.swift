@@ -81,6 +81,15 @@ final class ConsumerCore: Sendable {
         Task { await Self.stop(channel: channel, tag: tag, ownsChannel: ownsChannel) }
     }
 
+    /// Stops deliveries at once, without waiting for the broker: what is buffered is dropped (it returns to the
+    /// queue when the channel closes) and the sequence ends; the broker is told to cancel in the background.
+    func stopDeliveries() {
+        buffer.close()
+        guard !cancelled.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        let (channel, tag) = (channel, tag)
+        Task { _ = try? await channel.request(.basicCancel(consumerTag: tag)) }
+    }
+
     func cancel() async {
         guard !cancelled.exchange(true, ordering: .acquiringAndReleasing) else { return }
         await Self.stop(channel: channel, tag: tag, ownsChannel: ownsChannel)

@@ -66,9 +66,16 @@ final class DeliveryBuffer: Sendable {
         }
     }
 
-    /// Takes what is buffered without waiting (used to requeue it when a consumer stops).
-    func drain() -> [Delivery] {
-        state.withLock { Self.takeAll(&$0) }
+    /// Ends the stream now, dropping what is buffered: those deliveries stay unacknowledged and return to
+    /// the queue when their channel closes.
+    func close() {
+        let waiter = state.withLock { state -> CheckedContinuation<[Delivery], any Error>? in
+            state.buffered.removeAll()
+            state.finished = true
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume(returning: [])
     }
 
     private static func takeAll(_ state: inout State) -> [Delivery] {
