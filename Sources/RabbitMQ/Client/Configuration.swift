@@ -41,6 +41,10 @@ extension RabbitMQClient {
         /// Unconfirmed publishes the client's own publisher (``RabbitMQClient/publish(_:to:routingKey:properties:mandatory:)``)
         /// keeps in flight across all tasks; further publishes wait. Default 1000.
         public var publishWindow: Int
+        /// Reconnecting after a lost connection. Default: on, see ``RecoveryConfiguration``.
+        public var recovery: RecoveryConfiguration
+        /// Metrics, tracing and request ids. Default: the process-wide metrics system and tracer.
+        public var observability: ObservabilityConfiguration
 
         /// A broker address.
         public struct Endpoint: Sendable, Hashable, CustomStringConvertible {
@@ -76,6 +80,8 @@ extension RabbitMQClient {
             self.connectionName = nil
             self.clientProperties = [:]
             self.publishWindow = 1000
+            self.recovery = RecoveryConfiguration()
+            self.observability = ObservabilityConfiguration()
         }
 
         /// Creates a configuration from an AMQP URL: `amqp://user:password@host:port/vhost` or `amqps://`.
