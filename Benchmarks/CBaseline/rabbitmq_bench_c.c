@@ -15,9 +15,9 @@
  *          Last line: `pub msgs=N secs=S rate=R`
  * consume: basic.qos P, basic.consume with manual acks, one basic.ack per message (multiple=false), stops
  *          after N messages. Timed from the first delivery to the last ack. Deliveries are assembled
- *          from frames (basic.deliver, header, bodies) read with amqp_simple_wait_frame_noblock (blocking, with a 30 s idle limit; never
- *          amqp_consume_message), the body copied
- *          once out of librabbitmq's frame buffer (what any client handing out messages must do).
+ *          from frames (basic.deliver, header, bodies) read with amqp_simple_wait_frame_noblock (blocking,
+ *          with a 30 s idle limit; never amqp_consume_message), the body copied once out of
+ *          librabbitmq's frame buffer (what any client handing out messages must do).
  *          Last line: `con msgs=N secs=S rate=R`
  *
  * Build: cc -O2 -o rabbitmq-bench-c rabbitmq_bench_c.c $(pkg-config --cflags --libs librabbitmq)
