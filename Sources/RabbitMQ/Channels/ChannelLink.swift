@@ -11,6 +11,7 @@ final class ChannelLink: Sendable {
     let window: PublishWindow
     private let closure = Mutex<RabbitMQError?>(nil)
     private let open = Atomic<Bool>(true)
+    private let recoverable = Atomic<Bool>(false)
 
     init(number: UInt16, commands: CommandQueue, windowCapacity: Int) {
         self.number = number
@@ -20,6 +21,13 @@ final class ChannelLink: Sendable {
 
     /// Whether the channel is open, cheaply.
     var isOpen: Bool { open.load(ordering: .acquiring) }
+
+    /// Whether a ``Channel`` will re-open this channel after a lost connection: then the I/O thread keeps its
+    /// consumers' delivery buffers open when the connection fails, for the recovered channel to refill.
+    var isRecoverable: Bool {
+        get { recoverable.load(ordering: .acquiring) }
+        set { recoverable.store(newValue, ordering: .releasing) }
+    }
 
     /// The error the channel closed with, or `nil` while it is open.
     var closedError: RabbitMQError? { closure.withLock { $0 } }

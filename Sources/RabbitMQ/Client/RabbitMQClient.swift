@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import ServiceLifecycle
 import Synchronization
 
 /// A RabbitMQ client: one connection, with channels managed for you.
@@ -13,30 +14,34 @@ import Synchronization
 /// }
 /// await client.close()
 /// ```
-/// The client connects on first use (or ``connect()``), trying ``Configuration/endpoints`` in order.
-/// Declarations and other requests run on pooled channels, one request per channel at a time, so a channel
-/// error (404, 406) affects only the call that caused it. ``publish(_:to:routingKey:properties:mandatory:)``
-/// shares one confirm-mode channel between all tasks; each consumer gets a channel of its own.
-public final class RabbitMQClient: Sendable {
+/// The client connects on first use (or ``connect()``), trying ``Configuration/endpoints`` in order, and
+/// recovers a lost connection (see ``RecoveryConfiguration``). Requests such as declarations run on pooled
+/// channels, one request per channel at a time, so a channel error (404, 406) affects only the call that
+/// caused it. ``publish(_:to:routingKey:properties:mandatory:)`` shares one confirm-mode channel between all
+/// tasks; each consumer gets a channel of its own.
+///
+/// As a `Service` (swift-service-lifecycle), ``run()`` connects, waits for the graceful shutdown, then waits
+/// for outstanding publisher confirms and closes the connection.
+public final class RabbitMQClient: Service, Sendable {
     /// The configuration the client was created with.
     public let configuration: Configuration
     let logger: Logger
-    private let connection: SingleFlight<ConnectionEngine>
-    private let publisher: SingleFlight<Channel>
+    let manager: ConnectionManager
+    private let publisher = SingleFlight<Channel>()
     private let pool = Mutex<[Channel]>([])
     private let isClosed = Atomic<Bool>(false)
 
     /// Channels kept open for client-level requests between calls.
     private static let pooledChannels = 8
 
-    /// Creates a client. It connects on first use.
+    /// Creates a client. It connects on first use, or in ``connect()`` or ``run()``.
     public init(configuration: Configuration, logger: Logger = Logger(label: "rabbitmq")) {
         self.configuration = configuration
         var logger = logger
-        logger[metadataKey: "rabbitmq.connection"] = "\(configuration.connectionName ?? configuration.endpoints.first?.description ?? "")"
+        logger[metadataKey: "rabbitmq.connection"] =
+            "\(configuration.connectionName ?? configuration.endpoints.first?.description ?? "")"
         self.logger = logger
-        connection = SingleFlight()
-        publisher = SingleFlight()
+        manager = ConnectionManager(configuration: configuration, logger: logger)
     }
 
     /// Connects now rather than on first use, so that a wrong URL, password or port shows up at start-up.
@@ -47,11 +52,31 @@ public final class RabbitMQClient: Sendable {
         _ = try await engine()
     }
 
-    /// Opens a channel for channel-scoped work. Close it when done.
+    /// Connects, then waits for the service group's graceful shutdown (or task cancellation), then shuts
+    /// down gracefully: waits for the shared publisher's outstanding confirms (at most the confirm timeout)
+    /// and closes the connection.
+    public func run() async throws {
+        try await connect()
+        try? await gracefulShutdown()
+        if let channel = publisher.current, channel.isOpen {
+            try? await channel.waitForConfirms()
+        }
+        await close()
+    }
+
+    /// A stream of connection events: connected, lost, reconnecting, recovered, blocked... Each call makes a
+    /// new stream that keeps the latest 100 events if not read; it ends when the client closes.
+    public func connectionEvents() -> AsyncStream<ConnectionEvent> {
+        manager.events()
+    }
+
+    /// Opens a channel for channel-scoped work. Close it when done. It survives connection recovery.
     public func openChannel() async throws -> Channel {
         let engine = try await engine()
         let link = try await engine.openChannel(window: configuration.publishWindow)
-        return Channel(link: link, engine: engine)
+        let channel = Channel(link: link, engine: engine, manager: manager)
+        manager.register(channel)
+        return channel
     }
 
     /// Runs `body` with a pooled channel; the channel goes back to the pool if it is still open after.
@@ -73,11 +98,9 @@ public final class RabbitMQClient: Sendable {
     public func close() async {
         guard !isClosed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         pool.withLock { $0.removeAll() }
-        if let engine = connection.close() {
-            await engine.close()
-            logger.info("connection closed")
-        }
         _ = publisher.close()
+        await manager.close()
+        logger.info("client closed")
     }
 
     // MARK: Internals
@@ -86,31 +109,12 @@ public final class RabbitMQClient: Sendable {
         guard !isClosed.load(ordering: .acquiring) else {
             throw RabbitMQError(.clientClosed, "the client is closed")
         }
-        return try await connection.get(isValid: { !$0.isClosed }) { [configuration, logger] in
-            try await Self.connectToFirstReachable(configuration, logger: logger)
-        }
-    }
-
-    private static func connectToFirstReachable(_ configuration: Configuration, logger: Logger) async throws
-        -> ConnectionEngine
-    {
-        guard !configuration.endpoints.isEmpty else {
-            throw RabbitMQError(.invalidArgument, "the configuration lists no endpoint")
-        }
-        var lastError: (any Error)?
-        for endpoint in configuration.endpoints {
-            do {
-                return try await ConnectionEngine.connect(configuration, endpoint: endpoint, logger: logger)
-            } catch let error as RabbitMQError where error.isRetryable {
-                logger.warning("cannot connect", metadata: ["endpoint": "\(endpoint)", "error": "\(error)"])
-                lastError = error
-            }
-        }
-        throw lastError!
+        return try await manager.engine(until: .now + configuration.connectTimeout + configuration.handshakeTimeout
+                                            + configuration.requestTimeout)
     }
 
     func publisherChannel() async throws -> Channel {
-        try await publisher.get(isValid: { $0.isOpen }) { [self] in
+        try await publisher.get(isValid: { $0.isOpen || self.manager.willRecover(from: $0.closeReason) }) { [self] in
             let channel = try await openChannel()
             try await channel.enableConfirms()
             return channel
@@ -122,7 +126,8 @@ public final class RabbitMQClient: Sendable {
         while let channel = pool.withLock({ $0.popLast() }) {
             if channel.isOpen, channel.engine === engine { return channel }
         }
-        return Channel(link: try await engine.openChannel(window: configuration.publishWindow), engine: engine)
+        return Channel(link: try await engine.openChannel(window: configuration.publishWindow), engine: engine,
+                       manager: manager)
     }
 
     private func returnToPool(_ channel: Channel) {
@@ -137,7 +142,7 @@ public final class RabbitMQClient: Sendable {
 }
 
 /// A value created once on demand and shared: concurrent callers wait for the same creation, and a value that
-/// is no longer valid (a lost connection, a closed channel) is created afresh by the next caller.
+/// is no longer valid (a closed channel) is created afresh by the next caller.
 final class SingleFlight<Value: Sendable>: Sendable {
     private enum State {
         case empty
@@ -147,6 +152,11 @@ final class SingleFlight<Value: Sendable>: Sendable {
     }
 
     private let state = Mutex<State>(.empty)
+
+    /// The value, if one is ready.
+    var current: Value? {
+        state.withLock { if case .ready(let value) = $0 { value } else { nil } }
+    }
 
     func get(isValid: (Value) -> Bool, create: @escaping @Sendable () async throws -> Value) async throws -> Value {
         let task = try state.withLock { state throws(RabbitMQError) -> Task<Value, any Error> in

@@ -3,6 +3,7 @@ extension Channel {
     /// channel (or, with `global`, to the channel as a whole).
     public func setPrefetch(_ count: UInt16, global: Bool = false) async throws {
         _ = try await request(.basicQos(prefetchCount: count, global: global))
+        recordPrefetch(count, global: global)
     }
 
     /// Starts a consumer on `queue`. Set the prefetch with ``setPrefetch(_:global:)`` first.
@@ -20,9 +21,12 @@ extension Channel {
         var arguments = options.arguments
         if let priority = options.priority { arguments["x-priority"] = .int32(priority) }
         let buffer = DeliveryBuffer()
+        let (link, engine) = try await activeSession(for: "basic.consume", until: .now + engine.requestTimeout)
         try link.submit(.registerConsumer(link, consumerTag: tag, buffer))
-        _ = try await request(.basicConsume(queue: queue, consumerTag: tag, noAck: false, exclusive: options.exclusive,
-                                            arguments: arguments))
+        _ = try await engine.request(.basicConsume(queue: queue, consumerTag: tag, noAck: false,
+                                                   exclusive: options.exclusive, arguments: arguments), on: link)
+        recordConsumer(tag: tag, ConsumerRegistration(queue: queue, options: options, arguments: arguments,
+                                                      buffer: buffer))
         return Consumer(core: ConsumerCore(tag: tag, channel: self, buffer: buffer, ownsChannel: ownsChannel,
                                            acknowledgesAutomatically: options.acknowledgement == .automatic))
     }

@@ -78,6 +78,7 @@ final class ConsumerCore: Sendable {
     deinit {
         guard !cancelled.load(ordering: .acquiring) else { return }
         let (channel, tag, ownsChannel) = (channel, tag, ownsChannel)
+        channel.forgetConsumer(tag: tag)
         Task { await Self.stop(channel: channel, tag: tag, ownsChannel: ownsChannel) }
     }
 
@@ -86,22 +87,24 @@ final class ConsumerCore: Sendable {
     func stopDeliveries() {
         buffer.close()
         guard !cancelled.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        channel.forgetConsumer(tag: tag)
         let (channel, tag) = (channel, tag)
         Task { _ = try? await channel.request(.basicCancel(consumerTag: tag)) }
     }
 
     func cancel() async {
         guard !cancelled.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        channel.forgetConsumer(tag: tag)
         await Self.stop(channel: channel, tag: tag, ownsChannel: ownsChannel)
         buffer.finish(nil)
     }
 
     private static func stop(channel: Channel, tag: String, ownsChannel: Bool) async {
-        guard channel.isOpen else { return }
         if ownsChannel {
-            // Closing the channel cancels the consumer and requeues its unacknowledged deliveries at once.
+            // Closing the channel cancels the consumer and requeues its unacknowledged deliveries at once;
+            // it also keeps recovery from re-opening it.
             try? await channel.close()
-        } else {
+        } else if channel.isOpen {
             _ = try? await channel.request(.basicCancel(consumerTag: tag))
         }
     }

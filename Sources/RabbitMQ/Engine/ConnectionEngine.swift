@@ -30,13 +30,14 @@ final class ConnectionEngine: Sendable {
     /// Starts the I/O thread, which connects and logs in to `endpoint`, then serves commands.
     static func connect(_ configuration: RabbitMQClient.Configuration,
                         endpoint: RabbitMQClient.Configuration.Endpoint,
-                        logger: Logger) async throws -> ConnectionEngine {
+                        logger: Logger,
+                        onEvent: @escaping EngineEventHandler) async throws -> ConnectionEngine {
         let commands = try CommandQueue()
         let parameters = ConnectionParameters(configuration, endpoint: endpoint)
         let negotiated = try await withCheckedThrowingContinuation {
             (continuation: CheckedContinuation<NegotiatedParameters, any Error>) in
             let thread = Thread {
-                runConnection(parameters, commands: commands, logger: logger) { result in
+                runConnection(parameters, commands: commands, logger: logger, onEvent: onEvent) { result in
                     continuation.resume(with: result)
                 }
             }
@@ -53,20 +54,23 @@ final class ConnectionEngine: Sendable {
 
     /// The body of the I/O thread: connect, report, then serve until the connection ends.
     private static func runConnection(_ parameters: ConnectionParameters, commands: CommandQueue, logger: Logger,
+                                      onEvent: @escaping EngineEventHandler,
                                       connected: (Result<NegotiatedParameters, RabbitMQError>) -> Void) {
         let arena = CArena()
         let loop: IOLoop
         do {
             let (connection, negotiated) = try openConnection(parameters, arena: arena)
             loop = IOLoop(connection: connection, negotiated: negotiated, commands: commands,
-                          requestTimeout: parameters.requestTimeout, arena: arena, logger: logger)
+                          requestTimeout: parameters.requestTimeout, arena: arena, logger: logger,
+                          onEvent: { event in onEvent(event, ObjectIdentifier(commands)) })
         } catch {
             _ = commands.terminate(with: error)
             connected(.failure(error))
             return
         }
         connected(.success(loop.negotiated))
-        loop.run()
+        let error = loop.run()
+        onEvent(.terminated(error), ObjectIdentifier(commands))
     }
 
     /// Whether the connection has ended.

@@ -54,3 +54,17 @@ enum Settlement: Sendable, Equatable {
     case nack(deliveryTag: UInt64, multiple: Bool, requeue: Bool)
     case reject(deliveryTag: UInt64, requeue: Bool)
 }
+
+/// What a connection's I/O thread reports on its own, to whoever manages the connection.
+enum EngineEvent: Sendable {
+    /// The broker blocked publishing (connection.blocked).
+    case blocked(String)
+    /// The broker unblocked publishing.
+    case unblocked
+    /// The connection ended: closed by the client, by the broker, or failed. Sent once, last.
+    case terminated(RabbitMQError)
+}
+
+/// Receives ``EngineEvent``s on the I/O thread with the identity of the connection's command queue; it must
+/// return quickly.
+typealias EngineEventHandler = @Sendable (EngineEvent, ObjectIdentifier) -> Void

@@ -119,6 +119,10 @@ extension IOLoop {
 
     /// Matches a reply to the oldest request on the channel.
     private func reply(_ method: amqp_method_t, on channel: ChannelState) {
+        if method.id == AMQP_CHANNEL_CLOSE_OK_METHOD {
+            channelCloseOk(on: channel)
+            return
+        }
         guard let request = channel.pending.first, request.method.replies.contains(method.id) else {
             logger.warning("ignored an unexpected method from the broker",
                            metadata: ["channel": "\(channel.number)", "method": "\(method.id)"])
@@ -144,13 +148,34 @@ extension IOLoop {
             reply = .done
         case AMQP_BASIC_GET_EMPTY_METHOD:
             reply = .getEmpty
-        case AMQP_CHANNEL_CLOSE_OK_METHOD:
-            tearDown(channel, RabbitMQError(.clientClosed, "the channel was closed by the application"))
-            reply = .done
         default:
             reply = .done
         }
         request.succeed(reply, link: channel.link)
+    }
+
+    /// Our channel.close is acknowledged. RabbitMQ may answer it before replies to earlier requests, and then
+    /// never sends those (a basic.cancel's cancel-ok comes from the queue process and is dropped once the channel
+    /// closes): settle everything queued up to the close.
+    private func channelCloseOk(on channel: ChannelState) {
+        guard let closeIndex = channel.pending.firstIndex(where: {
+            if case .channelClose = $0.method { true } else { false }
+        }) else {
+            logger.warning("ignored a channel.close-ok with no channel.close pending", metadata: ["channel": "\(channel.number)"])
+            return
+        }
+        let closed = RabbitMQError(.clientClosed, "the channel was closed by the application")
+        for _ in 0..<closeIndex {
+            let request = channel.pending.removeFirst()
+            if case .basicCancel = request.method {
+                request.succeed(.done, link: channel.link)  // closing the channel cancelled the consumer
+            } else {
+                request.fail(closed)
+            }
+        }
+        let close = channel.pending.removeFirst()
+        tearDown(channel, closed)
+        close.succeed(.done, link: channel.link)
     }
 
     /// A message is complete: hand it to its consumer, its get request, or its publisher (returns).

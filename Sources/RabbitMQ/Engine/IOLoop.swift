@@ -21,6 +21,7 @@ final class IOLoop {
     let arena: CArena
     let negotiated: NegotiatedParameters
     let requestTimeout: Duration
+    let onEvent: @Sendable (EngineEvent) -> Void
     private let socket: Int32
 
     var channels: [ChannelState?]
@@ -42,7 +43,8 @@ final class IOLoop {
     private static let framesPerPass = 4096
 
     init(connection: amqp_connection_state_t, negotiated: NegotiatedParameters, commands: CommandQueue,
-         requestTimeout: Duration, arena: CArena, logger: Logger) {
+         requestTimeout: Duration, arena: CArena, logger: Logger, onEvent: @escaping @Sendable (EngineEvent) -> Void) {
+        self.onEvent = onEvent
         self.connection = connection
         self.negotiated = negotiated
         self.commands = commands
@@ -57,8 +59,8 @@ final class IOLoop {
         amqp_destroy_connection(connection)
     }
 
-    /// Runs until the connection closes or fails.
-    func run() {
+    /// Runs until the connection closes or fails; returns why it ended.
+    func run() -> RabbitMQError {
         while finalError == nil {
             let drainedAll = readFrames()
             flushBatches()
@@ -82,6 +84,7 @@ final class IOLoop {
         for command in commands.terminate(with: error) { reject(command, error) }
         for waiter in closeWaiters { waiter.resume() }
         closeWaiters.removeAll()
+        return error
     }
 
     // MARK: Reading
@@ -325,6 +328,7 @@ final class IOLoop {
             logger.info("broker unblocked the connection")
         }
         for case let channel? in channels { channel.link.window.setBlocked(blocked) }
+        onEvent(blocked ? .blocked(reason) : .unblocked)
         guard !blocked else { return }
         while !isBlocked, finalError == nil, let next = held.popFirst() {
             guard let channel = openState(of: next.link) else {
@@ -428,8 +432,10 @@ final class IOLoop {
     func finish(_ error: RabbitMQError) {
         guard finalError == nil else { return }
         finalError = error
+        // A recoverable channel's consumers outlive a lost connection: recovery re-registers their buffers.
+        let connectionLost = error.code != .clientClosed
         for case let channel? in channels {
-            tearDown(channel, error)
+            tearDown(channel, error, keepConsumers: connectionLost && channel.link.isRecoverable)
         }
         for entry in held { entry.ticket.complete(.failure(error)) }
         held.removeAll()
@@ -444,7 +450,8 @@ final class IOLoop {
     }
 
     /// Fails everything waiting on the channel and frees its number (or keeps it while `channel.close` is out).
-    func tearDown(_ channel: ChannelState, _ error: RabbitMQError, keepNumberUntilCloseOk: Bool = false) {
+    func tearDown(_ channel: ChannelState, _ error: RabbitMQError, keepNumberUntilCloseOk: Bool = false,
+                  keepConsumers: Bool = false) {
         channel.link.markClosed(error)
         while let request = channel.pending.popFirst() { request.fail(error) }
         while let publish = channel.unconfirmed.popFirst() {
@@ -452,7 +459,7 @@ final class IOLoop {
         }
         for consumer in channel.consumers.values {
             consumer.batch.removeAll()
-            consumer.buffer.finish(error)
+            if !keepConsumers { consumer.buffer.finish(error) }
         }
         channel.consumers.removeAll()
         channel.incoming = nil

@@ -14,6 +14,7 @@ extension Channel {
             link.window.setCapacity(window)
         }
         _ = try await request(.confirmSelect)
+        recordConfirms(window: window)
     }
 
     /// Publishes a message and returns without waiting for the broker's confirmation, unless the window of
@@ -38,7 +39,6 @@ extension Channel {
         properties: MessageProperties = MessageProperties(),
         mandatory: Bool = false
     ) async throws -> PublishConfirmation {
-        try link.checkOpen("basic.publish")
         try NameValidation.validate(exchange, as: "exchange name", operation: "basic.publish")
         try NameValidation.validate(routingKey, as: "routing key", operation: "basic.publish")
         if !properties.headers.isEmpty {
@@ -50,8 +50,8 @@ extension Channel {
         }
         var properties = properties
         if properties.deliveryMode == nil { properties.deliveryMode = .persistent }
-        let deadline = ContinuousClock.now + engine.confirmTimeout
-        try await link.window.acquire(deadline: deadline)
+        let deadline = ContinuousClock.now + manager.configuration.confirmTimeout
+        let link = try await acquirePublishSlot(until: deadline)
         let ticket = PublishTicket(deadline: deadline)
         let message = OutgoingMessage(exchange: exchange, routingKey: routingKey, mandatory: mandatory,
                                       properties: properties, body: body)
@@ -89,7 +89,21 @@ extension Channel {
     /// - Throws: the first failure since the previous call (nack, unroutable, timeout), with the number of
     ///   failures in its message; or a timeout if confirms take longer than the confirm timeout.
     public func waitForConfirms() async throws {
-        try await link.window.waitUntilDrained(deadline: .now + engine.confirmTimeout)
+        try await link.window.waitUntilDrained(deadline: .now + manager.configuration.confirmTimeout)
+    }
+
+    /// A slot in the publish window of the channel's open incarnation: during an outage this waits for the
+    /// recovered channel, until `deadline`.
+    private func acquirePublishSlot(until deadline: ContinuousClock.Instant) async throws -> ChannelLink {
+        while true {
+            let (link, _) = try await activeSession(for: "basic.publish", until: deadline)
+            do {
+                try await link.window.acquire(deadline: deadline)
+                return link
+            } catch let error as RabbitMQError where !link.isOpen && manager.willRecover(from: error) {
+                continue
+            }
+        }
     }
 
     /// Messages published on this channel and not yet confirmed.

@@ -2,10 +2,15 @@ extension Channel {
     /// Declares an exchange; succeeds if it exists with the same settings.
     /// - Throws: ``RabbitMQError`` with reply code 406 when it exists with other settings (this closes the channel).
     public func declare(_ exchange: Exchange) async throws {
+        try await declare(exchange, recording: true)
+    }
+
+    func declare(_ exchange: Exchange, recording: Bool) async throws {
         try exchange.validate()
         _ = try await request(.exchangeDeclare(
             name: exchange.name, type: exchange.type.rawValue, passive: false, durable: exchange.durable,
             autoDelete: exchange.autoDelete, internal: exchange.isInternal, arguments: exchange.declareArguments))
+        if recording { manager.recorder.record(exchange) }
     }
 
     /// Declares a queue; succeeds if it exists with the same settings. Returns its name (the generated one for a
@@ -14,11 +19,17 @@ extension Channel {
     ///   connection holds it exclusively.
     @discardableResult
     public func declare(_ queue: Queue) async throws -> QueueInfo {
+        try await declare(queue, recording: true)
+    }
+
+    func declare(_ queue: Queue, recording: Bool) async throws -> QueueInfo {
         try queue.validate()
         let reply = try await request(.queueDeclare(
             name: queue.name, passive: false, durable: queue.durable, exclusive: queue.exclusive,
             autoDelete: queue.autoDelete, arguments: queue.declareArguments))
-        return try Self.queueInfo(reply)
+        let info = try Self.queueInfo(reply)
+        if recording { manager.recorder.record(queue, actualName: info.name) }
+        return info
     }
 
     /// Declares every exchange, then every queue, then every binding of `topology`. Idempotent.
@@ -52,6 +63,10 @@ extension Channel {
 
     /// Binds a queue or an exchange to a source exchange.
     public func bind(_ binding: Binding) async throws {
+        try await bind(binding, recording: true)
+    }
+
+    func bind(_ binding: Binding, recording: Bool) async throws {
         try binding.validate()
         switch binding.destination {
         case .queue(let queue):
@@ -61,6 +76,7 @@ extension Channel {
             _ = try await request(.exchangeBind(destination: destination, source: binding.source,
                                                 routingKey: binding.routingKey, arguments: binding.arguments))
         }
+        if recording { manager.recorder.record(binding) }
     }
 
     /// Removes a binding.
@@ -74,6 +90,7 @@ extension Channel {
             _ = try await request(.exchangeUnbind(destination: destination, source: binding.source,
                                                   routingKey: binding.routingKey, arguments: binding.arguments))
         }
+        manager.recorder.forget(binding)
     }
 
     /// Deletes a queue and returns how many messages it held.
@@ -86,6 +103,7 @@ extension Channel {
         guard case .messageCount(let count) = try await request(
             .queueDelete(queue: name, ifUnused: ifUnused, ifEmpty: ifEmpty))
         else { throw Self.unexpectedReply("queue.delete") }
+        manager.recorder.forgetQueue(name)
         return count
     }
 
@@ -94,6 +112,7 @@ extension Channel {
     public func deleteExchange(_ name: String, ifUnused: Bool = false) async throws {
         try NameValidation.validateEntityName(name, as: "exchange name", operation: "exchange.delete")
         _ = try await request(.exchangeDelete(name: name, ifUnused: ifUnused))
+        manager.recorder.forgetExchange(name)
     }
 
     /// Removes every ready message from a queue and returns how many there were.

@@ -111,3 +111,24 @@ struct RabbitMQCtlError: Error, CustomStringConvertible {
     let status: Int32
     var description: String { "rabbitmqctl \(arguments.joined(separator: " ")) exited with \(status)" }
 }
+
+extension TestBroker {
+    /// The broker's pids of the connections whose client-given name is `name` (see `makeClient`).
+    static func connectionPIDs(named name: String) throws -> [String] {
+        let output = try rabbitmqctl("list_connections", "pid", "client_properties", "--no-table-headers")
+        return output.split(separator: "\n").compactMap { line in
+            let fields = line.split(separator: "\t", maxSplits: 1)
+            guard fields.count == 2, fields[1].contains("\"connection_name\",longstr,\"\(name)\"")
+                || fields[1].contains("{\"connection_name\",\"\(name)\"}") else { return nil }
+            return String(fields[0])
+        }
+    }
+
+    /// Closes, from the broker, the connections whose client-given name is `name`, as a network failure or an
+    /// operator would; other tests' connections are left alone.
+    static func closeConnections(named name: String, reason: String = "closed by the test") throws {
+        for pid in try connectionPIDs(named: name) {
+            try rabbitmqctl("close_connection", pid, reason)
+        }
+    }
+}

@@ -1,0 +1,267 @@
+import Foundation
+import Logging
+import Synchronization
+
+/// Owns the client's connection over time: connects on demand, notices when the connection ends, and
+/// recovers it (reconnect with backoff, topology, channels, consumers) when recovery is on.
+final class ConnectionManager: Sendable {
+    private enum State {
+        case idle
+        case connecting(Task<ConnectionEngine, any Error>)
+        case connected(ConnectionEngine)
+        case recovering(Task<ConnectionEngine, any Error>)
+        case closed
+    }
+
+    private struct WeakChannel {
+        weak var channel: Channel?
+    }
+
+    let configuration: RabbitMQClient.Configuration
+    let logger: Logger
+    let recorder = TopologyRecorder()
+    private let state = Mutex<State>(.idle)
+    private let channels = Mutex<[WeakChannel]>([])
+    private let subscribers = Mutex<[UInt64: AsyncStream<ConnectionEvent>.Continuation]>([:])
+    private let nextSubscriber = Atomic<UInt64>(0)
+
+    init(configuration: RabbitMQClient.Configuration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    // MARK: Connection
+
+    /// The live connection: connecting, or waiting for recovery, until `deadline` if one is given.
+    func engine(until deadline: ContinuousClock.Instant? = nil, operation: String = "connect") async throws
+        -> ConnectionEngine
+    {
+        let task = try state.withLock { state throws(RabbitMQError) -> Task<ConnectionEngine, any Error> in
+            switch state {
+            case .connected(let engine) where !engine.isClosed:
+                return Task { engine }
+            case .connected(let engine):
+                // The connection ended and the I/O thread's notice has not arrived yet.
+                return startRecoveryOrReconnect(&state, after: engine.closedError)
+            case .connecting(let task), .recovering(let task):
+                return task
+            case .idle:
+                let task = Task { try await self.connectFirstTime() }
+                state = .connecting(task)
+                return task
+            case .closed:
+                throw RabbitMQError(.clientClosed, "the client is closed", operation: operation)
+            }
+        }
+        guard let deadline else { return try await task.value }
+        return try await withDeadline(deadline, operation: operation) { try await task.value }
+    }
+
+    /// Whether a channel closed with `error` will be brought back by recovery.
+    func willRecover(from error: RabbitMQError?) -> Bool {
+        guard configuration.recovery.isEnabled, let error else { return false }
+        guard [.connectionLost, .connectionClosed, .protocolError].contains(error.code) else { return false }
+        return state.withLock { if case .closed = $0 { false } else { true } }
+    }
+
+    /// Closes the connection and stops any recovery; returns the engine that was open, if any.
+    func close() async {
+        let (engine, task) = state.withLock { state -> (ConnectionEngine?, Task<ConnectionEngine, any Error>?) in
+            defer { state = .closed }
+            switch state {
+            case .connected(let engine): return (engine, nil)
+            case .connecting(let task), .recovering(let task): return (nil, task)
+            case .idle, .closed: return (nil, nil)
+            }
+        }
+        task?.cancel()
+        var engineToClose = engine
+        if engineToClose == nil, let task { engineToClose = try? await task.value }
+        await engineToClose?.close()
+        let error = RabbitMQError(.clientClosed, "the client is closed")
+        for channel in liveChannels() { channel.failConsumers(error) }
+        emit(.closed)
+        subscribers.withLock { subscribers in
+            for continuation in subscribers.values { continuation.finish() }
+            subscribers.removeAll()
+        }
+    }
+
+    private func connectFirstTime() async throws -> ConnectionEngine {
+        do {
+            let engine = try await connectToFirstReachable()
+            state.withLock { state in
+                if case .connecting = state { state = .connected(engine) }
+            }
+            return engine
+        } catch {
+            state.withLock { state in
+                if case .connecting = state { state = .idle }
+            }
+            throw error
+        }
+    }
+
+    private func connectToFirstReachable() async throws -> ConnectionEngine {
+        guard !configuration.endpoints.isEmpty else {
+            throw RabbitMQError(.invalidArgument, "the configuration lists no endpoint")
+        }
+        var lastError: RabbitMQError?
+        for endpoint in configuration.endpoints {
+            do {
+                let engine = try await ConnectionEngine.connect(configuration, endpoint: endpoint, logger: logger) {
+                    [weak self] event, engine in self?.handle(event, from: engine)
+                }
+                emit(.connected(endpoint: endpoint.description))
+                return engine
+            } catch let error as RabbitMQError where error.isRetryable && configuration.endpoints.count > 1 {
+                logger.warning("cannot connect", metadata: ["endpoint": "\(endpoint)", "error": "\(error)"])
+                lastError = error
+            }
+        }
+        throw lastError ?? RabbitMQError(.connectionLost, "no endpoint could be reached")
+    }
+
+    // MARK: Recovery
+
+    /// Called on a connection's I/O thread.
+    private func handle(_ event: EngineEvent, from engine: ObjectIdentifier) {
+        switch event {
+        case .blocked(let reason):
+            emit(.blocked(reason: reason))
+        case .unblocked:
+            emit(.unblocked)
+        case .terminated(let error):
+            guard error.code != .clientClosed else { return }
+            let isCurrent = state.withLock { state -> Bool in
+                guard case .connected(let current) = state, ObjectIdentifier(current) == engine else { return false }
+                _ = startRecoveryOrReconnect(&state, after: error)
+                return true
+            }
+            if isCurrent { emit(.connectionLost(error)) }
+        }
+    }
+
+    private func startRecoveryOrReconnect(_ state: inout State, after error: RabbitMQError?)
+        -> Task<ConnectionEngine, any Error>
+    {
+        let error = error ?? RabbitMQError(.connectionLost, "the connection ended")
+        guard configuration.recovery.isEnabled else {
+            for channel in liveChannels() { channel.failConsumers(error) }
+            let task = Task { try await self.connectFirstTime() }
+            state = .connecting(task)
+            return task
+        }
+        logger.warning("connection lost; recovering", metadata: ["error": "\(error)"])
+        let task = Task { try await self.recover(after: error) }
+        state = .recovering(task)
+        return task
+    }
+
+    private func recover(after error: RabbitMQError) async throws -> ConnectionEngine {
+        let recovery = configuration.recovery
+        var attempt = 0
+        var lastError = error
+        while true {
+            attempt += 1
+            if let maxAttempts = recovery.maxAttempts, attempt > maxAttempts {
+                return try giveUp(RabbitMQError(.connectionLost, "recovery gave up after \(maxAttempts) attempts; "
+                                                    + "last error: \(lastError.message)"))
+            }
+            let delay = recovery.delay(beforeAttempt: attempt)
+            emit(.reconnecting(attempt: attempt, delay: delay))
+            do {
+                try await Task.sleep(for: delay)
+            } catch {
+                throw RabbitMQError(.clientClosed, "the client was closed during recovery")
+            }
+            do {
+                let engine = try await connectToFirstReachable()
+                try await restore(on: engine)
+                let stillRecovering = state.withLock { state -> Bool in
+                    guard case .recovering = state else { return false }
+                    state = .connected(engine)
+                    return true
+                }
+                guard stillRecovering else {
+                    await engine.close()
+                    throw RabbitMQError(.clientClosed, "the client was closed during recovery")
+                }
+                logger.info("connection recovered", metadata: ["endpoint": "\(engine.negotiated.endpoint)",
+                                                               "attempts": "\(attempt)"])
+                emit(.recovered(endpoint: engine.negotiated.endpoint.description))
+                return engine
+            } catch let failure as RabbitMQError where failure.isRetryable {
+                logger.warning("recovery attempt failed", metadata: ["attempt": "\(attempt)", "error": "\(failure)"])
+                lastError = failure
+            } catch let failure as RabbitMQError {
+                return try giveUp(failure)
+            }
+        }
+    }
+
+    /// Declares the recorded topology again and re-opens every channel the application still uses.
+    private func restore(on engine: ConnectionEngine) async throws {
+        let link = try await engine.openChannel(window: 1)
+        let channel = Channel(link: link, engine: engine, manager: self)
+        try await recorder.redeclare(on: channel)
+        try await channel.close()
+        for channel in liveChannels() {
+            do {
+                _ = try await channel.reattach(to: engine)
+            } catch let error as RabbitMQError where !error.isRetryable {
+                // This channel cannot come back (its queue is gone, say): end its consumers, keep the others.
+                logger.warning("a channel could not be recovered", metadata: ["error": "\(error)"])
+                channel.failConsumers(error)
+            }
+        }
+    }
+
+    private func giveUp(_ error: RabbitMQError) throws -> ConnectionEngine {
+        logger.error("recovery failed", metadata: ["error": "\(error)"])
+        state.withLock { state in
+            if case .recovering = state { state = .idle }
+        }
+        for channel in liveChannels() { channel.failConsumers(error) }
+        emit(.recoveryFailed(error))
+        throw error
+    }
+
+    // MARK: Channels
+
+    /// Keeps `channel` for recovery.
+    func register(_ channel: Channel) {
+        guard configuration.recovery.isEnabled else { return }
+        channel.link.isRecoverable = true
+        channels.withLock { channels in
+            channels.removeAll { $0.channel == nil }
+            channels.append(WeakChannel(channel: channel))
+        }
+    }
+
+    private func liveChannels() -> [Channel] {
+        channels.withLock { channels in channels.compactMap(\.channel) }
+    }
+
+    // MARK: Events
+
+    func events() -> AsyncStream<ConnectionEvent> {
+        let (stream, continuation) = AsyncStream<ConnectionEvent>.makeStream(bufferingPolicy: .bufferingNewest(100))
+        let id = nextSubscriber.add(1, ordering: .relaxed).newValue
+        let closed = state.withLock { if case .closed = $0 { true } else { false } }
+        if closed {
+            continuation.finish()
+            return stream
+        }
+        subscribers.withLock { $0[id] = continuation }
+        continuation.onTermination = { [weak self] _ in
+            _ = self?.subscribers.withLock { $0.removeValue(forKey: id) }
+        }
+        return stream
+    }
+
+    private func emit(_ event: ConnectionEvent) {
+        let continuations = subscribers.withLock { Array($0.values) }
+        for continuation in continuations { continuation.yield(event) }
+    }
+}
