@@ -1,3 +1,4 @@
+import DequeModule
 import Foundation
 import Synchronization
 
@@ -35,21 +36,17 @@ public struct Consumer: AsyncSequence, Sendable {
     /// Iterates the deliveries; not meant to be shared between tasks.
     public struct AsyncIterator: AsyncIteratorProtocol {
         let core: ConsumerCore
-        private var batch: [Delivery] = []
-        private var index = 0
+        private var batch: Deque<Delivery> = []
 
         init(core: ConsumerCore) {
             self.core = core
         }
 
         public mutating func next() async throws -> Delivery? {
-            if index == batch.count {
+            if batch.isEmpty {
                 batch = try await core.buffer.next()
-                index = 0
-                if batch.isEmpty { return nil }
             }
-            let delivery = batch[index]
-            index += 1
+            guard let delivery = batch.popFirst() else { return nil }
             if core.acknowledgesAutomatically {
                 try delivery.link.submit(.settle(delivery.link, .ack(deliveryTag: delivery.deliveryTag, multiple: false)))
             }

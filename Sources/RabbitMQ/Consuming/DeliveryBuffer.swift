@@ -1,3 +1,4 @@
+import DequeModule
 import Synchronization
 
 /// Carries one consumer's deliveries from the I/O thread to the consuming task, a batch per crossing.
@@ -7,8 +8,8 @@ import Synchronization
 /// since it sends no more while that many deliveries are unacknowledged.
 final class DeliveryBuffer: Sendable {
     private struct State {
-        var buffered: [Delivery] = []
-        var waiter: CheckedContinuation<[Delivery], any Error>?
+        var buffered: Deque<Delivery> = []
+        var waiter: CheckedContinuation<Deque<Delivery>, any Error>?
         var finished = false
         var failure: RabbitMQError?
     }
@@ -17,12 +18,12 @@ final class DeliveryBuffer: Sendable {
 
     /// Appends a batch (the I/O thread's `batch` is left empty).
     func push(_ batch: inout [Delivery]) {
-        let waiter = state.withLock { state -> CheckedContinuation<[Delivery], any Error>? in
+        let waiter = state.withLock { state -> CheckedContinuation<Deque<Delivery>, any Error>? in
             guard !state.finished else {
                 batch.removeAll(keepingCapacity: true)
                 return nil
             }
-            if state.buffered.isEmpty { swap(&state.buffered, &batch) } else { state.buffered.append(contentsOf: batch) }
+            state.buffered.append(contentsOf: batch)
             batch.removeAll(keepingCapacity: true)
             guard let waiter = state.waiter else { return nil }
             state.waiter = nil
@@ -33,7 +34,7 @@ final class DeliveryBuffer: Sendable {
 
     /// Ends the stream after what is buffered, with `error` if it failed.
     func finish(_ error: RabbitMQError?) {
-        let waiter = state.withLock { state -> CheckedContinuation<[Delivery], any Error>? in
+        let waiter = state.withLock { state -> CheckedContinuation<Deque<Delivery>, any Error>? in
             guard !state.finished else { return nil }
             state.finished = true
             state.failure = error
@@ -45,10 +46,11 @@ final class DeliveryBuffer: Sendable {
     }
 
     /// Everything buffered, waiting if nothing is; an empty batch means the stream ended normally.
-    func next() async throws -> [Delivery] {
+    /// The consumer pops deliveries off the batch as it hands them out, so their bodies are freed as it goes.
+    func next() async throws -> Deque<Delivery> {
         try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<[Delivery], any Error>) in
-                let result = state.withLock { state -> Result<[Delivery], any Error>? in
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Deque<Delivery>, any Error>) in
+                let result = state.withLock { state -> Result<Deque<Delivery>, any Error>? in
                     if !state.buffered.isEmpty { return .success(Self.takeAll(&state)) }
                     if state.finished { return state.failure.map { .failure($0) } ?? .success([]) }
                     if Task.isCancelled { return .failure(CancellationError()) }
@@ -69,7 +71,7 @@ final class DeliveryBuffer: Sendable {
     /// Ends the stream now, dropping what is buffered: those deliveries stay unacknowledged and return to
     /// the queue when their channel closes.
     func close() {
-        let waiter = state.withLock { state -> CheckedContinuation<[Delivery], any Error>? in
+        let waiter = state.withLock { state -> CheckedContinuation<Deque<Delivery>, any Error>? in
             state.buffered.removeAll()
             state.finished = true
             defer { state.waiter = nil }
@@ -78,8 +80,8 @@ final class DeliveryBuffer: Sendable {
         waiter?.resume(returning: [])
     }
 
-    private static func takeAll(_ state: inout State) -> [Delivery] {
-        var batch: [Delivery] = []
+    private static func takeAll(_ state: inout State) -> Deque<Delivery> {
+        var batch: Deque<Delivery> = []
         swap(&batch, &state.buffered)
         return batch
     }
