@@ -7,57 +7,68 @@ extension RabbitMQClient {
     /// - Throws: ``RabbitMQError`` with reply code 406 when something exists with other settings.
     @discardableResult
     public func declare(_ topology: Topology) async throws -> [QueueInfo] {
-        try await withChannel { try await $0.declare(topology) }
+        // Every check that needs no broker runs before connecting, so bad input is reported as such.
+        try topology.validate()
+        return try await withChannel { try await $0.declare(topology) }
     }
 
     /// Declares an exchange. See ``Channel/declare(_:)-(Exchange)``.
     public func declare(_ exchange: Exchange) async throws {
+        try exchange.validate()
         try await withChannel { try await $0.declare(exchange) }
     }
 
     /// Declares a queue and returns its name and counts. See ``Channel/declare(_:)-(Queue)``.
     @discardableResult
     public func declare(_ queue: Queue) async throws -> QueueInfo {
-        try await withChannel { try await $0.declare(queue) }
+        try queue.validate()
+        return try await withChannel { try await $0.declare(queue) }
     }
 
     /// Adds a binding.
     public func bind(_ binding: Binding) async throws {
+        try binding.validate()
         try await withChannel { try await $0.bind(binding) }
     }
 
     /// Removes a binding.
     public func unbind(_ binding: Binding) async throws {
+        try binding.validate()
         try await withChannel { try await $0.unbind(binding) }
     }
 
     /// A queue's message and consumer counts, without creating it.
     /// - Throws: ``RabbitMQError`` with reply code 404 when the queue does not exist.
     public func queueInfo(_ name: String) async throws -> QueueInfo {
-        try await withChannel { try await $0.queueInfo(name) }
+        try NameValidation.validateEntityName(name, as: "queue name", operation: "queue.declare")
+        return try await withChannel { try await $0.queueInfo(name) }
     }
 
     /// Checks that an exchange exists.
     /// - Throws: ``RabbitMQError`` with reply code 404 when it does not.
     public func checkExchange(_ name: String) async throws {
+        try NameValidation.validate(name, as: "exchange name", operation: "exchange.declare")
         try await withChannel { try await $0.checkExchange(name) }
     }
 
     /// Deletes a queue and returns how many messages it held.
     @discardableResult
     public func deleteQueue(_ name: String, ifUnused: Bool = false, ifEmpty: Bool = false) async throws -> UInt32 {
-        try await withChannel { try await $0.deleteQueue(name, ifUnused: ifUnused, ifEmpty: ifEmpty) }
+        try NameValidation.validateEntityName(name, as: "queue name", operation: "queue.delete")
+        return try await withChannel { try await $0.deleteQueue(name, ifUnused: ifUnused, ifEmpty: ifEmpty) }
     }
 
     /// Deletes an exchange.
     public func deleteExchange(_ name: String, ifUnused: Bool = false) async throws {
+        try NameValidation.validateEntityName(name, as: "exchange name", operation: "exchange.delete")
         try await withChannel { try await $0.deleteExchange(name, ifUnused: ifUnused) }
     }
 
     /// Removes every ready message from a queue and returns how many there were.
     @discardableResult
     public func purge(_ queue: String) async throws -> UInt32 {
-        try await withChannel { try await $0.purge(queue) }
+        try NameValidation.validateEntityName(queue, as: "queue name", operation: "queue.purge")
+        return try await withChannel { try await $0.purge(queue) }
     }
 
     /// Publishes a message and returns once the broker has confirmed it (publisher confirms).
@@ -75,6 +86,9 @@ extension RabbitMQClient {
         properties: MessageProperties = MessageProperties(),
         mandatory: Bool = false
     ) async throws {
+        try NameValidation.validate(exchange, as: "exchange name", operation: "basic.publish")
+        try NameValidation.validate(routingKey, as: "routing key", operation: "basic.publish")
+        try NameValidation.validate(properties.headers, as: "message headers", operation: "basic.publish")
         let channel = try await publisherChannel()
         try await channel.publish(body, to: exchange, routingKey: routingKey, properties: properties,
                                   mandatory: mandatory).wait()
