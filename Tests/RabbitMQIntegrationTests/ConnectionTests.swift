@@ -1,0 +1,449 @@
+import Foundation
+import RabbitMQ
+import Synchronization
+import Testing
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+@Suite("Connection errors")
+struct ConnectionTests {
+    @Test("a malformed URL throws invalidURL and never echoes its password")
+    func invalidURL() throws {
+        let password = "url-secret-\(UUID().uuidString.prefix(8))"
+        let urls = [
+            "http://guest:\(password)@127.0.0.1:5672/",
+            "amqp://guest:\(password)@127.0.0.1:99999/",
+            "amqp://guest:\(password)@127.0.0.1:5672/a/b",
+            "amqp://guest:\(password)@127.0.0.1:5672/?unknown=1",
+            "amqp://guest:\(password)@127.0.0.1:5672/#fragment",
+            "127.0.0.1:5672",
+        ]
+        for url in urls {
+            let error = #expect(throws: RabbitMQError.self, "\(url)") {
+                try RabbitMQClient.Configuration(url: url)
+            }
+            #expect(error?.code == .invalidURL, "\(url)")
+            if let error {
+                #expect(!Self.mentions(error, password), "\(url): \(error.debugDescription)")
+            }
+        }
+    }
+
+    @Test("a wrong password fails with authenticationFailed (403), at once, without showing the password")
+    func wrongPassword() async throws {
+        let password = "wrong-\(UUID().uuidString)"
+        var configuration = try TestBroker.configuration
+        configuration.password = password
+        configuration.handshakeTimeout = .seconds(10)
+        let client = RabbitMQClient(configuration: configuration, logger: TestBroker.logger)
+        defer { Task { await client.close() } }
+        let start = ContinuousClock.now
+        let error = await #expect(throws: RabbitMQError.self) { try await client.connect() }
+        let elapsed = ContinuousClock.now - start
+        #expect(error?.code == .authenticationFailed)
+        #expect(error?.replyCode == 403)
+        #expect(error?.isRetryable == false)
+        // Refused by the broker, not by the handshake timeout running out.
+        #expect(elapsed < .seconds(5), "took \(elapsed)")
+        if let error {
+            #expect(!Self.mentions(error, password), "\(error.debugDescription)")
+        }
+        #expect(!configuration.description.contains(password))
+    }
+
+    @Test("a virtual host that does not exist fails with vhostNotFound (530)")
+    func missingVirtualHost() async throws {
+        var configuration = try TestBroker.configuration
+        configuration.virtualHost = TestBroker.uniqueName("no-such-vhost")
+        let client = RabbitMQClient(configuration: configuration, logger: TestBroker.logger)
+        defer { Task { await client.close() } }
+        let error = await #expect(throws: RabbitMQError.self) { try await client.connect() }
+        #expect(error?.code == .vhostNotFound)
+        #expect(error?.replyCode == 530)
+        #expect(error?.isRetryable == false)
+    }
+
+    @Test("a port nothing listens on fails with connectionRefused in under a second")
+    func closedPort() async throws {
+        // A socket bound to a port but not listening holds the port (nobody else can take it) and refuses
+        // connections to it.
+        let socket = try ConnectionTests.TestSocket(listening: false)
+        defer { socket.close() }
+        var configuration = try TestBroker.configuration
+        configuration.endpoints = [.init(host: "127.0.0.1", port: socket.port)]
+        configuration.connectTimeout = .seconds(10)
+        // A correctness bound: a refusal must not wait for the 10 s connect timeout. Other tests block the
+        // cooperative pool with rabbitmqctl calls, which can delay a resumption by a second or so; the best of
+        // three attempts is measured.
+        var best: Duration = .seconds(3600)
+        for _ in 0..<3 where best >= .seconds(1) {
+            let client = RabbitMQClient(configuration: configuration, logger: TestBroker.logger)
+            let start = ContinuousClock.now
+            let error = await #expect(throws: RabbitMQError.self) { try await client.connect() }
+            best = min(best, ContinuousClock.now - start)
+            await client.close()
+            #expect(error?.code == .connectionRefused, "\(String(describing: error))")
+            #expect(error?.isRetryable == true)
+        }
+        #expect(best < .seconds(1), "took \(best)")
+    }
+
+    @Test("a peer that accepts TCP and never speaks fails with timeout after the handshake timeout")
+    func silentPeer() async throws {
+        let socket = try ConnectionTests.TestSocket(listening: true)
+        defer { socket.close() }
+        var configuration = try TestBroker.configuration
+        configuration.endpoints = [.init(host: "127.0.0.1", port: socket.port)]
+        configuration.handshakeTimeout = .seconds(1)
+        let client = RabbitMQClient(configuration: configuration, logger: TestBroker.logger)
+        defer { Task { await client.close() } }
+        let start = ContinuousClock.now
+        let error = await #expect(throws: RabbitMQError.self) {
+            try await ConnectionTests.withDeadline(.seconds(30)) { try await client.connect() }
+        }
+        let elapsed = ContinuousClock.now - start
+        #expect(error?.code == .timeout, "\(String(describing: error))")
+        #expect(error?.isRetryable == true)
+        #expect(elapsed >= .milliseconds(800) && elapsed < .seconds(5), "took \(elapsed)")
+    }
+
+    @Test("the connection name shows in rabbitmqctl list_connections")
+    func connectionName() async throws {
+        let name = TestBroker.uniqueName("conn-name")
+        let client = try TestBroker.makeClient { $0.connectionName = name }
+        try await client.connect()
+        let listed = try await TestBroker.eventually { try Self.connectionListed(name) }
+        #expect(listed)
+        await client.close()
+        #expect(try await TestBroker.eventually { try !Self.connectionListed(name) })
+    }
+
+    @Test("close() may be called more than once, and later operations throw clientClosed")
+    func closeIsIdempotent() async throws {
+        let name = TestBroker.uniqueName("conn-close")
+        let client = try TestBroker.makeClient { $0.connectionName = name }
+        let queue = TestBroker.uniqueName("close")
+        try await client.declare(Queue(queue, durable: false, exclusive: true))
+        try await ConnectionTests.withDeadline(.seconds(20)) {
+            await client.close()
+            await client.close()
+            async let first: Void = client.close()
+            async let second: Void = client.close()
+            _ = await (first, second)
+        }
+        #expect(try await TestBroker.eventually { try !Self.connectionListed(name) })
+        // The exclusive queue went with the connection.
+        #expect(try TestBroker.queueStats(queue) == nil)
+
+        let operations: [(String, @Sendable () async throws -> Void)] = [
+            ("connect", { try await client.connect() }),
+            ("declare", { try await client.declare(Queue(queue, durable: false, exclusive: true)) }),
+            ("queueInfo", { _ = try await client.queueInfo(queue) }),
+            ("publish", { try await client.publish(Array("late".utf8), routingKey: queue) }),
+            ("openChannel", { _ = try await client.openChannel() }),
+            ("consume", { _ = try await client.consume(queue) }),
+        ]
+        for (label, operation) in operations {
+            let error = await #expect(throws: RabbitMQError.self, "\(label)") {
+                try await ConnectionTests.withDeadline(.seconds(10)) { try await operation() }
+            }
+            #expect(error?.code == .clientClosed, "\(label): \(String(describing: error))")
+        }
+        #expect(try TestBroker.queueStats(queue) == nil)
+        #expect(try !Self.connectionListed(name))
+    }
+
+    @Test("close() during 50 tasks' declarations: each succeeds or fails with clientClosed, none hangs")
+    func closeDuringInFlightOperations() async throws {
+        let name = TestBroker.uniqueName("conn-inflight")
+        let prefix = TestBroker.uniqueName("inflight")
+        let client = try TestBroker.makeClient { $0.connectionName = name }
+        try await client.connect()
+        let tasks = 50
+        let declarationsPerTask = 10
+        // Closed by the task that finishes this many declarations, so that most are still to come.
+        let closeAfter = 50
+        let outcomes = ConnectionTests.Outcomes()
+        for index in 0..<tasks {
+            Task {
+                do {
+                    for step in 0..<declarationsPerTask {
+                        // Exclusive: whatever was declared goes away with the connection.
+                        try await client.declare(Queue("\(prefix).\(index).\(step)", durable: false, exclusive: true))
+                        if outcomes.step() == closeAfter { Task { await client.close() } }
+                    }
+                    outcomes.record(index, nil)
+                } catch {
+                    outcomes.record(index, error)
+                }
+            }
+        }
+        let finished = try await TestBroker.eventually(timeout: .seconds(30)) { outcomes.count == tasks }
+        #expect(finished, "\(tasks - outcomes.count) of \(tasks) tasks never finished")
+        try await ConnectionTests.withDeadline(.seconds(20)) { await client.close() }
+
+        var interrupted = 0
+        for (index, error) in outcomes.snapshot() {
+            guard let error else { continue }
+            interrupted += 1
+            let rabbitError = error as? RabbitMQError
+            #expect(rabbitError != nil, "task \(index) threw a foreign error: \(error)")
+            #expect(rabbitError?.code == .clientClosed, "task \(index): \(error)")
+        }
+        // The close came in the middle of the declarations, so some were cut short.
+        #expect(interrupted > 0, "every task finished before the close: the test did not exercise it")
+        #expect(try await TestBroker.eventually { try !Self.connectionListed(name) })
+        #expect(try await TestBroker.eventually { try Self.queues(withPrefix: prefix).isEmpty })
+    }
+
+    // MARK: Helpers
+
+    /// Whether the error's texts mention `secret`.
+    static func mentions(_ error: RabbitMQError, _ secret: String) -> Bool {
+        [error.description, error.debugDescription, "\(error)", String(reflecting: error), error.message,
+         error.replyText ?? ""].contains { $0.contains(secret) }
+    }
+
+    /// Whether a connection with client property `connection_name` equal to `name` is open at the broker.
+    static func connectionListed(_ name: String) throws -> Bool {
+        try TestBroker.rabbitmqctl("list_connections", "name", "client_properties", "--no-table-headers")
+            .contains("\"\(name)\"")
+    }
+
+    /// The broker's queues whose names start with `prefix`.
+    static func queues(withPrefix prefix: String) throws -> [String] {
+        try TestBroker.rabbitmqctl("list_queues", "name", "--no-table-headers")
+            .split(separator: "\n").map(String.init).filter { $0.hasPrefix(prefix) }
+    }
+}
+
+@Suite("Channel errors")
+struct ChannelErrorTests {
+    @Test("a passive declare of a missing queue throws channelClosed 404, and the client carries on")
+    func missingQueue() async throws {
+        try await TestBroker.withClient { client in
+            let missing = TestBroker.uniqueName("missing")
+            let error = await #expect(throws: RabbitMQError.self) { try await client.queueInfo(missing) }
+            #expect(error?.code == .channelClosed)
+            #expect(error?.replyCode == 404)
+            #expect(error?.replyText?.contains("NOT_FOUND") == true, "\(String(describing: error))")
+            #expect(error?.isRetryable == false)
+            #expect(try TestBroker.queueStats(missing) == nil)
+
+            let queue = TestBroker.uniqueName("after-404")
+            let declared = try await client.declare(Queue(queue))
+            #expect(declared.name == queue)
+            try await client.publish(Array("after 404".utf8), routingKey: queue)
+            let info = try await client.queueInfo(queue)
+            #expect(info.messageCount == 1)
+            #expect(try TestBroker.messageCount(queue) == 1)
+            #expect(try await client.deleteQueue(queue) == 1)
+        }
+    }
+
+    @Test("re-declaring a queue with other arguments throws channelClosed 406, and the client carries on")
+    func redeclareWithOtherArguments() async throws {
+        try await TestBroker.withClient { client in
+            let queue = TestBroker.uniqueName("redeclare")
+            try await client.declare(Queue(queue, arguments: QueueArguments(maxLength: 10)))
+            let error = await #expect(throws: RabbitMQError.self) {
+                try await client.declare(Queue(queue, arguments: QueueArguments(maxLength: 20)))
+            }
+            #expect(error?.code == .channelClosed)
+            #expect(error?.replyCode == 406)
+            #expect(error?.replyText?.contains("PRECONDITION_FAILED") == true, "\(String(describing: error))")
+
+            // Same settings again: fine. The queue kept its first arguments.
+            try await client.declare(Queue(queue, arguments: QueueArguments(maxLength: 10)))
+            try await client.publish(Array("still here".utf8), routingKey: queue)
+            #expect(try await client.queueInfo(queue).messageCount == 1)
+            #expect(try await client.deleteQueue(queue) == 1)
+        }
+    }
+
+    @Test("a 404 closes only its own channel: it reports isOpen false and the reason, another channel works")
+    func explicitChannels() async throws {
+        try await TestBroker.withClient { client in
+            let failing = try await client.openChannel()
+            let healthy = try await client.openChannel()
+            #expect(failing.number != healthy.number)
+            #expect(failing.isOpen && healthy.isOpen)
+            #expect(failing.closeReason == nil)
+
+            let missing = TestBroker.uniqueName("missing")
+            let error = await #expect(throws: RabbitMQError.self) { try await failing.queueInfo(missing) }
+            #expect(error?.code == .channelClosed)
+            #expect(error?.replyCode == 404)
+            #expect(!failing.isOpen)
+            #expect(failing.closeReason?.code == .channelClosed)
+            #expect(failing.closeReason?.replyCode == 404)
+
+            // Every later call on the closed channel reports why it closed.
+            let queue = TestBroker.uniqueName("explicit")
+            let later = await #expect(throws: RabbitMQError.self) { try await failing.declare(Queue(queue)) }
+            #expect(later?.replyCode == 404)
+            #expect(try TestBroker.queueStats(queue) == nil)
+
+            #expect(healthy.isOpen)
+            let declared = try await healthy.declare(Queue(queue))
+            #expect(declared.name == queue)
+            #expect(try TestBroker.queueStats(queue) != nil)
+            #expect(try await healthy.deleteQueue(queue) == 0)
+            try await healthy.close()
+            #expect(!healthy.isOpen)
+            try await failing.close()
+        }
+    }
+
+    @Test("100 concurrent declare-bind-delete sequences on one client all succeed and leave nothing behind")
+    func concurrentDeclareBindDelete() async throws {
+        try await TestBroker.withClient { client in
+            let prefix = TestBroker.uniqueName("concurrent")
+            let exchange = "\(prefix).exchange"
+            try await client.declare(Exchange(exchange, type: .direct, durable: false))
+            let count = 100
+            try await ConnectionTests.withDeadline(.seconds(90)) {
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for index in 0..<count {
+                        group.addTask {
+                            let queue = "\(prefix).\(index)"
+                            try await client.declare(Queue(queue, durable: false))
+                            try await client.bind(.queue(queue, to: exchange, routingKey: "key.\(index)"))
+                            try await client.deleteQueue(queue)
+                        }
+                    }
+                    try await group.waitForAll()
+                }
+            }
+            #expect(try ConnectionTests.queues(withPrefix: prefix).isEmpty)
+            let bindings = try TestBroker.rabbitmqctl("list_bindings", "source_name", "destination_name",
+                                                      "--no-table-headers")
+            #expect(!bindings.contains(prefix))
+            try await client.deleteExchange(exchange)
+        }
+    }
+}
+
+// MARK: - Support
+
+extension ConnectionTests {
+    /// Outcomes of operations run as unstructured tasks, so that a test can stop waiting for those that hang.
+    final class Outcomes: Sendable {
+        private let results = Mutex<[Int: (any Error)?]>([:])
+        private let steps = Mutex(0)
+
+        /// Counts one step of progress and returns the count so far.
+        func step() -> Int {
+            steps.withLock { steps in
+                steps += 1
+                return steps
+            }
+        }
+
+        /// Records how operation `index` ended: `nil` for success.
+        func record(_ index: Int, _ error: (any Error)?) {
+            results.withLock { $0[index] = error }
+        }
+
+        /// How many operations have ended.
+        var count: Int { results.withLock { $0.count } }
+
+        /// The outcomes so far, by operation index.
+        func snapshot() -> [(Int, (any Error)?)] {
+            results.withLock { $0.sorted { $0.key < $1.key }.map { ($0.key, $0.value) } }
+        }
+    }
+
+    /// The error `withDeadline` throws when its body runs too long.
+    struct DeadlineExceeded: Error, CustomStringConvertible {
+        let limit: Duration
+        var description: String { "the operation did not finish within \(limit)" }
+    }
+
+    /// Runs `body` and fails with `DeadlineExceeded` if it has not finished after `limit`.
+    ///
+    /// The body runs in an unstructured task, so a body that ignores cancellation and never returns makes this
+    /// throw rather than hang the test.
+    static func withDeadline<T: Sendable>(
+        _ limit: Duration, _ body: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
+        let outcome = Mutex<Result<T, any Error>?>(nil)
+        let task = Task {
+            let result: Result<T, any Error>
+            do { result = .success(try await body()) } catch { result = .failure(error) }
+            outcome.withLock { $0 = result }
+        }
+        let deadline = ContinuousClock.now + limit
+        while ContinuousClock.now < deadline {
+            if let result = outcome.withLock({ $0 }) { return try result.get() }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        if let result = outcome.withLock({ $0 }) { return try result.get() }
+        task.cancel()
+        throw DeadlineExceeded(limit: limit)
+    }
+
+    /// A TCP socket on 127.0.0.1 with a port chosen by the kernel. Listening, it completes TCP handshakes (the
+    /// kernel's backlog) but never accepts nor writes: a peer that never speaks. Not listening, it refuses
+    /// connections while holding the port.
+    final class TestSocket: Sendable {
+        let descriptor: Int32
+        let port: Int
+
+        init(listening: Bool) throws {
+            #if os(Linux)
+            let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            #else
+            let descriptor = socket(AF_INET, SOCK_STREAM, 0)
+            #endif
+            guard descriptor >= 0 else { throw SocketError(step: "socket", code: errno) }
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = 0
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let bound = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, length) }
+            }
+            guard bound == 0 else {
+                Self.closeDescriptor(descriptor)
+                throw SocketError(step: "bind", code: errno)
+            }
+            if listening {
+                guard listen(descriptor, 16) == 0 else {
+                    Self.closeDescriptor(descriptor)
+                    throw SocketError(step: "listen", code: errno)
+                }
+            }
+            let named = withUnsafeMutablePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }
+            }
+            guard named == 0 else {
+                Self.closeDescriptor(descriptor)
+                throw SocketError(step: "getsockname", code: errno)
+            }
+            self.descriptor = descriptor
+            self.port = Int(UInt16(bigEndian: address.sin_port))
+        }
+
+        func close() {
+            Self.closeDescriptor(descriptor)
+        }
+
+        private static func closeDescriptor(_ descriptor: Int32) {
+            #if canImport(Glibc)
+            _ = Glibc.close(descriptor)
+            #else
+            _ = Darwin.close(descriptor)
+            #endif
+        }
+
+        struct SocketError: Error {
+            let step: String
+            let code: Int32
+        }
+    }
+}
