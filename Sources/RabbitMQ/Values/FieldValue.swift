@@ -21,7 +21,8 @@ public enum FieldValue: Sendable, Hashable {
     case uint32(UInt32)
     /// `l`: a signed 64-bit integer. Integer literals become this case.
     case int64(Int64)
-    /// `L`: an unsigned 64-bit integer. RabbitMQ does not accept this type code; see ``RabbitMQError/Code/invalidArgument``.
+    /// `L`: an unsigned 64-bit integer, as other brokers send it. RabbitMQ reads this type code as signed, so
+    /// the library refuses it in tables it sends (``RabbitMQError/Code/invalidArgument``): use ``int64(_:)``.
     case uint64(UInt64)
     /// `f`: a 32-bit float.
     case float(Float)

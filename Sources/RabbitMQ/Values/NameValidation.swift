@@ -90,6 +90,11 @@ enum NameValidation {
             for (index, element) in elements.enumerated() {
                 try validate(element, at: "\(path)[\(index)]", operation: operation)
             }
+        case .uint64:
+            // RabbitMQ parses the `L` type code as a signed integer: values above Int64.max would come back
+            // negative wherever the broker rewrites the table (dead-lettering, stored arguments).
+            throw RabbitMQError(.invalidArgument, "\(path) is a .uint64, which RabbitMQ reads as signed; "
+                                    + "use .int64 (or .string for values above Int64.max)", operation: operation)
         default:
             break
         }
