@@ -164,6 +164,8 @@ final class IOLoop {
         case .openChannel(let window, let continuation):
             openChannel(window: window, continuation)
         case .request(let request):
+            // The broker ignores a channel's frames after its channel.close: acks queued before must go first.
+            if case .channelClose = request.method { flushAcks() }
             send(request)
         case .abandonRequest(let id, let error):
             abandon(id, error)
@@ -178,6 +180,7 @@ final class IOLoop {
             }
             channel.consumers[tag] = ConsumerState(buffer: buffer)
         case .closeConnection(let waiter):
+            flushAcks()
             beginClose(waiter)
         }
     }
