@@ -57,7 +57,10 @@ let package = Package(
         ),
         .testTarget(
             name: "RabbitMQIntegrationTests",
-            dependencies: ["RabbitMQ"],
+            dependencies: [
+                "RabbitMQ",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: strictSettings
         ),
     ],
