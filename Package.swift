@@ -52,7 +52,7 @@ let package = Package(
         ),
         .testTarget(
             name: "RabbitMQTests",
-            dependencies: ["RabbitMQ"],
+            dependencies: ["RabbitMQ", .product(name: "MetricsTestKit", package: "swift-metrics")],
             swiftSettings: strictSettings
         ),
         .testTarget(
@@ -60,6 +60,7 @@ let package = Package(
             dependencies: [
                 "RabbitMQ",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
             ],
             swiftSettings: strictSettings
         ),

@@ -19,6 +19,8 @@ public struct Delivery: Sendable {
     /// The consumer it was delivered to; `nil` for ``Channel/get(from:acknowledgement:)``.
     public let consumerTag: String?
     let link: ChannelLink
+    /// The metric handles of the queue it came from, set by ``QueueWorker``; settling counts into them.
+    var instruments: QueueInstruments?
 
     init(body: [UInt8], properties: MessageProperties, exchange: String, routingKey: String, isRedelivered: Bool,
          deliveryTag: UInt64, consumerTag: String?, link: ChannelLink) {
@@ -42,6 +44,7 @@ public struct Delivery: Sendable {
     ///   channel would be wrong.
     public func ack(multiple: Bool = false) async throws {
         try settle(.ack(deliveryTag: deliveryTag, multiple: multiple), "basic.ack")
+        instruments?.recordAcked()
     }
 
     /// Tells the broker the message was not processed.
@@ -50,12 +53,14 @@ public struct Delivery: Sendable {
     ///   - multiple: also settle every earlier unsettled delivery on the same channel.
     public func nack(requeue: Bool = true, multiple: Bool = false) async throws {
         try settle(.nack(deliveryTag: deliveryTag, multiple: multiple, requeue: requeue), "basic.nack")
+        instruments?.recordRejected()
     }
 
     /// Rejects the message: requeue it, or (with `requeue: false`) drop it or route it to the queue's
     /// dead-letter exchange.
     public func reject(requeue: Bool = true) async throws {
         try settle(.reject(deliveryTag: deliveryTag, requeue: requeue), "basic.reject")
+        instruments?.recordRejected()
     }
 
     private func settle(_ settlement: Settlement, _ operation: String) throws {

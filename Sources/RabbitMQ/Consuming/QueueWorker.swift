@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import ServiceLifecycle
 import Synchronization
+import Tracing
 
 /// Consumes a queue with an async handler per delivery: the form worker services use.
 ///
@@ -84,6 +85,7 @@ public final class QueueWorker: Service, Sendable {
     let client: RabbitMQClient
     private let handler: Handler
     private let logger: Logger
+    private let observability: Observability
     private let state = Mutex<RunState>(.idle)
     private let counters = Mutex<[Outcome: Int]>([:])
 
@@ -93,8 +95,10 @@ public final class QueueWorker: Service, Sendable {
         self.configuration = configuration
         self.handler = handler
         var logger = client.logger
-        logger[metadataKey: "rabbitmq.queue"] = "\(configuration.queue)"
+        logger[metadataKey: LogMetadataKey.queue] = "\(configuration.queue)"
         self.logger = logger
+        // Until the client hands its own Observability to workers: one from the same configuration.
+        observability = Observability(client.configuration.observability, logger: logger)
     }
 
     /// How many deliveries ended in each outcome so far.
@@ -150,9 +154,12 @@ public final class QueueWorker: Service, Sendable {
                 return false
             }
             if stopNow { consumer.core.stopDeliveries() }
+            var logger = logger
+            logger[metadataKey: LogMetadataKey.channel] = "\(channel.number)"
             logger.info("worker started", metadata: ["concurrency": "\(configuration.concurrency)",
                                                      "prefetch": "\(configuration.prefetch)"])
-            failure = await process(consumer)
+            let run = Run(logger: logger, instruments: observability.queue(configuration.queue))
+            failure = await process(consumer, run)
         } catch {
             failure = error
         }
@@ -161,15 +168,31 @@ public final class QueueWorker: Service, Sendable {
         if let failure { throw failure }
     }
 
+    /// What the handling of every delivery of one run shares.
+    private struct Run: Sendable {
+        /// The worker's logger with the channel number.
+        let logger: Logger
+        /// The queue's metric handles; `nil` without metrics.
+        let instruments: QueueInstruments?
+        /// Whether handlers are timed: for the metrics, or for debug logs.
+        let timesHandlers: Bool
+
+        init(logger: Logger, instruments: QueueInstruments?) {
+            self.logger = logger
+            self.instruments = instruments
+            timesHandlers = instruments != nil || logger.logLevel <= .debug
+        }
+    }
+
     /// Runs handlers for the consumer's deliveries until it ends, then waits for them (bounded).
-    private func process(_ consumer: Consumer) async -> (any Error)? {
+    private func process(_ consumer: Consumer, _ run: Run) async -> (any Error)? {
         await withTaskGroup(of: Bool.self) { group -> (any Error)? in
             var running = 0
             var failure: (any Error)?
             do {
                 for try await delivery in consumer {
                     if running >= configuration.concurrency, await group.next() != nil { running -= 1 }
-                    group.addTask { await self.handle(delivery); return true }
+                    group.addTask { await self.handle(delivery, run); return true }
                     running += 1
                 }
             } catch {
@@ -186,8 +209,9 @@ public final class QueueWorker: Service, Sendable {
                     running -= 1
                     if running == 0 { group.cancelAll() }
                 } else if running > 0 {
-                    logger.warning("drain timeout: cancelling running handlers; their deliveries return to the queue",
-                                   metadata: ["running": "\(running)"])
+                    run.logger.warning(
+                        "drain timeout: cancelling running handlers; their deliveries return to the queue",
+                        metadata: ["running": "\(running)"])
                     group.cancelAll()
                 }
             }
@@ -195,41 +219,67 @@ public final class QueueWorker: Service, Sendable {
         }
     }
 
-    private func handle(_ delivery: Delivery) async {
+    /// Handles one delivery: deduplication, then the handler in the delivery's context (its trace continued in a
+    /// consumer span, its request id), then the settlement.
+    private func handle(_ delivery: Delivery, _ run: Run) async {
+        var delivery = delivery
+        delivery.instruments = run.instruments
+        run.instruments?.recordDelivered()
         let key = configuration.deduplicator.flatMap { $0.key(delivery) }
         if let key, let store = configuration.deduplicator?.store {
             do {
                 guard try await store.claim(key) else {
                     try await delivery.ack()
-                    record(.duplicate, delivery)
+                    run.instruments?.recordDeduplicated()
+                    record(.duplicate, delivery, run)
                     return
                 }
             } catch {
-                logger.warning("deduplication store failed; processing the delivery", metadata: ["error": "\(error)"])
+                run.logger.warning("deduplication store failed; processing the delivery",
+                                   metadata: [LogMetadataKey.error: "\(error)"])
             }
         }
+        guard let context = observability.context(for: delivery) else {
+            await process(delivery, key: key, span: nil, run)
+            return
+        }
+        let span = observability.startProcessSpan(delivery, queue: configuration.queue, context: context)
+        await ServiceContext.withValue(span?.context ?? context) {
+            await process(delivery, key: key, span: span, run)
+        }
+        span?.end()
+    }
+
+    private func process(_ delivery: Delivery, key: String?, span: (any Span)?, _ run: Run) async {
+        // The handler's duration is read only for metrics or debug logs.
+        let started = run.timesHandlers ? ContinuousClock.now : nil
+        var duration: Duration?
         do {
             try await handler(delivery)
+            duration = started.map { ContinuousClock.now - $0 }
             try await delivery.ack()
             if let key { try? await configuration.deduplicator?.store.commit(key) }
-            record(.acked, delivery)
+            record(.acked, delivery, run, duration: duration)
         } catch {
+            let duration = duration ?? started.map { ContinuousClock.now - $0 }
+            span?.fail(error)
             if let key { try? await configuration.deduplicator?.store.release(key) }
             // A handler cancelled by the drain timeout leaves its delivery to be requeued by the channel close.
             guard !Task.isCancelled else { return }
-            await fail(delivery, error)
+            await fail(delivery, error, duration: duration, run)
         }
     }
 
-    private func fail(_ delivery: Delivery, _ error: any Error) async {
+    private func fail(_ delivery: Delivery, _ error: any Error, duration: Duration?, _ run: Run) async {
         let disposition = configuration.classifier.disposition(of: error)
         guard let retry = configuration.retry else {
             let requeue = disposition == .retry
             do {
                 try await delivery.nack(requeue: requeue)
-                record(requeue ? .requeued : .rejected, delivery, error: error)
+                record(requeue ? .requeued : .rejected, delivery, run, duration: duration, error: error)
             } catch {
-                logger.warning("cannot settle a failed delivery", metadata: ["error": "\(error)"])
+                run.logger.warning("cannot settle a failed delivery", metadata: [
+                    LogMetadataKey.deliveryTag: "\(delivery.deliveryTag)", LogMetadataKey.error: "\(error)"])
             }
             return
         }
@@ -240,6 +290,8 @@ public final class QueueWorker: Service, Sendable {
             properties.headers[RetryTopology.firstFailureHeader] = .timestamp(Date())
         }
         properties.headers[RetryTopology.lastErrorHeader] = .string(String(describing: error).prefix(1000).description)
+        // The next attempt continues this attempt's trace (the publish below may replace it with its own span).
+        observability.injectCurrentContext(into: &properties.headers)
         let target: String
         let outcome: Outcome
         if disposition == .retry, attempt < retry.policy.maxAttempts {
@@ -259,19 +311,32 @@ public final class QueueWorker: Service, Sendable {
             // Publish first, confirmed, then ack: a crash in between gives a duplicate, never a loss.
             try await client.publish(delivery.body, to: "", routingKey: target, properties: properties)
             try await delivery.ack()
-            record(outcome, delivery, error: error)
+            if outcome == .retried { run.instruments?.recordRetried() } else { run.instruments?.recordParked() }
+            record(outcome, delivery, run, duration: duration, error: error)
         } catch let publishError {
-            logger.error("cannot move a failed delivery; requeueing it", metadata: [
-                "target": "\(target)", "error": "\(publishError)"])
+            run.logger.error("cannot move a failed delivery; requeueing it", metadata: [
+                LogMetadataKey.deliveryTag: "\(delivery.deliveryTag)", "target": "\(target)",
+                LogMetadataKey.error: "\(publishError)"])
             try? await delivery.nack(requeue: true)
         }
     }
 
-    private func record(_ outcome: Outcome, _ delivery: Delivery, error: (any Error)? = nil) {
+    /// Counts the outcome, times the handler by outcome, and logs both at debug.
+    private func record(_ outcome: Outcome, _ delivery: Delivery, _ run: Run, duration: Duration? = nil,
+                        error: (any Error)? = nil) {
         counters.withLock { $0[outcome, default: 0] += 1 }
-        var metadata: Logger.Metadata = ["outcome": "\(outcome.rawValue)", "delivery_tag": "\(delivery.deliveryTag)"]
-        if let id = delivery.properties.messageID { metadata["message_id"] = "\(id)" }
-        if let error { metadata["error"] = "\(error)" }
-        logger.debug("delivery handled", metadata: metadata)
+        if let duration { run.instruments?.recordHandler(duration, outcome: outcome) }
+        guard run.logger.logLevel <= .debug else { return }
+        var metadata: Logger.Metadata = [
+            LogMetadataKey.outcome: "\(outcome.rawValue)",
+            LogMetadataKey.deliveryTag: "\(delivery.deliveryTag)",
+            LogMetadataKey.exchange: "\(delivery.exchange)",
+            LogMetadataKey.routingKey: "\(delivery.routingKey)",
+        ]
+        if let duration { metadata[LogMetadataKey.duration] = "\(duration)" }
+        if let id = delivery.properties.messageID { metadata[LogMetadataKey.messageID] = "\(id)" }
+        if let id = delivery.requestID { metadata[LogMetadataKey.requestID] = "\(id)" }
+        if let error { metadata[LogMetadataKey.error] = "\(error)" }
+        run.logger.debug("delivery handled", metadata: metadata)
     }
 }

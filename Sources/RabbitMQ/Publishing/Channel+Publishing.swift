@@ -39,6 +39,20 @@ extension Channel {
         properties: MessageProperties = MessageProperties(),
         mandatory: Bool = false
     ) async throws -> PublishConfirmation {
+        try await publish(body, to: exchange, routingKey: routingKey, properties: properties, mandatory: mandatory,
+                          observability: manager.observability)
+    }
+
+    /// ``publish(_:to:routingKey:properties:mandatory:)`` reporting to `observability`: the request id of the
+    /// current `ServiceContext`, a producer span whose context goes into the headers, the publish metrics.
+    func publish(
+        _ body: [UInt8],
+        to exchange: String,
+        routingKey: String,
+        properties: MessageProperties,
+        mandatory: Bool,
+        observability: Observability
+    ) async throws -> PublishConfirmation {
         try NameValidation.validate(exchange, as: "exchange name", operation: "basic.publish")
         try NameValidation.validate(routingKey, as: "routing key", operation: "basic.publish")
         if !properties.headers.isEmpty {
@@ -50,17 +64,28 @@ extension Channel {
         }
         var properties = properties
         if properties.deliveryMode == nil { properties.deliveryMode = .persistent }
+        let span = observability.willPublish(exchange: exchange, routingKey: routingKey, properties: &properties)
         let deadline = ContinuousClock.now + manager.configuration.confirmTimeout
-        let link = try await acquirePublishSlot(until: deadline)
-        let ticket = PublishTicket(deadline: deadline)
+        let link: ChannelLink
+        do {
+            link = try await acquirePublishSlot(until: deadline)
+        } catch {
+            span?.end(failing: error)
+            throw error
+        }
+        let instruments = observability.exchange(exchange)
+        let ticket = PublishTicket(deadline: deadline, instruments: instruments,
+                                   started: instruments == nil ? nil : .now, span: span)
         let message = OutgoingMessage(exchange: exchange, routingKey: routingKey, mandatory: mandatory,
                                       properties: properties, body: body)
         do {
             try link.submit(.publish(link, message, ticket))
         } catch {
             link.window.release(1)
+            span?.end(failing: error)
             throw error
         }
+        instruments?.recordPublished()
         return PublishConfirmation(ticket: ticket)
     }
 

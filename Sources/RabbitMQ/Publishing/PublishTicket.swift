@@ -1,4 +1,5 @@
 import Synchronization
+import Tracing
 
 /// The shared outcome of one publish: completed once by the I/O thread, awaited by the publisher.
 final class PublishTicket: Sendable {
@@ -10,9 +11,19 @@ final class PublishTicket: Sendable {
     private let state = Mutex(State())
     /// When the publish must be confirmed by; the I/O thread fails it after that.
     let deadline: ContinuousClock.Instant
+    /// The exchange's metric handles, `nil` without metrics.
+    private let instruments: ExchangeInstruments?
+    /// When the message was handed to the I/O thread, for the confirm latency (only read with metrics).
+    private let started: ContinuousClock.Instant
+    /// The producer span, ended with the outcome; `nil` without tracing.
+    private let span: (any Span)?
 
-    init(deadline: ContinuousClock.Instant) {
+    init(deadline: ContinuousClock.Instant, instruments: ExchangeInstruments? = nil,
+         started: ContinuousClock.Instant? = nil, span: (any Span)? = nil) {
         self.deadline = deadline
+        self.instruments = instruments
+        self.started = started ?? deadline
+        self.span = span
     }
 
     /// Records the outcome; later calls are ignored. Returns whether this call decided it.
@@ -23,6 +34,13 @@ final class PublishTicket: Sendable {
             state.outcome = outcome
             defer { state.waiter = nil }
             return (true, state.waiter)
+        }
+        if decided {
+            instruments?.record(outcome, since: started)
+            if let span {
+                if case .failure(let error) = outcome { span.fail(error) }
+                span.end()
+            }
         }
         waiter?.resume(with: outcome.mapError { $0 as any Error })
         return decided

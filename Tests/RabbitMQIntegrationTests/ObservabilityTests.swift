@@ -1,0 +1,414 @@
+import Foundation
+import Logging
+import MetricsTestKit
+@testable import RabbitMQ
+import Synchronization
+import Testing
+import Tracing
+
+// Publishing here goes through `Channel.publish(…, observability:)` with an Observability made from the test's
+// configuration: the path `client.publish` takes once the client hands its own Observability to its channels.
+
+/// Publishes on the client's shared confirm channel, reporting to `observability`, and waits for the verdict.
+private func publish(_ client: RabbitMQClient, _ observability: Observability, _ body: String, to exchange: String,
+                     routingKey: String = "", properties: MessageProperties = MessageProperties(),
+                     mandatory: Bool = false) async throws {
+    let channel = try await client.publisherChannel()
+    try await channel.publish(Array(body.utf8), to: exchange, routingKey: routingKey, properties: properties,
+                              mandatory: mandatory, observability: observability).wait()
+}
+
+/// A retryable failure of a test handler.
+private struct TransientFailure: Error, CustomStringConvertible {
+    var description: String { "transient failure" }
+}
+
+/// Declares a retry topology for a fresh work queue and an exchange of its own bound to the work queue, runs
+/// `body`, and deletes them all, also when `body` fails.
+private func withRoutedRetryTopology(_ client: RabbitMQClient, _ prefix: String, policy: RetryPolicy,
+                                     _ body: (RetryTopology, String) async throws -> Void) async throws {
+    let retry = RetryTopology(workQueue: Queue(TestBroker.uniqueName(prefix)), policy: policy)
+    let exchange = TestBroker.uniqueName("\(prefix).exchange")
+    try await client.declare(retry.topology)
+    try await client.declare(Exchange(exchange, type: .fanout, durable: false))
+    try await client.bind(.queue(retry.queueName, to: exchange))
+    func cleanUp() async throws {
+        try await client.deleteExchange(exchange)
+        for queue in retry.topology.queues { try await client.deleteQueue(queue.name) }
+    }
+    do {
+        try await body(retry, exchange)
+    } catch {
+        try? await cleanUp()
+        throw error
+    }
+    try await cleanUp()
+}
+
+@Suite("Observability")
+struct ObservabilityTests {
+    @Test func metricsCountPublishesConfirmsDeliveriesAcksRetriesAndParkingExactly() async throws {
+        let metrics = TestMetrics()
+        let policy = RetryPolicy(maxAttempts: 3, initialDelay: .milliseconds(50), jitter: 0)
+        try await TestBroker.withClient(configure: { $0.observability.metricsFactory = metrics }) { client in
+            let observability = Observability(client.configuration.observability, logger: client.logger)
+            try await withRoutedRetryTopology(client, "obs.metrics", policy: policy) { retry, exchange in
+                let bodies = (0..<6).map { "ok-\($0)" } + ["retry-0", "retry-1", "park-0", "park-1"]
+                for body in bodies { try await publish(client, observability, body, to: exchange) }
+
+                let worker = QueueWorker(client: client, configuration: .init(queue: retry.queueName, retry: retry)) {
+                    delivery in
+                    if delivery.bodyString.hasPrefix("park") { throw NonRetryableError("bad input") }
+                    if delivery.bodyString.hasPrefix("retry"), RetryTopology.attempts(of: delivery) == 0 {
+                        throw TransientFailure()
+                    }
+                }
+                let run = Task { try await worker.run() }
+                let expected: [QueueWorker.Outcome: Int] = [.acked: 8, .retried: 2, .parked: 2]
+                let done = try await TestBroker.eventually(timeout: .seconds(30)) { worker.outcomes == expected }
+                worker.stop()
+                try await run.value
+                try #require(done, "outcomes: \(worker.outcomes)")
+                #expect(try await TestBroker.eventually {
+                    let parked = try await TestBroker.messageCount(retry.parkingLotName)
+                    let stats = try await TestBroker.queueStats(retry.queueName)
+                    return parked == 2 && stats.map { $0.ready + $0.unacked } == 0
+                })
+
+                let byExchange = [("exchange", exchange)]
+                #expect(try metrics.expectCounter("rabbitmq.published", byExchange).totalValue == 10)
+                #expect(try metrics.expectCounter("rabbitmq.confirmed", byExchange).totalValue == 10)
+                #expect(try metrics.expectCounter("rabbitmq.nacked", byExchange).totalValue == 0)
+                #expect(try metrics.expectCounter("rabbitmq.returned", byExchange).totalValue == 0)
+                #expect(try metrics.expectTimer("rabbitmq.confirm.latency", byExchange).values.count == 10)
+
+                let byQueue = [("queue", retry.queueName)]
+                // 10 published, and the 2 retried ones again after their delay.
+                #expect(try metrics.expectCounter("rabbitmq.delivered", byQueue).totalValue == 12)
+                // Every delivery is acked: 6 + 2 on success, 2 after moving to a retry tier, 2 after parking.
+                #expect(try metrics.expectCounter("rabbitmq.acked", byQueue).totalValue == 12)
+                #expect(try metrics.expectCounter("rabbitmq.rejected", byQueue).totalValue == 0)
+                #expect(try metrics.expectCounter("rabbitmq.retried", byQueue).totalValue == 2)
+                #expect(try metrics.expectCounter("rabbitmq.parked", byQueue).totalValue == 2)
+                #expect(try metrics.expectCounter("rabbitmq.deduplicated", byQueue).totalValue == 0)
+                for (outcome, count) in expected {
+                    let timer = try metrics.expectTimer("rabbitmq.handler.duration",
+                                                        byQueue + [("outcome", outcome.rawValue)])
+                    #expect(timer.values.count == count, "\(outcome)")
+                }
+            }
+        }
+    }
+
+    @Test func metricsCountNackedAndReturnedPublishes() async throws {
+        let metrics = TestMetrics()
+        try await TestBroker.withClient(configure: { $0.observability.metricsFactory = metrics }) { client in
+            let observability = Observability(client.configuration.observability, logger: client.logger)
+            let queue = TestBroker.uniqueName("obs.nack")
+            let exchange = TestBroker.uniqueName("obs.unbound")
+            try await client.declare(Queue(queue, arguments: QueueArguments(maxLength: 1, overflow: .rejectPublish)))
+            try await client.declare(Exchange(exchange, durable: false))
+            var failures: [RabbitMQError.Code] = []
+            for index in 0..<3 {
+                do {
+                    try await publish(client, observability, "m\(index)", to: "", routingKey: queue)
+                } catch let error as RabbitMQError {
+                    failures.append(error.code)
+                }
+            }
+            do {
+                try await publish(client, observability, "nowhere", to: exchange, routingKey: "none", mandatory: true)
+            } catch let error as RabbitMQError {
+                failures.append(error.code)
+            }
+            #expect(failures == [.publishNacked, .publishNacked, .unroutable])
+            #expect(try await TestBroker.messageCount(queue) == 1)
+
+            let byDefault = [("exchange", "amq.default")]
+            #expect(try metrics.expectCounter("rabbitmq.published", byDefault).totalValue == 3)
+            #expect(try metrics.expectCounter("rabbitmq.confirmed", byDefault).totalValue == 1)
+            #expect(try metrics.expectCounter("rabbitmq.nacked", byDefault).totalValue == 2)
+            #expect(try metrics.expectTimer("rabbitmq.confirm.latency", byDefault).values.count == 3)
+            let byExchange = [("exchange", exchange)]
+            #expect(try metrics.expectCounter("rabbitmq.published", byExchange).totalValue == 1)
+            #expect(try metrics.expectCounter("rabbitmq.returned", byExchange).totalValue == 1)
+            #expect(try metrics.expectCounter("rabbitmq.confirmed", byExchange).totalValue == 0)
+
+            try await client.deleteExchange(exchange)
+            try await client.deleteQueue(queue)
+        }
+    }
+
+    @Test func oneTraceRunsFromTheProducerThroughARetryToTheConsumer() async throws {
+        let tracer = IntegrationTestTracer()
+        let policy = RetryPolicy(maxAttempts: 3, initialDelay: .milliseconds(50), jitter: 0)
+        try await TestBroker.withClient(configure: { $0.observability.tracer = tracer }) { client in
+            let observability = Observability(client.configuration.observability, logger: client.logger)
+            try await withRoutedRetryTopology(client, "obs.trace", policy: policy) { retry, exchange in
+                try await publish(client, observability, "fails once", to: exchange, routingKey: "order.placed",
+                                  properties: MessageProperties(messageID: "order-1"))
+
+                let seen = Mutex<[String]>([])
+                let worker = QueueWorker(client: client, configuration: .init(queue: retry.queueName, retry: retry)) {
+                    delivery in
+                    // The handler runs in its consumer span's context.
+                    let ids = ServiceContext.current?[IntegrationTestSpanContextKey.self]
+                    seen.withLock { $0.append(ids?.spanID ?? "none") }
+                    if RetryTopology.attempts(of: delivery) == 0 { throw TransientFailure() }
+                }
+                let run = Task { try await worker.run() }
+                let processName = "\(retry.queueName) process"
+                let done = try await TestBroker.eventually(timeout: .seconds(30)) {
+                    tracer.finished.filter { $0.operationName == processName }.count == 2
+                }
+                worker.stop()
+                try await run.value
+                try #require(done)
+                #expect(worker.outcomes == [.retried: 1, .acked: 1])
+
+                let spans = tracer.finished
+                let producer = try #require(spans.first { $0.operationName == "\(exchange) publish" })
+                let consumers = spans.filter { $0.operationName == processName }
+                try #require(consumers.count == 2)
+                let (first, second) = (consumers[0], consumers[1])
+                #expect(producer.kind == .producer)
+                #expect(producer.parentSpanID == nil)
+                #expect(producer.attributes.get("messaging.system") == .string("rabbitmq"))
+                #expect(producer.attributes.get("messaging.operation") == .string("publish"))
+                #expect(producer.attributes.get("messaging.destination.name") == .string(exchange))
+                #expect(producer.attributes.get("messaging.rabbitmq.destination.routing_key")
+                    == .string("order.placed"))
+                #expect(producer.attributes.get("messaging.message.id") == .string("order-1"))
+
+                // One trace: producer → first attempt → (the retry's publish, if traced) → second attempt.
+                #expect(Set(consumers.map(\.traceID)) == [producer.traceID])
+                #expect(first.kind == .consumer && second.kind == .consumer)
+                #expect(first.parentSpanID == producer.spanID)
+                #expect(first.status?.code == .error)
+                #expect(first.errors == ["transient failure"])
+                #expect(second.status == nil)
+                #expect(second.attributes.get("messaging.operation") == .string("process"))
+                #expect(second.attributes.get("messaging.message.id") == .string("order-1"))
+                var ancestors: [String] = []
+                var parent = second.parentSpanID
+                while let id = parent, ancestors.count < 10 {
+                    ancestors.append(id)
+                    parent = spans.first { $0.spanID == id }?.parentSpanID
+                }
+                #expect(ancestors.first(where: { $0 == first.spanID }) != nil, "ancestors: \(ancestors)")
+                #expect(ancestors.last == producer.spanID)
+                #expect(seen.withLock { $0 } == [first.spanID, second.spanID])
+            }
+        }
+    }
+
+    @Test func requestIDTravelsFromThePublishersContextToTheHandlersContextAndLogs() async throws {
+        let logs = CapturedLogs()
+        let queue = TestBroker.uniqueName("obs.request-id")
+        var configuration = try TestBroker.configuration
+        configuration.connectionName = "test request id"
+        var logger = Logger(label: "rabbitmq.tests.observability") { _ in CapturingLogHandler(logs) }
+        logger.logLevel = .debug
+        let client = RabbitMQClient(configuration: configuration, logger: logger)
+        do {
+            try await client.declare(Queue(queue))
+            var context = ServiceContext.topLevel
+            context.requestID = "req-from-context"
+            try await ServiceContext.withValue(context) {
+                try await client.publish(Array("implicit".utf8), routingKey: queue)
+                var properties = MessageProperties()
+                properties.requestID = "req-explicit"
+                try await client.publish(Array("explicit".utf8), routingKey: queue, properties: properties)
+            }
+            try await client.publish(Array("none".utf8), routingKey: queue)
+
+            let seen = Mutex<[String: (header: FieldValue?, delivery: String?, context: String?)]>([:])
+            let worker = QueueWorker(client: client, configuration: .init(queue: queue, concurrency: 1)) { delivery in
+                seen.withLock {
+                    $0[delivery.bodyString] = (delivery.properties.headers["x-request-id"], delivery.requestID,
+                                               ServiceContext.current?.requestID)
+                }
+            }
+            let run = Task { try await worker.run() }
+            let done = try await TestBroker.eventually(timeout: .seconds(30)) { worker.outcomes == [.acked: 3] }
+            worker.stop()
+            try await run.value
+            try #require(done)
+            #expect(try await TestBroker.eventually { try isDrained(queue) })
+
+            let results = seen.withLock { $0 }
+            #expect(results["implicit"]?.header == .string("req-from-context"))
+            #expect(results["implicit"]?.delivery == "req-from-context")
+            #expect(results["implicit"]?.context == "req-from-context")
+            #expect(results["explicit"]?.delivery == "req-explicit")
+            #expect(results["explicit"]?.context == "req-explicit")
+            #expect(results["none"].map { $0.header == nil && $0.delivery == nil && $0.context == nil } == true)
+
+            let handled = logs.entries.filter { $0.message == "delivery handled" }
+            #expect(handled.count == 3)
+            #expect(handled.allSatisfy { $0.level == .debug })
+            let implicit = try #require(handled.first { $0.metadata["rabbitmq.request_id"] == "req-from-context" })
+            #expect(implicit.metadata["rabbitmq.outcome"] == "acked")
+            #expect(implicit.metadata["rabbitmq.queue"] == .string(queue))
+            #expect(implicit.metadata["rabbitmq.connection"] == "test request id")
+            #expect(implicit.metadata["rabbitmq.channel"] != nil)
+            #expect(implicit.metadata["rabbitmq.delivery_tag"] != nil)
+            #expect(implicit.metadata["rabbitmq.duration"] != nil)
+            #expect(handled.contains { $0.metadata["rabbitmq.request_id"] == "req-explicit" })
+
+            try await client.deleteQueue(queue)
+            await client.close()
+        } catch {
+            _ = try? await client.deleteQueue(queue)
+            await client.close()
+            throw error
+        }
+    }
+}
+
+// MARK: - Log capture
+
+/// Log entries captured by ``CapturingLogHandler``.
+final class CapturedLogs: Sendable {
+    struct Entry: Sendable {
+        var level: Logger.Level
+        var message: String
+        var metadata: Logger.Metadata
+    }
+
+    private let storage = Mutex<[Entry]>([])
+
+    var entries: [Entry] { storage.withLock { $0 } }
+
+    func append(_ entry: Entry) { storage.withLock { $0.append(entry) } }
+}
+
+/// A log handler that records entries with their merged metadata.
+struct CapturingLogHandler: LogHandler {
+    let logs: CapturedLogs
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .trace
+
+    init(_ logs: CapturedLogs) { self.logs = logs }
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        logs.append(.init(level: event.level, message: "\(event.message)",
+                          metadata: metadata.merging(event.metadata ?? [:]) { $1 }))
+    }
+}
+
+// MARK: - A W3C trace-context test tracer
+
+/// The trace and span ids of a test span, carried in the `ServiceContext`.
+enum IntegrationTestSpanContextKey: ServiceContextKey {
+    typealias Value = (traceID: String, spanID: String)
+}
+
+/// Records spans and propagates their context as a W3C `traceparent` header.
+final class IntegrationTestTracer: Tracer, Sendable {
+    private let spans = Mutex<[IntegrationTestSpan]>([])
+
+    /// Spans ended so far, in the order they ended.
+    var finished: [IntegrationTestSpan] { spans.withLock { $0 } }
+
+    func startSpan<Instant: TracerInstant>(
+        _ operationName: String, context: @autoclosure () -> ServiceContext, ofKind kind: SpanKind,
+        at instant: @autoclosure () -> Instant, function: String, file fileID: String, line: UInt
+    ) -> IntegrationTestSpan {
+        var context = context()
+        let parent = context[IntegrationTestSpanContextKey.self]
+        let traceID = parent?.traceID ?? Self.randomHex(bytes: 16)
+        let spanID = Self.randomHex(bytes: 8)
+        context[IntegrationTestSpanContextKey.self] = (traceID, spanID)
+        return IntegrationTestSpan(operationName: operationName, kind: kind, context: context, traceID: traceID,
+                                   spanID: spanID, parentSpanID: parent?.spanID) { [weak self] span in
+            self?.spans.withLock { $0.append(span) }
+        }
+    }
+
+    func forceFlush() {}
+
+    func inject<Carrier, Inject: Injector>(_ context: ServiceContext, into carrier: inout Carrier,
+                                           using injector: Inject) where Inject.Carrier == Carrier {
+        guard let ids = context[IntegrationTestSpanContextKey.self] else { return }
+        injector.inject("00-\(ids.traceID)-\(ids.spanID)-01", forKey: "traceparent", into: &carrier)
+    }
+
+    func extract<Carrier, Extract: Extractor>(_ carrier: Carrier, into context: inout ServiceContext,
+                                              using extractor: Extract) where Extract.Carrier == Carrier {
+        guard let value = extractor.extract(key: "traceparent", from: carrier) else { return }
+        let parts = value.split(separator: "-")
+        guard parts.count == 4, parts[1].count == 32, parts[2].count == 16 else { return }
+        context[IntegrationTestSpanContextKey.self] = (String(parts[1]), String(parts[2]))
+    }
+
+    private static func randomHex(bytes: Int) -> String {
+        (0..<bytes).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+    }
+}
+
+/// A span of ``IntegrationTestTracer``.
+final class IntegrationTestSpan: Span, Sendable {
+    private struct State {
+        var operationName: String
+        var attributes = SpanAttributes()
+        var status: SpanStatus?
+        var errors: [String] = []
+        var ended = false
+    }
+
+    let kind: SpanKind
+    let context: ServiceContext
+    let traceID: String
+    let spanID: String
+    let parentSpanID: String?
+    private let state: Mutex<State>
+    private let onEnd: @Sendable (IntegrationTestSpan) -> Void
+
+    init(operationName: String, kind: SpanKind, context: ServiceContext, traceID: String, spanID: String,
+         parentSpanID: String?, onEnd: @escaping @Sendable (IntegrationTestSpan) -> Void) {
+        self.kind = kind
+        self.context = context
+        self.traceID = traceID
+        self.spanID = spanID
+        self.parentSpanID = parentSpanID
+        self.state = Mutex(State(operationName: operationName))
+        self.onEnd = onEnd
+    }
+
+    var operationName: String {
+        get { state.withLock { $0.operationName } }
+        set { state.withLock { $0.operationName = newValue } }
+    }
+
+    var attributes: SpanAttributes {
+        get { state.withLock { $0.attributes } }
+        set { state.withLock { $0.attributes = newValue } }
+    }
+
+    var status: SpanStatus? { state.withLock { $0.status } }
+    var errors: [String] { state.withLock { $0.errors } }
+    var isRecording: Bool { state.withLock { !$0.ended } }
+
+    func setStatus(_ status: SpanStatus) { state.withLock { $0.status = status } }
+    func addEvent(_ event: SpanEvent) {}
+    func addLink(_ link: SpanLink) {}
+
+    func recordError<Instant: TracerInstant>(_ error: any Error, attributes: SpanAttributes,
+                                             at instant: @autoclosure () -> Instant) {
+        state.withLock { $0.errors.append("\(error)") }
+    }
+
+    func end<Instant: TracerInstant>(at instant: @autoclosure () -> Instant) {
+        let first = state.withLock { state -> Bool in
+            defer { state.ended = true }
+            return !state.ended
+        }
+        if first { onEnd(self) }
+    }
+}
