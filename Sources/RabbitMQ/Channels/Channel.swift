@@ -51,11 +51,11 @@ public final class Channel: Sendable {
 
     /// Closes the channel. Unacknowledged deliveries on it go back to their queues. Does nothing if closed.
     public func close() async throws {
-        let link = session.withLock { session in
-            session.isClosedByApplication = true
-            return session.link
+        let (link, alreadyClosing) = session.withLock { session in
+            defer { session.isClosedByApplication = true }
+            return (session.link, session.isClosedByApplication)
         }
-        guard link.isOpen else { return }
+        guard link.isOpen, !alreadyClosing else { return }
         do {
             _ = try await engine.request(.channelClose(replyCode: 200, replyText: "closed by the application"),
                                          on: link)

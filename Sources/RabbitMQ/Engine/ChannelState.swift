@@ -11,6 +11,8 @@ final class ChannelState {
     var confirmMode = false
     var nextPublishSequence: UInt64 = 1
     var unconfirmed: Deque<UnconfirmedPublish> = []
+    /// basic.return messages waiting for the confirm that follows them and names their publish.
+    var pendingReturns: [ReturnedMessage] = []
     /// Window slots freed in this pass, released in one call at its end.
     var slotsToRelease = 0
     var consumers: [String: ConsumerState] = [:]
@@ -20,6 +22,9 @@ final class ChannelState {
     var incoming: IncomingMessage?
     /// channel.close sent after a failure; the number stays taken until close-ok.
     var isClosing = false
+    /// The application's channel.close is sent: nothing more may go out on the channel (the broker would close
+    /// the connection for a frame on a channel it has closed).
+    var isCloseRequested = false
 
     init(link: ChannelLink) {
         self.link = link
@@ -96,4 +101,17 @@ struct IncomingMessage {
     var bodySize = 0
     var body: [UInt8] = []
     var hasHeader = false
+}
+
+/// A message the broker returned as unroutable, until the confirm that follows it names its publish.
+struct ReturnedMessage {
+    let exchange: String
+    let routingKey: String
+    let body: [UInt8]
+    let error: RabbitMQError
+
+    func matches(_ message: OutgoingMessage?) -> Bool {
+        guard let message else { return false }
+        return message.exchange == exchange && message.routingKey == routingKey && message.body == body
+    }
 }

@@ -209,25 +209,52 @@ extension IOLoop {
         }
     }
 
-    /// A basic.return precedes the confirm of its publish but carries no sequence number: it belongs to the
-    /// oldest unconfirmed mandatory publish with the same exchange, routing key and body.
+    /// A basic.return carries no sequence number, but RabbitMQ sends the confirm of the returned publish right
+    /// after it: keep the return until then.
     private func matchReturn(_ message: IncomingMessage, code: UInt16, text: String, on channel: ChannelState) {
-        let index = channel.unconfirmed.firstIndex { publish in
-            guard publish.returned == nil, !publish.isResolved, let sent = publish.mandatoryMessage else { return false }
-            return sent.exchange == message.exchange && sent.routingKey == message.routingKey && sent.body == message.body
-        }
-        guard let index else {
+        guard channel.confirmMode else {
             logger.warning("a mandatory message was returned as unroutable; publish with confirms to be told which",
                            metadata: ["exchange": "\(message.exchange)", "routing_key": "\(message.routingKey)"])
             return
         }
-        channel.unconfirmed[index].returned = RabbitMQError(
-            .unroutable, "no queue is bound to exchange '\(message.exchange)' with routing key "
-                + "'\(message.routingKey)'", operation: "basic.publish", replyCode: code, replyText: text)
+        channel.pendingReturns.append(ReturnedMessage(
+            exchange: message.exchange, routingKey: message.routingKey, body: message.body,
+            error: RabbitMQError(.unroutable, "no queue is bound to exchange '\(message.exchange)' with routing key "
+                                     + "'\(message.routingKey)'", operation: "basic.publish", replyCode: code,
+                                 replyText: text)))
+    }
+
+    /// Gives the pending returns to the publishes that the confirm for `tag` settles: the publish named by a single
+    /// confirm, or for a multiple one the newest settled publish with the same exchange, routing key and body.
+    private func attachReturns(to tag: UInt64, multiple: Bool, on channel: ChannelState) {
+        guard !channel.pendingReturns.isEmpty else { return }
+        defer { channel.pendingReturns.removeAll() }
+        var candidates: [Int] = []
+        if multiple {
+            for index in channel.unconfirmed.indices.reversed() where channel.unconfirmed[index].sequence <= tag {
+                let publish = channel.unconfirmed[index]
+                if !publish.isResolved, publish.returned == nil, publish.mandatoryMessage != nil {
+                    candidates.append(index)
+                }
+            }
+        } else if let index = channel.unconfirmed.binarySearch(sequence: tag) {
+            candidates = [index]
+        }
+        for returned in channel.pendingReturns {
+            guard let position = candidates.firstIndex(where: { returned.matches(channel.unconfirmed[$0].mandatoryMessage) })
+            else {
+                logger.warning("a returned message matches no publish settled by the next confirm",
+                               metadata: ["exchange": "\(returned.exchange)", "routing_key": "\(returned.routingKey)"])
+                continue
+            }
+            channel.unconfirmed[candidates[position]].returned = returned.error
+            candidates.remove(at: position)
+        }
     }
 
     /// basic.ack / basic.nack for publishes up to (or exactly) `tag`.
     private func confirm(_ tag: UInt64, multiple: Bool, nacked: Bool, on channel: ChannelState) {
+        attachReturns(to: tag, multiple: multiple, on: channel)
         func resolve(_ publish: UnconfirmedPublish) {
             let outcome: Result<Void, RabbitMQError>
             if nacked {

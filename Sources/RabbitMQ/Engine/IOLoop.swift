@@ -199,7 +199,8 @@ final class IOLoop {
 
     /// The channel's state if it is open and still the incarnation `link` refers to.
     func openState(of link: ChannelLink) -> ChannelState? {
-        guard let channel = channels[Int(link.number)], channel.link === link, !channel.isClosing else { return nil }
+        guard let channel = channels[Int(link.number)], channel.link === link, !channel.isClosing,
+              !channel.isCloseRequested else { return nil }
         return channel
     }
 
@@ -246,7 +247,11 @@ final class IOLoop {
             pending.fail(finalError!)
             return
         }
-        if case .confirmSelect = request.method { channel.confirmMode = true }
+        switch request.method {
+        case .confirmSelect: channel.confirmMode = true
+        case .channelClose: channel.isCloseRequested = true
+        default: break
+        }
         if request.method.replies.isEmpty {
             pending.succeed(.done, link: channel.link)
         } else {
@@ -477,6 +482,7 @@ final class IOLoop {
     /// Closes a channel whose state can no longer be trusted (a timed-out or abandoned request).
     func closeAfterFailure(_ channel: ChannelState, _ error: RabbitMQError) {
         tearDown(channel, error, keepNumberUntilCloseOk: true)
+        guard !channel.isCloseRequested else { return }  // its channel.close is already out
         sendMethod(.channelClose(replyCode: 200, replyText: "request abandoned by the client"), on: channel)
     }
 
