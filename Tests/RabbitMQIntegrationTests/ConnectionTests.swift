@@ -115,10 +115,10 @@ struct ConnectionTests {
         let name = TestBroker.uniqueName("conn-name")
         let client = try TestBroker.makeClient { $0.connectionName = name }
         try await client.connect()
-        let listed = try await TestBroker.eventually { try Self.connectionListed(name) }
+        let listed = try await TestBroker.eventually { try await Self.connectionListed(name) }
         #expect(listed)
         await client.close()
-        #expect(try await TestBroker.eventually { try !Self.connectionListed(name) })
+        #expect(try await TestBroker.eventually { try await !Self.connectionListed(name) })
     }
 
     @Test("close() may be called more than once, and later operations throw clientClosed")
@@ -134,9 +134,9 @@ struct ConnectionTests {
             async let second: Void = client.close()
             _ = await (first, second)
         }
-        #expect(try await TestBroker.eventually { try !Self.connectionListed(name) })
+        #expect(try await TestBroker.eventually { try await !Self.connectionListed(name) })
         // The exclusive queue went with the connection.
-        #expect(try TestBroker.queueStats(queue) == nil)
+        #expect(try await TestBroker.queueStats(queue) == nil)
 
         let operations: [(String, @Sendable () async throws -> Void)] = [
             ("connect", { try await client.connect() }),
@@ -152,8 +152,8 @@ struct ConnectionTests {
             }
             #expect(error?.code == .clientClosed, "\(label): \(String(describing: error))")
         }
-        #expect(try TestBroker.queueStats(queue) == nil)
-        #expect(try !Self.connectionListed(name))
+        #expect(try await TestBroker.queueStats(queue) == nil)
+        #expect(try await !Self.connectionListed(name))
     }
 
     @Test("close() during 50 tasks' declarations: each succeeds or fails with clientClosed, none hangs")
@@ -195,8 +195,8 @@ struct ConnectionTests {
         }
         // The close came in the middle of the declarations, so some were cut short.
         #expect(interrupted > 0, "every task finished before the close: the test did not exercise it")
-        #expect(try await TestBroker.eventually { try !Self.connectionListed(name) })
-        #expect(try await TestBroker.eventually { try Self.queues(withPrefix: prefix).isEmpty })
+        #expect(try await TestBroker.eventually { try await !Self.connectionListed(name) })
+        #expect(try await TestBroker.eventually { try await Self.queues(withPrefix: prefix).isEmpty })
     }
 
     // MARK: Helpers
@@ -208,14 +208,14 @@ struct ConnectionTests {
     }
 
     /// Whether a connection with client property `connection_name` equal to `name` is open at the broker.
-    static func connectionListed(_ name: String) throws -> Bool {
-        try TestBroker.rabbitmqctl("list_connections", "name", "client_properties", "--no-table-headers")
+    static func connectionListed(_ name: String) async throws -> Bool {
+        try await TestBroker.rabbitmqctl("list_connections", "name", "client_properties", "--no-table-headers")
             .contains("\"\(name)\"")
     }
 
     /// The broker's queues whose names start with `prefix`.
-    static func queues(withPrefix prefix: String) throws -> [String] {
-        try TestBroker.rabbitmqctl("list_queues", "name", "--no-table-headers")
+    static func queues(withPrefix prefix: String) async throws -> [String] {
+        try await TestBroker.rabbitmqctl("list_queues", "name", "--no-table-headers")
             .split(separator: "\n").map(String.init).filter { $0.hasPrefix(prefix) }
     }
 }
@@ -231,7 +231,7 @@ struct ChannelErrorTests {
             #expect(error?.replyCode == 404)
             #expect(error?.replyText?.contains("NOT_FOUND") == true, "\(String(describing: error))")
             #expect(error?.isRetryable == false)
-            #expect(try TestBroker.queueStats(missing) == nil)
+            #expect(try await TestBroker.queueStats(missing) == nil)
 
             let queue = TestBroker.uniqueName("after-404")
             let declared = try await client.declare(Queue(queue))
@@ -239,7 +239,7 @@ struct ChannelErrorTests {
             try await client.publish(Array("after 404".utf8), routingKey: queue)
             let info = try await client.queueInfo(queue)
             #expect(info.messageCount == 1)
-            #expect(try TestBroker.messageCount(queue) == 1)
+            #expect(try await TestBroker.messageCount(queue) == 1)
             #expect(try await client.deleteQueue(queue) == 1)
         }
     }
@@ -285,12 +285,12 @@ struct ChannelErrorTests {
             let queue = TestBroker.uniqueName("explicit")
             let later = await #expect(throws: RabbitMQError.self) { try await failing.declare(Queue(queue)) }
             #expect(later?.replyCode == 404)
-            #expect(try TestBroker.queueStats(queue) == nil)
+            #expect(try await TestBroker.queueStats(queue) == nil)
 
             #expect(healthy.isOpen)
             let declared = try await healthy.declare(Queue(queue))
             #expect(declared.name == queue)
-            #expect(try TestBroker.queueStats(queue) != nil)
+            #expect(try await TestBroker.queueStats(queue) != nil)
             #expect(try await healthy.deleteQueue(queue) == 0)
             try await healthy.close()
             #expect(!healthy.isOpen)
@@ -318,8 +318,8 @@ struct ChannelErrorTests {
                     try await group.waitForAll()
                 }
             }
-            #expect(try ConnectionTests.queues(withPrefix: prefix).isEmpty)
-            let bindings = try TestBroker.rabbitmqctl("list_bindings", "source_name", "destination_name",
+            #expect(try await ConnectionTests.queues(withPrefix: prefix).isEmpty)
+            let bindings = try await TestBroker.rabbitmqctl("list_bindings", "source_name", "destination_name",
                                                       "--no-table-headers")
             #expect(!bindings.contains(prefix))
             try await client.deleteExchange(exchange)

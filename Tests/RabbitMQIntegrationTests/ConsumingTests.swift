@@ -12,14 +12,14 @@ struct ConsumingTests {
         try await TestBroker.withClient { client in
             try await Self.withQueue(client, "con.prefetch") { queue in
                 try await Self.fill(client, queue, count: 200)
-                #expect(try TestBroker.queueStats(queue)?.ready == 200)
+                #expect(try await TestBroker.queueStats(queue)?.ready == 200)
                 let samples = try await Self.withTimeout { () -> [Int] in
                     var received = 0
                     var samples: [Int] = []
                     for try await delivery in try await client.consume(queue, prefetch: 10) {
                         received += 1
                         // Sampled while this delivery is still unacked: the broker must count 1...10.
-                        if received % 20 == 0 { samples.append(try TestBroker.queueStats(queue)?.unacked ?? -1) }
+                        if received % 20 == 0 { samples.append(try await TestBroker.queueStats(queue)?.unacked ?? -1) }
                         try await Task.sleep(for: .milliseconds(20))
                         try await delivery.ack()
                         if received == 200 { break }
@@ -39,7 +39,7 @@ struct ConsumingTests {
         try await TestBroker.withClient { client in
             try await Self.withQueue(client, "con.once") { queue in
                 try await Self.fill(client, queue, count: count)
-                #expect(try TestBroker.queueStats(queue)?.ready == count)
+                #expect(try await TestBroker.queueStats(queue)?.ready == count)
                 let bodies = try await Self.withTimeout { () -> [String] in
                     var bodies: [String] = []
                     for try await delivery in try await client.consume(queue, prefetch: 50) {
@@ -79,7 +79,7 @@ struct ConsumingTests {
 
                     // Dropped, not requeued: nothing ready, nothing unacked, while the consumer is still there.
                     #expect(try await TestBroker.eventually {
-                        try TestBroker.queueStats(queue).map { $0.ready == 0 && $0.unacked == 0 && $0.consumers == 1 }
+                        try await TestBroker.queueStats(queue).map { $0.ready == 0 && $0.unacked == 0 && $0.consumers == 1 }
                             ?? false
                     })
                     await consumer.cancel()
@@ -102,7 +102,7 @@ struct ConsumingTests {
                     }
                     #expect(firstRound.map(\.bodyString) == Self.bodies(5))
                     #expect(firstRound.allSatisfy { !$0.isRedelivered })
-                    #expect(try await TestBroker.eventually { try TestBroker.queueStats(queue)?.unacked == 5 })
+                    #expect(try await TestBroker.eventually { try await TestBroker.queueStats(queue)?.unacked == 5 })
 
                     // One nack on the newest settles all five.
                     try await firstRound[4].nack(requeue: true, multiple: true)
@@ -117,7 +117,7 @@ struct ConsumingTests {
                     let newest = try #require(secondRound.max { $0.deliveryTag < $1.deliveryTag })
                     try await newest.nack(requeue: false, multiple: true)
                     #expect(try await TestBroker.eventually {
-                        try TestBroker.queueStats(queue).map { $0.ready == 0 && $0.unacked == 0 && $0.consumers == 1 }
+                        try await TestBroker.queueStats(queue).map { $0.ready == 0 && $0.unacked == 0 && $0.consumers == 1 }
                             ?? false
                     })
                     await consumer.cancel()
@@ -139,10 +139,10 @@ struct ConsumingTests {
                         deliveries.append(delivery)
                     }
                     #expect(deliveries.count == 8)
-                    #expect(try await TestBroker.eventually { try TestBroker.queueStats(queue)?.unacked == 8 })
+                    #expect(try await TestBroker.eventually { try await TestBroker.queueStats(queue)?.unacked == 8 })
                     try await deliveries[7].ack(multiple: true)
                     #expect(try await TestBroker.eventually {
-                        try TestBroker.queueStats(queue).map { $0.ready == 0 && $0.unacked == 0 && $0.consumers == 1 }
+                        try await TestBroker.queueStats(queue).map { $0.ready == 0 && $0.unacked == 0 && $0.consumers == 1 }
                             ?? false
                     })
                     await consumer.cancel()
@@ -179,7 +179,7 @@ struct ConsumingTests {
                 let error = try #require(outcome.error as? RabbitMQError,
                                          "ended with \(String(describing: outcome.error))")
                 #expect(error.code == .consumerCancelled)
-                #expect(try TestBroker.queueStats(queue) == nil)
+                #expect(try await TestBroker.queueStats(queue) == nil)
             } catch {
                 try? await client.deleteQueue(queue)
                 throw error
@@ -199,14 +199,14 @@ struct ConsumingTests {
                         guard received == 3 else { continue }
                         // Three taken, none acked: the broker has sent the whole prefetch.
                         #expect(try await TestBroker.eventually {
-                            try TestBroker.queueStats(queue).map { $0 == (10, 10, 1) } ?? false
+                            try await TestBroker.queueStats(queue).map { $0 == (10, 10, 1) } ?? false
                         })
                         break
                     }
                     #expect(received == 3)
                 }
                 #expect(try await TestBroker.eventually {
-                    try TestBroker.queueStats(queue).map { $0 == (20, 0, 0) } ?? false
+                    try await TestBroker.queueStats(queue).map { $0 == (20, 0, 0) } ?? false
                 }, "stats: \(Self.stats(queue))")
             }
         }
@@ -224,14 +224,15 @@ struct ConsumingTests {
                 }
                 // All ten of the prefetch handed over and none acked: the loop waits for an eleventh.
                 let full = try await TestBroker.eventually {
-                    try received.count == 10 && TestBroker.queueStats(queue).map { $0 == (10, 10, 1) } ?? false
+                    let stats = try await TestBroker.queueStats(queue)
+                    return received.count == 10 && stats.map { $0 == (10, 10, 1) } ?? false
                 }
                 task.cancel()
                 #expect(full)
                 let result = await task.result
                 #expect(throws: CancellationError.self) { try result.get() }
                 #expect(try await TestBroker.eventually {
-                    try TestBroker.queueStats(queue).map { $0 == (20, 0, 0) } ?? false
+                    try await TestBroker.queueStats(queue).map { $0 == (20, 0, 0) } ?? false
                 }, "stats: \(Self.stats(queue))")
                 #expect(received.count == 10)
             }
@@ -251,7 +252,7 @@ struct ConsumingTests {
                     let options = ConsumeOptions(acknowledgement: .automatic)
                     for try await delivery in try await client.consume(queue, prefetch: 20, options: options) {
                         bodies.append(delivery.bodyString)
-                        if bodies.count % 50 == 0 { samples.append(try TestBroker.queueStats(queue)?.unacked ?? -1) }
+                        if bodies.count % 50 == 0 { samples.append(try await TestBroker.queueStats(queue)?.unacked ?? -1) }
                         if bodies.count == count { break }
                     }
                     return (bodies, samples)
@@ -281,7 +282,7 @@ struct ConsumingTests {
                     #expect(error.replyText?.hasPrefix("ACCESS_REFUSED") == true, "\(error)")
                 }
                 // The refusal closed only the second consumer's channel: the first is still consuming.
-                #expect(try TestBroker.queueStats(queue)?.consumers == 1)
+                #expect(try await TestBroker.queueStats(queue)?.consumers == 1)
                 try await client.publish(Array("to the exclusive one".utf8), routingKey: queue)
                 try await Self.withTimeout {
                     var iterator = exclusive.makeAsyncIterator()
@@ -316,7 +317,7 @@ struct ConsumingTests {
                 }
                 try await Self.fill(client, queue, count: 30)
                 let allReceived = try await TestBroker.eventually { receivedA.count + receivedB.count == 30 }
-                let activity = try TestBroker.rabbitmqctl("list_consumers", "queue_name", "consumer_tag", "active",
+                let activity = try await TestBroker.rabbitmqctl("list_consumers", "queue_name", "consumer_tag", "active",
                                                           "--no-table-headers")
                 await consumerA.cancel()
                 await consumerB.cancel()
@@ -351,12 +352,12 @@ struct ConsumingTests {
                 #expect(delivery.consumerTag == nil)
                 #expect(!delivery.isRedelivered)
                 #expect(try await TestBroker.eventually {
-                    try TestBroker.queueStats(queue).map { $0.ready == 0 && $0.unacked == 1 } ?? false
+                    try await TestBroker.queueStats(queue).map { $0.ready == 0 && $0.unacked == 1 } ?? false
                 })
 
                 try await delivery.ack()
                 #expect(try await TestBroker.eventually {
-                    try TestBroker.queueStats(queue).map { $0.ready == 0 && $0.unacked == 0 } ?? false
+                    try await TestBroker.queueStats(queue).map { $0.ready == 0 && $0.unacked == 0 } ?? false
                 })
                 #expect(try await client.get(from: queue) == nil)
             }
@@ -369,7 +370,7 @@ struct ConsumingTests {
                 try await Self.fill(client, queue, count: 2)
                 let first = try #require(try await client.get(from: queue, acknowledgement: .automatic))
                 #expect(first.bodyString == "message-0")
-                #expect(try TestBroker.queueStats(queue).map { $0.ready == 1 && $0.unacked == 0 } == true)
+                #expect(try await TestBroker.queueStats(queue).map { $0.ready == 1 && $0.unacked == 0 } == true)
                 let second = try #require(try await client.get(from: queue, acknowledgement: .automatic))
                 #expect(second.bodyString == "message-1")
                 #expect(try await client.get(from: queue, acknowledgement: .automatic) == nil)
@@ -391,7 +392,7 @@ struct ConsumingTests {
                     await first.cancel()
                     // The message went back to the queue with the channel.
                     #expect(try await TestBroker.eventually {
-                        try TestBroker.queueStats(queue).map { $0 == (1, 0, 0) } ?? false
+                        try await TestBroker.queueStats(queue).map { $0 == (1, 0, 0) } ?? false
                     })
 
                     // A new channel (very likely reusing the number) receives it again, with the same delivery tag.
@@ -417,7 +418,7 @@ struct ConsumingTests {
                     }
                     // A round trip on the new channel: had a stale ack gone out on it, the broker has seen it.
                     try await channel.setPrefetch(1)
-                    #expect(try TestBroker.queueStats(queue).map { $0 == (0, 1, 1) } == true)
+                    #expect(try await TestBroker.queueStats(queue).map { $0 == (0, 1, 1) } == true)
                     #expect(channel.isOpen)
 
                     try await fresh.ack()
@@ -444,7 +445,7 @@ struct ConsumingTests {
                     await #expect(throws: RabbitMQError.self) { try await delivery.ack(multiple: true) }
                 }
                 #expect(try await TestBroker.eventually {
-                    try TestBroker.queueStats(queue).map { $0 == (3, 0, 0) } ?? false
+                    try await TestBroker.queueStats(queue).map { $0 == (3, 0, 0) } ?? false
                 })
             }
         }
@@ -459,7 +460,7 @@ struct ConsumingTests {
                 let options = ConsumeOptions(priority: 7, consumerTag: tag, arguments: ["x-test-note": .string("hi")])
                 let consumer = try await client.consume(queue, prefetch: 42, options: options)
                 #expect(consumer.consumerTag == tag)
-                let listing = try TestBroker.rabbitmqctl("list_consumers", "queue_name", "consumer_tag",
+                let listing = try await TestBroker.rabbitmqctl("list_consumers", "queue_name", "consumer_tag",
                                                          "prefetch_count", "ack_required", "arguments",
                                                          "--formatter", "json")
                 let rows = try #require(try JSONSerialization.jsonObject(with: Data(listing.utf8)) as? [[String: Any]])
@@ -476,7 +477,7 @@ struct ConsumingTests {
                 let generated = try await client.consume(queue, prefetch: 1)
                 #expect(!generated.consumerTag.isEmpty)
                 #expect(generated.consumerTag != tag)
-                #expect(try TestBroker.queueStats(queue)?.consumers == 2)
+                #expect(try await TestBroker.queueStats(queue)?.consumers == 2)
                 await generated.cancel()
                 await consumer.cancel()
                 #expect(try await Self.isSettledAndIdle(queue), "\(Self.stats(queue))")
@@ -606,14 +607,20 @@ struct ConsumingTests {
     /// Whether the broker soon counts no message and no consumer on `queue`.
     static func isSettledAndIdle(_ queue: String) async throws -> Bool {
         try await TestBroker.eventually {
-            try TestBroker.queueStats(queue).map { $0 == (0, 0, 0) } ?? false
+            try await TestBroker.queueStats(queue).map { $0 == (0, 0, 0) } ?? false
         }
     }
 
     /// The broker's counts for `queue`, for a failure message.
     static func stats(_ queue: String) -> String {
         do {
-            guard let stats = try TestBroker.queueStats(queue) else { return "no such queue" }
+            let output = try TestBroker.runRabbitmqctl(["list_queues", "name", "messages_ready", "messages_unacknowledged",
+                                                        "consumers", "--no-table-headers"])
+            guard let line = output.split(separator: "\n").first(where: { $0.hasPrefix("\(queue)\t") }) else {
+                return "no such queue"
+            }
+            let fields = line.split(separator: "\t")
+            let stats = (ready: fields[1], unacked: fields[2], consumers: fields[3])
             return "ready \(stats.ready), unacked \(stats.unacked), consumers \(stats.consumers)"
         } catch {
             return "\(error)"

@@ -49,7 +49,7 @@ struct FieldTableRoundTripTests {
             let sent = Self.headers
             try await client.publish(Array("fields".utf8), routingKey: queue,
                                      properties: MessageProperties(headers: sent))
-            #expect(try TestBroker.messageCount(queue) == 1)
+            #expect(try await TestBroker.messageCount(queue) == 1)
 
             var received: Delivery?
             for try await delivery in try await client.consume(queue, prefetch: 1) {
@@ -61,7 +61,7 @@ struct FieldTableRoundTripTests {
             #expect(delivery.bodyString == "fields")
             Self.expectEqual(delivery.properties.headers, sent)
             #expect(try await TestBroker.eventually {
-                try TestBroker.queueStats(queue).map { $0.ready + $0.unacked } == 0
+                try await TestBroker.queueStats(queue).map { $0.ready + $0.unacked } == 0
             })
             try await client.deleteQueue(queue)
         }
@@ -99,7 +99,7 @@ struct FieldTableRoundTripTests {
                                      properties: MessageProperties(headers: sent))
             let original = try #require(try await client.get(from: queue))
             try await original.reject(requeue: false)
-            #expect(try await TestBroker.eventually { try TestBroker.messageCount(deadLetters) == 1 })
+            #expect(try await TestBroker.eventually { try await TestBroker.messageCount(deadLetters) == 1 })
 
             let dead = try #require(try await client.get(from: deadLetters, acknowledgement: .automatic))
             #expect(dead.bodyString == "dead")

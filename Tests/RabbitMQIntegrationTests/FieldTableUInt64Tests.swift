@@ -41,11 +41,11 @@ struct FieldTableUInt64Tests {
                 }
             }
             #expect(argumentError?.code == .invalidArgument, "\(String(describing: argumentError))")
-            #expect(try TestBroker.queueStats(argumentsQueue) == nil)
+            #expect(try await TestBroker.queueStats(argumentsQueue) == nil)
             if argumentError == nil { try await client.deleteQueue(argumentsQueue) }
 
             // Nothing reached the broker, and the connection carries on.
-            #expect(try ConnectionTests.connectionListed(name))
+            #expect(try await ConnectionTests.connectionListed(name))
             try await client.publish(Array("fine".utf8), routingKey: queue)
             #expect(try await client.queueInfo(queue).messageCount == 1)
             #expect(try await client.deleteQueue(queue) == 1, "the uint64 messages reached the queue")

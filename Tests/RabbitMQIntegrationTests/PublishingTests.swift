@@ -25,7 +25,7 @@ struct PublishingTests {
                 #expect(confirmation.isSettled)
                 try await confirmation.wait()
             }
-            #expect(try TestBroker.messageCount(queue) == 5_000)
+            #expect(try await TestBroker.messageCount(queue) == 5_000)
             try await channel.close()
             try await client.deleteQueue(queue)
         }
@@ -38,7 +38,7 @@ struct PublishingTests {
             for index in 0..<200 {
                 try await client.publish(Array("message \(index)".utf8), routingKey: queue)
             }
-            #expect(try TestBroker.messageCount(queue) == 200)
+            #expect(try await TestBroker.messageCount(queue) == 200)
             try await client.deleteQueue(queue)
         }
     }
@@ -90,7 +90,7 @@ struct PublishingTests {
             #expect(error?.code == .publishNacked)
             try await channel.waitForConfirms()
             #expect(channel.isOpen)
-            #expect(try TestBroker.messageCount(queue) == 10)
+            #expect(try await TestBroker.messageCount(queue) == 10)
 
             // The client's own publisher reports a nack too, and keeps working.
             let clientError = await #expect(throws: RabbitMQError.self) {
@@ -99,7 +99,7 @@ struct PublishingTests {
             #expect(clientError?.code == .publishNacked)
             try await client.purge(queue)
             try await client.publish(Array("after purge".utf8), routingKey: queue)
-            #expect(try TestBroker.messageCount(queue) == 1)
+            #expect(try await TestBroker.messageCount(queue) == 1)
             try await channel.close()
             try await client.deleteQueue(queue)
         }
@@ -124,7 +124,7 @@ struct PublishingTests {
             let queue = TestBroker.uniqueName("pub.after-return")
             try await client.declare(Queue(queue))
             try await client.publish(Array("routed".utf8), routingKey: queue, mandatory: true)
-            #expect(try TestBroker.messageCount(queue) == 1)
+            #expect(try await TestBroker.messageCount(queue) == 1)
             try await client.deleteQueue(queue)
             try await client.deleteExchange(exchange)
         }
@@ -156,7 +156,7 @@ struct PublishingTests {
                     #expect(outcome?.replyCode == 312)
                 }
             }
-            #expect(try TestBroker.messageCount(queue) == routable.filter { $0 }.count)
+            #expect(try await TestBroker.messageCount(queue) == routable.filter { $0 }.count)
             try await channel.close()
             try await client.deleteQueue(queue)
             try await client.deleteExchange(exchange)
@@ -187,7 +187,7 @@ struct PublishingTests {
                 return try await group.reduce(0, +)
             }
             #expect(failures == 0)
-            #expect(try TestBroker.messageCount(queue) == 50_000)
+            #expect(try await TestBroker.messageCount(queue) == 50_000)
             try await client.deleteQueue(queue)
         }
     }
@@ -263,7 +263,7 @@ struct PublishingTests {
             #expect(error?.code == .channelClosed)
             #expect(error?.replyCode == 406)
             try await client.publish(Array("honest".utf8), routingKey: queue)
-            #expect(try TestBroker.messageCount(queue) == 1)
+            #expect(try await TestBroker.messageCount(queue) == 1)
             try await client.deleteQueue(queue)
         }
     }
@@ -295,7 +295,7 @@ struct PublishingTests {
             }
             #expect(error?.code == .messageTooLarge, "got \(String(describing: error))")
             #expect(error?.replyCode == 406)
-            #expect(try TestBroker.messageCount(queue) == 0)
+            #expect(try await TestBroker.messageCount(queue) == 0)
             let body = Self.pattern(size: 1_000)
             try await client.publish(body, routingKey: queue)
             let delivery = try #require(try await client.get(from: queue, acknowledgement: .automatic))
@@ -324,7 +324,7 @@ struct PublishingTests {
             #expect(channelError?.code == .messageTooLarge)
             #expect(channel.isOpen)
             try await client.publish(Array("small".utf8), routingKey: queue)
-            #expect(try TestBroker.messageCount(queue) == 1)
+            #expect(try await TestBroker.messageCount(queue) == 1)
             try await channel.close()
             try await client.deleteQueue(queue)
         }
@@ -348,7 +348,7 @@ struct PublishingTests {
             try await client.publish(Array("somewhere".utf8), to: "amq.direct", routingKey: queue)
             try await client.bind(.queue(queue, to: "amq.direct", routingKey: queue))
             try await client.publish(Array("somewhere".utf8), to: "amq.direct", routingKey: queue)
-            #expect(try TestBroker.messageCount(queue) == 2)
+            #expect(try await TestBroker.messageCount(queue) == 2)
             try await client.deleteQueue(queue)
         }
     }
@@ -371,7 +371,7 @@ struct PublishingTests {
             }
             #expect(later?.replyCode == 404)
             try await client.publish(Array("z".utf8), routingKey: queue)
-            #expect(try TestBroker.messageCount(queue) == 1)
+            #expect(try await TestBroker.messageCount(queue) == 1)
             try await client.deleteQueue(queue)
         }
     }

@@ -89,14 +89,8 @@ struct BrokerQueueCounts: Sendable, Equatable {
 /// `rabbitmqctl` blocks for a second or more, and blocking the cooperative pool (two threads on two cores)
 /// would stall the workers under test and distort every delay they measure.
 func brokerQueueCounts() async throws -> [String: BrokerQueueCounts] {
-    let output = try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<String, any Error>) in
-        Thread.detachNewThread {
-            continuation.resume(with: Result {
-                try TestBroker.rabbitmqctl("list_queues", "name", "messages_ready", "messages_unacknowledged",
-                                           "consumers", "--no-table-headers")
-            })
-        }
-    }
+    let output = try await TestBroker.rabbitmqctl("list_queues", "name", "messages_ready", "messages_unacknowledged",
+                                                  "consumers", "--no-table-headers")
     var counts: [String: BrokerQueueCounts] = [:]
     for line in output.split(separator: "\n") {
         let fields = line.split(separator: "\t")
@@ -125,8 +119,8 @@ func drainedAtBroker(_ queue: String) async throws -> Bool {
 
 /// The broker's counts of `queue` are all zero (no ready or unacknowledged message, no consumer). Blocks its
 /// thread while `rabbitmqctl` runs; ``drainedAtBroker(_:)`` does not.
-func isDrained(_ queue: String) throws -> Bool {
-    try TestBroker.queueStats(queue).map { $0.ready == 0 && $0.unacked == 0 && $0.consumers == 0 } ?? false
+func isDrained(_ queue: String) async throws -> Bool {
+    try await TestBroker.queueStats(queue).map { $0.ready == 0 && $0.unacked == 0 && $0.consumers == 0 } ?? false
 }
 
 @Suite("Queue worker")

@@ -10,7 +10,7 @@ struct SmokeTests {
             for index in 0..<10 {
                 try await client.publish(Array("message \(index)".utf8), routingKey: queue)
             }
-            #expect(try TestBroker.messageCount(queue) == 10)
+            #expect(try await TestBroker.messageCount(queue) == 10)
             var received: [String] = []
             for try await delivery in try await client.consume(queue, prefetch: 5) {
                 received.append(delivery.bodyString)
@@ -19,7 +19,7 @@ struct SmokeTests {
             }
             #expect(received == (0..<10).map { "message \($0)" })
             #expect(try await TestBroker.eventually {
-                try TestBroker.queueStats(queue).map { $0.ready + $0.unacked + $0.consumers } == 0
+                try await TestBroker.queueStats(queue).map { $0.ready + $0.unacked + $0.consumers } == 0
             })
             try await client.deleteQueue(queue)
         }

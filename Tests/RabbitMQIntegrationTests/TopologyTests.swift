@@ -80,7 +80,7 @@ struct TopologyTests {
             }
             try await delete(names, with: client)
         }
-        #expect(try TestBroker.rabbitmqctl("list_queues", "name", "--no-table-headers").contains(names.prefix) == false)
+        #expect(try await TestBroker.rabbitmqctl("list_queues", "name", "--no-table-headers").contains(names.prefix) == false)
     }
 
     @Test("a topology with every exchange type, typed queue arguments and bindings is declared, twice")
@@ -95,7 +95,7 @@ struct TopologyTests {
             let second = try await client.declare(topology)
             #expect(second == first)
 
-            let queues = try Self.brokerQueues(prefix: names.prefix)
+            let queues = try await Self.brokerQueues(prefix: names.prefix)
             #expect(Set(queues.keys) == Set(names.queues))
             let quorum = try #require(queues[names.quorum])
             #expect(quorum["type"] as? String == "quorum")
@@ -114,7 +114,7 @@ struct TopologyTests {
             #expect(queues[names.classic]?["durable"] as? Bool == true)
             #expect(queues[names.directQueue]?["durable"] as? Bool == false)
 
-            let exchanges = try Self.brokerExchanges(prefix: names.prefix)
+            let exchanges = try await Self.brokerExchanges(prefix: names.prefix)
             #expect(exchanges[names.direct]?["type"] as? String == "direct")
             #expect(exchanges[names.fanout]?["type"] as? String == "fanout")
             #expect(exchanges[names.topic]?["type"] as? String == "topic")
@@ -126,7 +126,7 @@ struct TopologyTests {
             #expect(topicArguments?["alternate-exchange"] as? String == names.alternate,
                     "\(String(describing: topicArguments))")
 
-            let bindings = try Self.brokerBindings(prefix: names.prefix)
+            let bindings = try await Self.brokerBindings(prefix: names.prefix)
             let expected: Set<String> = [
                 "\(names.topic) queue \(names.quorum) order.placed",
                 "\(names.topic) queue \(names.classic) order.#",
@@ -171,7 +171,7 @@ struct TopologyTests {
             // One rabbitmqctl call per check: each takes a second or more.
             var counts: [String: Int] = [:]
             _ = try await TestBroker.eventually {
-                counts = try Self.readyCounts(prefix: names.prefix)
+                counts = try await Self.readyCounts(prefix: names.prefix)
                 return expected.allSatisfy { counts[$0.key] == $0.value }
             }
             for queue in names.queues {
@@ -197,7 +197,7 @@ struct TopologyTests {
             #expect(error?.replyCode == 403)
             // Through the exchange-to-exchange binding the message arrives.
             try await client.publish(Array("routed".utf8), to: names.topic, routingKey: "audit.x")
-            #expect(try await TestBroker.eventually { try TestBroker.messageCount(names.auditQueue) == 1 })
+            #expect(try await TestBroker.eventually { try await TestBroker.messageCount(names.auditQueue) == 1 })
         }
     }
 
@@ -209,24 +209,24 @@ struct TopologyTests {
             for index in 0..<3 {
                 try await client.publish(Array("\(index)".utf8), to: names.topic, routingKey: "order.shipped")
             }
-            #expect(try TestBroker.messageCount(names.classic) == 3)
+            #expect(try await TestBroker.messageCount(names.classic) == 3)
 
             try await client.unbind(.queue(names.classic, to: names.topic, routingKey: "order.#"))
-            #expect(try !Self.brokerBindings(prefix: names.prefix).contains { $0.destination == names.classic })
+            #expect(try await !Self.brokerBindings(prefix: names.prefix).contains { $0.destination == names.classic })
             // Now nothing matches: the alternate exchange takes it.
             try await client.publish(Array("after unbind".utf8), to: names.topic, routingKey: "order.shipped")
-            #expect(try TestBroker.messageCount(names.unroutable) == 1)
-            #expect(try TestBroker.messageCount(names.classic) == 3)
+            #expect(try await TestBroker.messageCount(names.unroutable) == 1)
+            #expect(try await TestBroker.messageCount(names.classic) == 3)
 
             let notEmpty = await #expect(throws: RabbitMQError.self) {
                 try await client.deleteQueue(names.classic, ifEmpty: true)
             }
             #expect(notEmpty?.code == .channelClosed)
             #expect(notEmpty?.replyCode == 406)
-            #expect(try TestBroker.messageCount(names.classic) == 3)
+            #expect(try await TestBroker.messageCount(names.classic) == 3)
 
             let consumer = try await client.consume(names.directQueue, prefetch: 1)
-            #expect(try await TestBroker.eventually { try TestBroker.queueStats(names.directQueue)?.consumers == 1 })
+            #expect(try await TestBroker.eventually { try await TestBroker.queueStats(names.directQueue)?.consumers == 1 })
             let inUse = await #expect(throws: RabbitMQError.self) {
                 try await client.deleteQueue(names.directQueue, ifUnused: true)
             }
@@ -234,12 +234,12 @@ struct TopologyTests {
             await consumer.cancel()
 
             #expect(try await client.purge(names.classic) == 3)
-            #expect(try TestBroker.messageCount(names.classic) == 0)
+            #expect(try await TestBroker.messageCount(names.classic) == 0)
             try await client.bind(.queue(names.classic, to: names.direct, routingKey: "again"))
             try await client.publish(Array("a".utf8), to: names.direct, routingKey: "again")
             try await client.publish(Array("b".utf8), to: names.direct, routingKey: "again")
             #expect(try await client.deleteQueue(names.classic) == 2)
-            #expect(try TestBroker.queueStats(names.classic) == nil)
+            #expect(try await TestBroker.queueStats(names.classic) == nil)
             try await client.declare(Queue(names.classic, arguments: QueueArguments(type: .classic)))
         }
     }
@@ -254,10 +254,12 @@ struct TopologyTests {
         #expect(second.name != info.name)
         try await client.publish(Array("to temporary".utf8), routingKey: info.name)
         #expect(try await client.queueInfo(info.name).messageCount == 1)
-        #expect(try TestBroker.messageCount(info.name) == 1)
+        #expect(try await TestBroker.messageCount(info.name) == 1)
         await client.close()
         #expect(try await TestBroker.eventually {
-            try TestBroker.queueStats(info.name) == nil && TestBroker.queueStats(second.name) == nil
+            let first = try await TestBroker.queueStats(info.name)
+            let other = try await TestBroker.queueStats(second.name)
+            return first == nil && other == nil
         })
     }
 
@@ -298,26 +300,26 @@ struct TopologyTests {
     // MARK: What the broker holds
 
     /// `rabbitmqctl list_… --formatter json` rows whose `name` starts with `prefix`, by name.
-    static func jsonRows(_ arguments: [String], prefix: String, key: String = "name") throws -> [[String: Any]] {
-        let output = try TestBroker.rabbitmqctl(arguments + ["--formatter", "json"])
+    static func jsonRows(_ arguments: [String], prefix: String, key: String = "name") async throws -> [[String: Any]] {
+        let output = try await TestBroker.rabbitmqctl(arguments + ["--formatter", "json"])
         let rows = try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [[String: Any]] ?? []
         return rows.filter { ($0[key] as? String)?.hasPrefix(prefix) == true }
     }
 
-    static func brokerQueues(prefix: String) throws -> [String: [String: Any]] {
-        let rows = try jsonRows(["list_queues", "name", "type", "durable", "auto_delete", "arguments"], prefix: prefix)
+    static func brokerQueues(prefix: String) async throws -> [String: [String: Any]] {
+        let rows = try await jsonRows(["list_queues", "name", "type", "durable", "auto_delete", "arguments"], prefix: prefix)
         return byName(rows)
     }
 
     /// Ready messages of every queue whose name starts with `prefix`, from one rabbitmqctl call.
-    static func readyCounts(prefix: String) throws -> [String: Int] {
-        let rows = try jsonRows(["list_queues", "name", "messages_ready"], prefix: prefix)
+    static func readyCounts(prefix: String) async throws -> [String: Int] {
+        let rows = try await jsonRows(["list_queues", "name", "messages_ready"], prefix: prefix)
         return Dictionary(rows.map { ($0["name"] as? String ?? "", $0["messages_ready"] as? Int ?? -1) },
                           uniquingKeysWith: { first, _ in first })
     }
 
-    static func brokerExchanges(prefix: String) throws -> [String: [String: Any]] {
-        let rows = try jsonRows(["list_exchanges", "name", "type", "internal", "arguments"], prefix: prefix)
+    static func brokerExchanges(prefix: String) async throws -> [String: [String: Any]] {
+        let rows = try await jsonRows(["list_exchanges", "name", "type", "internal", "arguments"], prefix: prefix)
         return byName(rows)
     }
 
@@ -334,8 +336,8 @@ struct TopologyTests {
         var summary: String { "\(source) \(destinationKind) \(destination) \(routingKey)" }
     }
 
-    static func brokerBindings(prefix: String) throws -> [BrokerBinding] {
-        let rows = try jsonRows(["list_bindings", "source_name", "destination_name", "destination_kind", "routing_key",
+    static func brokerBindings(prefix: String) async throws -> [BrokerBinding] {
+        let rows = try await jsonRows(["list_bindings", "source_name", "destination_name", "destination_kind", "routing_key",
                                  "arguments"], prefix: prefix, key: "destination_name")
         return rows.filter { !($0["source_name"] as? String ?? "").isEmpty }.map { row in
             let row = normalised(row)

@@ -56,19 +56,32 @@ enum TestBroker {
     }
 
     /// Runs `rabbitmqctl -n NODE args…` and returns its standard output.
+    ///
+    /// The CLI takes a second or more to start (an Erlang VM): it runs on a thread of its own, so waiting for it
+    /// never blocks the two threads of Swift's cooperative pool that every test shares.
     @discardableResult
-    static func rabbitmqctl(_ arguments: String...) throws -> String {
-        try rabbitmqctl(arguments)
+    static func rabbitmqctl(_ arguments: String...) async throws -> String {
+        try await rabbitmqctl(arguments)
     }
 
     @discardableResult
-    static func rabbitmqctl(_ arguments: [String]) throws -> String {
+    static func rabbitmqctl(_ arguments: [String]) async throws -> String {
+        try await withCheckedThrowingContinuation { continuation in
+            let thread = Thread {
+                continuation.resume(with: Result { try runRabbitmqctl(arguments) })
+            }
+            thread.start()
+        }
+    }
+
+    /// Runs the CLI and blocks the calling thread: only for failure messages, which cannot await.
+    static func runRabbitmqctl(_ arguments: [String]) throws -> String {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: rabbitmqctlPath)
         process.arguments = ["-n", node, "-q"] + arguments
         let output = Pipe()
         process.standardOutput = output
-        process.standardError = Pipe()
+        process.standardError = FileHandle.nullDevice
         try process.run()
         let data = output.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
@@ -79,13 +92,13 @@ enum TestBroker {
     }
 
     /// Messages ready in `queue`, as the broker counts them.
-    static func messageCount(_ queue: String) throws -> Int? {
-        try queueStats(queue)?.ready
+    static func messageCount(_ queue: String) async throws -> Int? {
+        try await queueStats(queue)?.ready
     }
 
     /// Ready and unacknowledged messages and consumers of `queue`, as the broker counts them.
-    static func queueStats(_ queue: String) throws -> (ready: Int, unacked: Int, consumers: Int)? {
-        let output = try rabbitmqctl("list_queues", "name", "messages_ready", "messages_unacknowledged", "consumers",
+    static func queueStats(_ queue: String) async throws -> (ready: Int, unacked: Int, consumers: Int)? {
+        let output = try await rabbitmqctl("list_queues", "name", "messages_ready", "messages_unacknowledged", "consumers",
                                      "--no-table-headers")
         for line in output.split(separator: "\n") {
             let fields = line.split(separator: "\t")
@@ -96,13 +109,13 @@ enum TestBroker {
     }
 
     /// Waits until `condition` holds, checking every 50 ms, at most `timeout`.
-    static func eventually(timeout: Duration = .seconds(10), _ condition: () throws -> Bool) async throws -> Bool {
+    static func eventually(timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async throws -> Bool {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
-            if try condition() { return true }
+            if try await condition() { return true }
             try await Task.sleep(for: .milliseconds(50))
         }
-        return try condition()
+        return try await condition()
     }
 }
 
@@ -114,8 +127,8 @@ struct RabbitMQCtlError: Error, CustomStringConvertible {
 
 extension TestBroker {
     /// The broker's pids of the connections whose client-given name is `name` (see `makeClient`).
-    static func connectionPIDs(named name: String) throws -> [String] {
-        let output = try rabbitmqctl("list_connections", "pid", "client_properties", "--no-table-headers")
+    static func connectionPIDs(named name: String) async throws -> [String] {
+        let output = try await rabbitmqctl("list_connections", "pid", "client_properties", "--no-table-headers")
         return output.split(separator: "\n").compactMap { line in
             let fields = line.split(separator: "\t", maxSplits: 1)
             guard fields.count == 2, fields[1].contains("\"connection_name\",longstr,\"\(name)\"")
@@ -126,9 +139,9 @@ extension TestBroker {
 
     /// Closes, from the broker, the connections whose client-given name is `name`, as a network failure or an
     /// operator would; other tests' connections are left alone.
-    static func closeConnections(named name: String, reason: String = "closed by the test") throws {
-        for pid in try connectionPIDs(named: name) {
-            try rabbitmqctl("close_connection", pid, reason)
+    static func closeConnections(named name: String, reason: String = "closed by the test") async throws {
+        for pid in try await connectionPIDs(named: name) {
+            try await rabbitmqctl("close_connection", pid, reason)
         }
     }
 }
