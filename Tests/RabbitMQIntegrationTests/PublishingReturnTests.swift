@@ -2,7 +2,7 @@ import Foundation
 import RabbitMQ
 import Testing
 
-/// Publishing behaviours that fail today (library bugs reported, not yet fixed). Not committed.
+/// Returns of mandatory messages reach the publish they belong to, even among messages that differ only in headers.
 @Suite("Publishing: returns")
 struct PublishingReturnTests {
     /// A headers exchange routes on headers alone: messages with the same exchange, routing key and body can

@@ -98,7 +98,7 @@ public final class QueueWorker: Service, Sendable {
         logger[metadataKey: LogMetadataKey.queue] = "\(configuration.queue)"
         self.logger = logger
         // Until the client hands its own Observability to workers: one from the same configuration.
-        observability = Observability(client.configuration.observability, logger: logger)
+        observability = client.manager.observability
     }
 
     /// How many deliveries ended in each outcome so far.

@@ -20,6 +20,8 @@ final class ConnectionManager: Sendable {
     let configuration: RabbitMQClient.Configuration
     let logger: Logger
     let recorder = TopologyRecorder()
+    /// Metrics, tracing and logging of the client, shared by its channels across reconnections.
+    let observability: Observability
     private let state = Mutex<State>(.idle)
     private let channels = Mutex<[WeakChannel]>([])
     private let subscribers = Mutex<[UInt64: AsyncStream<ConnectionEvent>.Continuation]>([:])
@@ -28,6 +30,7 @@ final class ConnectionManager: Sendable {
     init(configuration: RabbitMQClient.Configuration, logger: Logger) {
         self.configuration = configuration
         self.logger = logger
+        observability = Observability(configuration.observability, logger: logger)
     }
 
     // MARK: Connection
@@ -81,10 +84,12 @@ final class ConnectionManager: Sendable {
         let error = RabbitMQError(.clientClosed, "the client is closed")
         for channel in liveChannels() { channel.failConsumers(error) }
         emit(.closed)
-        subscribers.withLock { subscribers in
-            for continuation in subscribers.values { continuation.finish() }
-            subscribers.removeAll()
+        // Finish outside the lock: a stream's onTermination handler takes the lock to unsubscribe.
+        let continuations = subscribers.withLock { subscribers in
+            defer { subscribers.removeAll() }
+            return Array(subscribers.values)
         }
+        for continuation in continuations { continuation.finish() }
     }
 
     private func connectFirstTime() async throws -> ConnectionEngine {
@@ -133,19 +138,24 @@ final class ConnectionManager: Sendable {
             emit(.unblocked)
         case .terminated(let error):
             guard error.code != .clientClosed else { return }
-            let isCurrent = state.withLock { state -> Bool in
-                guard case .connected(let current) = state, ObjectIdentifier(current) == engine else { return false }
+            state.withLock { state in
+                // The I/O thread names its connection by its command queue.
+                guard case .connected(let current) = state, ObjectIdentifier(current.commands) == engine else {
+                    return
+                }
                 _ = startRecoveryOrReconnect(&state, after: error)
-                return true
             }
-            if isCurrent { emit(.connectionLost(error)) }
         }
     }
 
+    /// Leaves the `connected` state of a connection that ended. Called with the state locked, by whichever
+    /// notices first (the I/O thread's notice, or a caller finding the engine closed), so once per connection:
+    /// the `connectionLost` event is emitted here, before any `reconnecting`.
     private func startRecoveryOrReconnect(_ state: inout State, after error: RabbitMQError?)
         -> Task<ConnectionEngine, any Error>
     {
         let error = error ?? RabbitMQError(.connectionLost, "the connection ended")
+        emit(.connectionLost(error))
         guard configuration.recovery.isEnabled else {
             for channel in liveChannels() { channel.failConsumers(error) }
             let task = Task { try await self.connectFirstTime() }
@@ -189,6 +199,7 @@ final class ConnectionManager: Sendable {
                 }
                 logger.info("connection recovered", metadata: ["endpoint": "\(engine.negotiated.endpoint)",
                                                                "attempts": "\(attempt)"])
+                observability.recordRecovery()
                 emit(.recovered(endpoint: engine.negotiated.endpoint.description))
                 return engine
             } catch let failure as RabbitMQError where failure.isRetryable {
