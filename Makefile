@@ -54,8 +54,8 @@ tls-stop: ## Stop the TLS node and remove its certificates
 bench: ## Run the benchmarks (scripts/bench.sh)
 	@scripts/bench.sh
 
-demo: deps broker ## Run the sample pipeline against the local broker
-	@echo "The sample pipeline is not written yet; the broker is running on amqp://guest:guest@127.0.0.1:$(BROKER_PORT)/ ('make broker-stop' stops it)."
+demo: deps ## Run the sample order pipeline (10,000 orders) on a fresh local broker, then stop it; DEMO_ARGS=...
+	@SWIFT_SCRATCH=$(SCRATCH) scripts/demo.sh $(DEMO_ARGS)
 
 clean: ## Stop all throwaway nodes, remove .broker/, .build and .build-tsan
 	@scripts/cluster.sh stop

@@ -12,6 +12,7 @@ let package = Package(
     products: [
         .library(name: "RabbitMQ", targets: ["RabbitMQ"]),
         .executable(name: "rabbitmq-bench", targets: ["RabbitMQBench"]),
+        .executable(name: "order-pipeline", targets: ["OrderPipeline"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
@@ -21,6 +22,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.1.0"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.0.0"),
     ],
     targets: [
         .systemLibrary(
@@ -50,6 +52,19 @@ let package = Package(
             path: "Benchmarks/RabbitMQBench",
             swiftSettings: strictSettings
         ),
+        .executableTarget(
+            name: "OrderPipeline",
+            dependencies: [
+                "RabbitMQ",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ],
+            path: "Samples/OrderPipeline",
+            swiftSettings: strictSettings
+        ),
         .testTarget(
             name: "RabbitMQTests",
             dependencies: ["RabbitMQ", .product(name: "MetricsTestKit", package: "swift-metrics")],
@@ -59,6 +74,7 @@ let package = Package(
             name: "RabbitMQIntegrationTests",
             dependencies: [
                 "RabbitMQ",
+                "OrderPipeline",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ],

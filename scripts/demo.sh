@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The sample order pipeline, end to end ('make demo'):
+#   1. installs what is missing (scripts/deps.sh, and libsqlite3-dev for the sample's SQLite database);
+#   2. starts a throwaway broker BROKER_NAME@localhost on BROKER_PORT (default swiftrmq, 5673) from empty data,
+#      unless AMQP_URL is set, in which case that broker is used and none is started;
+#   3. builds and runs 'order-pipeline run' in release mode with AMQP_URL pointing at the broker;
+#   4. stops the broker it started, also when the run fails;
+# and exits with the pipeline's status: non-zero when an invariant fails.
+#
+#   scripts/demo.sh [order-pipeline run options…]    e.g. scripts/demo.sh --count 2000
+#
+# Environment: BROKER_NAME, BROKER_PORT, AMQP_URL, SWIFT_SCRATCH (build folder, default .build).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+BROKER_NAME="${BROKER_NAME:-swiftrmq}"
+BROKER_PORT="${BROKER_PORT:-5673}"
+SWIFT_SCRATCH="${SWIFT_SCRATCH:-.build}"
+
+scripts/deps.sh
+if command -v dpkg-query >/dev/null 2>&1 \
+    && [ "$(dpkg-query -W -f='${Status}' libsqlite3-dev 2>/dev/null || true)" != "install ok installed" ]; then
+    echo "==> installing libsqlite3-dev (the sample keeps its side effects in SQLite)" >&2
+    if [ "$(id -u)" -eq 0 ]; then SUDO=(); else SUDO=(sudo); fi
+    "${SUDO[@]}" apt-get update -qq
+    "${SUDO[@]}" apt-get install -y --no-install-recommends libsqlite3-dev
+fi
+
+if [ -z "${AMQP_URL:-}" ]; then
+    scripts/broker.sh start "$BROKER_NAME" "$BROKER_PORT"
+    trap 'scripts/broker.sh stop "$BROKER_NAME"' EXIT
+    export AMQP_URL="amqp://guest:guest@127.0.0.1:${BROKER_PORT}/"
+fi
+
+echo "==> building order-pipeline (release)" >&2
+swift build -c release --scratch-path "$SWIFT_SCRATCH" --product order-pipeline
+echo "==> order-pipeline run against $AMQP_URL" >&2
+status=0
+swift run -c release --skip-build --scratch-path "$SWIFT_SCRATCH" order-pipeline run "$@" || status=$?
+if [ "$status" -ne 0 ]; then
+    echo "==> the pipeline failed (exit status $status)" >&2
+fi
+exit "$status"
