@@ -54,7 +54,7 @@ tls-stop: ## Stop the TLS node and remove its certificates
 bench: ## Run the benchmarks (scripts/bench.sh)
 	@scripts/bench.sh
 
-demo: deps ## Run the sample order pipeline (10,000 orders) on a fresh local broker, then stop it; DEMO_ARGS=...
+demo: ## Run the sample order pipeline (10,000 orders) on a fresh local broker, then stop it; DEMO_ARGS=...
 	@SWIFT_SCRATCH=$(SCRATCH) scripts/demo.sh $(DEMO_ARGS)
 
 clean: ## Stop all throwaway nodes, remove .broker/, .build and .build-tsan
