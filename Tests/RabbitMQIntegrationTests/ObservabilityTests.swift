@@ -234,7 +234,7 @@ struct ObservabilityTests {
             worker.stop()
             try await run.value
             try #require(done)
-            #expect(try await TestBroker.eventually { try isDrained(queue) })
+            #expect(try await TestBroker.eventually { try await isDrained(queue) })
 
             let results = seen.withLock { $0 }
             #expect(results["implicit"]?.header == .string("req-from-context"))

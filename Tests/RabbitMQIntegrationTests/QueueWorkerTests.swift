@@ -376,8 +376,25 @@ struct QueueWorkerTests {
             let idle = QueueWorker(client: client, configuration: .init(queue: queue, concurrency: 0)) { _ in }
             let error = await #expect(throws: RabbitMQError.self) { try await idle.run() }
             #expect(error?.code == .invalidArgument)
+
+            // Stopped before it ran (a service group shut down early): run() returns without consuming.
+            try await client.publish(Array("untouched".utf8), routingKey: queue)
+            let handled = Counter()
+            let early = QueueWorker(client: client, configuration: .init(queue: queue)) { _ in handled.increment() }
+            early.stop()
+            try await early.run()
+            #expect(handled.value == 0)
+            #expect(try await client.queueInfo(queue).messageCount == 1)
+            try await client.purge(queue)
             #expect(try await drainedAtBroker(queue))
             try await client.deleteQueue(queue)
         }
     }
+}
+
+/// A thread-safe count.
+private final class Counter: Sendable {
+    private let count = Mutex(0)
+    func increment() { count.withLock { $0 += 1 } }
+    var value: Int { count.withLock { $0 } }
 }

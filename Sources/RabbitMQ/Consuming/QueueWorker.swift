@@ -111,12 +111,19 @@ public final class QueueWorker: Service, Sendable {
         guard configuration.concurrency >= 1, configuration.prefetch >= 1 else {
             throw RabbitMQError(.invalidArgument, "concurrency and prefetch must be at least 1")
         }
-        let started = state.withLock { state -> Bool in
-            guard case .idle = state else { return false }
-            state = .running(nil)
-            return true
+        let start = state.withLock { state -> Bool? in
+            switch state {
+            case .idle:
+                state = .running(nil)
+                return true
+            case .stopping:
+                return false  // stopped before it ran: nothing to do
+            case .running, .finished:
+                return nil
+            }
         }
-        guard started else { throw RabbitMQError(.invalidArgument, "a QueueWorker runs once") }
+        guard let start else { throw RabbitMQError(.invalidArgument, "a QueueWorker runs once") }
+        guard start else { return }
         defer { state.withLock { $0 = .finished } }
         try await withGracefulShutdownHandler {
             try await consume()
@@ -253,20 +260,27 @@ public final class QueueWorker: Service, Sendable {
     private func process(_ delivery: Delivery, key: String?, span: (any Span)?, _ run: Run) async {
         // The handler's duration is read only for metrics or debug logs.
         let started = run.timesHandlers ? ContinuousClock.now : nil
-        var duration: Duration?
         do {
             try await handler(delivery)
-            duration = started.map { ContinuousClock.now - $0 }
-            try await delivery.ack()
-            if let key { try? await configuration.deduplicator?.store.commit(key) }
-            record(.acked, delivery, run, duration: duration)
         } catch {
-            let duration = duration ?? started.map { ContinuousClock.now - $0 }
+            let duration = started.map { ContinuousClock.now - $0 }
             span?.fail(error)
             if let key { try? await configuration.deduplicator?.store.release(key) }
             // A handler cancelled by the drain timeout leaves its delivery to be requeued by the channel close.
             guard !Task.isCancelled else { return }
             await fail(delivery, error, duration: duration, run)
+            return
+        }
+        let duration = started.map { ContinuousClock.now - $0 }
+        // The work is done: remember it even if the ack cannot be sent, so that the redelivery the broker makes
+        // after a lost channel is recognised as a duplicate instead of being processed again.
+        if let key { try? await configuration.deduplicator?.store.commit(key) }
+        do {
+            try await delivery.ack()
+            record(.acked, delivery, run, duration: duration)
+        } catch {
+            run.logger.warning("handled a delivery but could not ack it; the broker will redeliver it",
+                               metadata: [LogMetadataKey.error: "\(error)"])
         }
     }
 
@@ -307,17 +321,24 @@ public final class QueueWorker: Service, Sendable {
             properties.headers[RetryTopology.parkedAtHeader] = .timestamp(Date())
             outcome = .parked
         }
+        // Publish first, confirmed, then ack: a crash in between gives a duplicate, never a loss.
         do {
-            // Publish first, confirmed, then ack: a crash in between gives a duplicate, never a loss.
             try await client.publish(delivery.body, to: "", routingKey: target, properties: properties)
-            try await delivery.ack()
-            if outcome == .retried { run.instruments?.recordRetried() } else { run.instruments?.recordParked() }
-            record(outcome, delivery, run, duration: duration, error: error)
         } catch let publishError {
             run.logger.error("cannot move a failed delivery; requeueing it", metadata: [
                 LogMetadataKey.deliveryTag: "\(delivery.deliveryTag)", "target": "\(target)",
                 LogMetadataKey.error: "\(publishError)"])
             try? await delivery.nack(requeue: true)
+            return
+        }
+        if outcome == .retried { run.instruments?.recordRetried() } else { run.instruments?.recordParked() }
+        record(outcome, delivery, run, duration: duration, error: error)
+        do {
+            try await delivery.ack()
+        } catch {
+            // Moved, but the original's channel is gone: the broker redelivers it, a duplicate of the moved copy.
+            run.logger.warning("moved a failed delivery but could not ack the original", metadata: [
+                LogMetadataKey.deliveryTag: "\(delivery.deliveryTag)", LogMetadataKey.error: "\(error)"])
         }
     }
 
