@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The sample order pipeline, end to end ('make demo'):
-#   1. installs what is missing (scripts/deps.sh, and libsqlite3-dev for the sample's SQLite database);
+#   1. installs what is missing (scripts/deps.sh);
 #   2. starts a throwaway broker BROKER_NAME@localhost on BROKER_PORT (default swiftrmq, 5673) from empty data,
 #      unless AMQP_URL is set, in which case that broker is used and none is started;
 #   3. builds and runs 'order-pipeline run' in release mode with AMQP_URL pointing at the broker;
@@ -18,13 +18,6 @@ BROKER_PORT="${BROKER_PORT:-5673}"
 SWIFT_SCRATCH="${SWIFT_SCRATCH:-.build}"
 
 scripts/deps.sh
-if command -v dpkg-query >/dev/null 2>&1 \
-    && [ "$(dpkg-query -W -f='${Status}' libsqlite3-dev 2>/dev/null || true)" != "install ok installed" ]; then
-    echo "==> installing libsqlite3-dev (the sample keeps its side effects in SQLite)" >&2
-    if [ "$(id -u)" -eq 0 ]; then SUDO=(); else SUDO=(sudo); fi
-    "${SUDO[@]}" apt-get update -qq
-    "${SUDO[@]}" apt-get install -y --no-install-recommends libsqlite3-dev
-fi
 
 if [ -z "${AMQP_URL:-}" ]; then
     scripts/broker.sh start "$BROKER_NAME" "$BROKER_PORT"

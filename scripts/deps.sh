@@ -7,7 +7,8 @@
 # Debian/Ubuntu only (apt). Runs 'apt-get update' only when something is missing.
 set -euo pipefail
 
-PACKAGES=(librabbitmq-dev rabbitmq-server pkg-config openssl time)
+# libsqlite3-dev: the sample (and its integration test) keeps its side effects in SQLite through GRDB.
+PACKAGES=(librabbitmq-dev rabbitmq-server pkg-config openssl time libsqlite3-dev)
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
     echo "deps.sh: this is not a Debian-like system (no dpkg-query/apt-get)." >&2
