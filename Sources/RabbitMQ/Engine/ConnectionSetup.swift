@@ -103,7 +103,7 @@ private func login(_ state: amqp_connection_state_t, _ parameters: ConnectionPar
     var connectTimeout = timeval(parameters.connectTimeout)
     let openStatus = amqp_socket_open_noblock(socket, endpoint.host, Int32(endpoint.port), &connectTimeout)
     guard openStatus == AMQP_STATUS_OK.rawValue else {
-        throw socketOpenError(openStatus, endpoint: endpoint, isTLS: parameters.tls != nil)
+        throw socketOpenError(openStatus, parameters)
     }
 
     var handshakeTimeout = timeval(parameters.handshakeTimeout)
@@ -126,21 +126,22 @@ private func configureTLS(_ socket: OpaquePointer, _ tls: TLSConfiguration) thro
     amqp_ssl_socket_set_verify_peer(socket, tls.verifyPeer ? 1 : 0)
     amqp_ssl_socket_set_verify_hostname(socket, tls.verifyHostname ? 1 : 0)
     if let ca = tls.caCertificatePath, amqp_ssl_socket_set_cacert(socket, ca) != AMQP_STATUS_OK.rawValue {
-        throw RabbitMQError(.tlsFailure, "cannot read the CA certificate file \(ca)")
+        throw RabbitMQError(.tlsFailure, "cannot read the CA certificate file \(ca) (missing, unreadable or not PEM)",
+                            operation: "connect")
     }
     if let certificate = tls.certificatePath {
         guard let key = tls.keyPath else {
             throw RabbitMQError(.invalidArgument, "a TLS client certificate needs its key (keyPath)")
         }
         if amqp_ssl_socket_set_key(socket, certificate, key) != AMQP_STATUS_OK.rawValue {
-            throw RabbitMQError(.tlsFailure, "cannot read the client certificate \(certificate) or its key \(key)")
+            throw RabbitMQError(.tlsFailure, "cannot read the client certificate \(certificate) or its key \(key), "
+                                    + "or the key does not match the certificate", operation: "connect")
         }
     }
 }
 
-private func socketOpenError(_ status: Int32, endpoint: RabbitMQClient.Configuration.Endpoint, isTLS: Bool)
-    -> RabbitMQError
-{
+private func socketOpenError(_ status: Int32, _ parameters: ConnectionParameters) -> RabbitMQError {
+    let endpoint = parameters.endpoint
     let detail = String(cString: amqp_error_string2(status))
     switch status {
     case AMQP_STATUS_HOSTNAME_RESOLUTION_FAILED.rawValue:
@@ -148,14 +149,25 @@ private func socketOpenError(_ status: Int32, endpoint: RabbitMQClient.Configura
     case AMQP_STATUS_TIMEOUT.rawValue:
         return RabbitMQError(.timeout, "connecting to \(endpoint) timed out", operation: "connect")
     case AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED.rawValue:
-        return RabbitMQError(.tlsFailure, "the broker's certificate does not name \(endpoint.host)", operation: "connect")
+        return RabbitMQError(.tlsFailure, "the broker's certificate does not name the host \(endpoint.host) "
+                                 + "(librabbitmq checks DNS names only, not IP addresses: connect with a host name "
+                                 + "the certificate lists)", operation: "connect")
     case AMQP_STATUS_SSL_PEER_VERIFY_FAILED.rawValue:
-        return RabbitMQError(.tlsFailure, "the broker's certificate is not trusted by the configured CA",
-                             operation: "connect")
+        guard let ca = parameters.tls?.caCertificatePath else {
+            return RabbitMQError(.tlsFailure, "the broker's certificate at \(endpoint) cannot be verified: no CA "
+                                     + "certificate file is configured (TLSConfiguration.caCertificatePath; "
+                                     + "librabbitmq 0.11 reads no system store)", operation: "connect")
+        }
+        return RabbitMQError(.tlsFailure, "the broker's certificate at \(endpoint) is not trusted by the certificate "
+                                 + "authorities in \(ca)", operation: "connect")
     case AMQP_STATUS_SSL_ERROR.rawValue, AMQP_STATUS_SSL_CONNECTION_FAILED.rawValue:
-        return RabbitMQError(.tlsFailure, "the TLS handshake with \(endpoint) failed: \(detail)", operation: "connect")
+        return RabbitMQError(.tlsFailure, "the TLS handshake with \(endpoint) failed (\(detail)): check that this port "
+                                 + "serves TLS, not plain AMQP, and that the broker accepts the client's certificate",
+                             operation: "connect")
     default:
-        if errno == ECONNREFUSED || status == AMQP_STATUS_SOCKET_ERROR.rawValue && !isTLS {
+        // A TLS socket reports a failed TCP connect as AMQP_STATUS_SOCKET_ERROR too (TLS failures have codes of
+        // their own), and errno is EINPROGRESS by then rather than ECONNREFUSED.
+        if errno == ECONNREFUSED || status == AMQP_STATUS_SOCKET_ERROR.rawValue {
             return RabbitMQError(.connectionRefused, "nothing accepts connections at \(endpoint)", operation: "connect")
         }
         return RabbitMQError(.connectionLost, "cannot connect to \(endpoint): \(detail)", operation: "connect")
@@ -189,10 +201,21 @@ private func checkLoginReply(_ reply: amqp_rpc_reply_t, _ parameters: Connection
             throw RabbitMQError(.timeout, "the broker at \(parameters.endpoint) did not complete the AMQP handshake "
                                     + "within \(parameters.handshakeTimeout)", operation: "handshake")
         }
-        if status == AMQP_STATUS_SSL_ERROR.rawValue {
-            throw RabbitMQError(.tlsFailure, "TLS failed during the AMQP handshake", operation: "handshake")
-        }
         let detail = String(cString: amqp_error_string2(status))
+        if status == AMQP_STATUS_SSL_ERROR.rawValue {
+            // With TLS 1.3 the broker checks the client certificate after the client's side of the handshake
+            // is done, so a refused certificate shows up here.
+            throw RabbitMQError(.tlsFailure, "the TLS session with \(parameters.endpoint) failed during the AMQP "
+                                    + "handshake: the broker may have refused the client certificate",
+                                operation: "handshake")
+        }
+        if parameters.tls == nil, [AMQP_STATUS_SOCKET_ERROR.rawValue, AMQP_STATUS_CONNECTION_CLOSED.rawValue,
+                                   AMQP_STATUS_BAD_AMQP_DATA.rawValue].contains(status) {
+            // A TLS listener answers the AMQP protocol header with a TLS alert and resets the connection.
+            throw RabbitMQError(.connectionLost, "\(parameters.endpoint) ended the connection during the AMQP "
+                                    + "handshake (\(detail)); if this port expects TLS, use an amqps:// URL or set "
+                                    + "Configuration.tls", operation: "handshake")
+        }
         throw RabbitMQError(.connectionLost, "the connection failed during the AMQP handshake: \(detail)",
                             operation: "handshake")
     default:

@@ -1,0 +1,260 @@
+import Foundation
+import RabbitMQ
+import Synchronization
+import Testing
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Heartbeats with a 2 s interval, on a node of the suite's own (t-heartbeat, port 5721): the tests freeze it,
+/// which must not disturb the shared node.
+@Suite("Heartbeats", .serialized, HeartbeatNode())
+struct HeartbeatTests {
+    static let interval: Duration = .seconds(2)
+
+    @Test("an idle connection keeps sending heartbeats and stays up for 10 s")
+    func idleConnectionStaysUp() async throws {
+        let broker = try HeartbeatNode.broker
+        try await Self.withClient(broker, name: TestBroker.uniqueName("hb-idle")) { client, name, events in
+            let before = try #require(try await Self.connections(broker, named: name).first)
+            #expect(before.heartbeat == 2, "the broker should use the client's 2 s interval")
+
+            // Nothing uses the client for five intervals: the broker drops a connection that sends nothing for
+            // two of them, unless the client sends heartbeats on its own.
+            try await Task.sleep(for: .seconds(10))
+
+            let after = try await Self.connections(broker, named: name)
+            #expect(after.map(\.pid) == [before.pid], "the same connection should still be there")
+            // A heartbeat frame is 8 bytes; a 2 s interval gives about 5 in 10 s.
+            let sent = (after.first?.receivedOctets ?? 0) - before.receivedOctets
+            #expect(sent >= 3 * 8, "the broker received \(sent) bytes from the idle client")
+            #expect(events.lost.isEmpty, "\(events.summary)")
+            try await Self.checkPublishing(client, broker)
+        }
+    }
+
+    @Test("a connection stays up while the application's task computes and blocks for 8 s")
+    func busyApplicationTask() async throws {
+        let broker = try HeartbeatNode.broker
+        try await Self.withClient(broker, name: TestBroker.uniqueName("hb-busy")) { client, name, events in
+            let before = try #require(try await Self.connections(broker, named: name).first)
+
+            // This task hogs its thread, never suspending: 4 s of arithmetic, then 4 s blocked in sleep.
+            let busyUntil = ContinuousClock.now + .seconds(4)
+            var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+            var rounds = 0
+            while ContinuousClock.now < busyUntil {
+                for _ in 0..<10_000 { state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407 }
+                rounds += 1
+            }
+            Self.blockThread(seconds: 4)
+            #expect(rounds > 0 && state != 0)
+
+            let after = try await Self.connections(broker, named: name)
+            #expect(after.map(\.pid) == [before.pid], "the same connection should still be there")
+            let sent = (after.first?.receivedOctets ?? 0) - before.receivedOctets
+            #expect(sent >= 3 * 8, "the broker received \(sent) bytes from the client")
+            #expect(events.lost.isEmpty, "\(events.summary)")
+            try await Self.checkPublishing(client, broker)
+        }
+    }
+
+    @Test("a frozen broker is detected within two intervals, and the client recovers when it thaws")
+    func frozenBrokerIsDetected() async throws {
+        let broker = try HeartbeatNode.broker
+        try await Self.withClient(broker, name: TestBroker.uniqueName("hb-freeze")) { client, _, events in
+            let queue = TestBroker.uniqueName("hb-freeze")
+            _ = try await client.declare(Queue(queue))
+            try await client.publish(Array("before".utf8), routingKey: queue)
+            #expect(try await broker.queueStats(queue)?.ready == 1)
+
+            let pid = try await HeartbeatNode.beamPID(broker)
+            let frozenAt = ContinuousClock.now
+            guard kill(pid, SIGSTOP) == 0 else { throw HeartbeatNodeError(message: "kill -STOP \(pid) failed") }
+            let thawedAt: ContinuousClock.Instant
+            do {
+                // Two missed intervals (4 s) plus up to half an interval until the I/O loop next looks.
+                _ = try await TestBroker.eventually(timeout: .seconds(20)) { !events.lost(after: frozenAt).isEmpty }
+                // The outage goes on: reconnection attempts reach a node that accepts TCP connections but never
+                // answers, and must give up at the 3 s handshake timeout and try again.
+                try await Task.sleep(for: .seconds(5))
+                thawedAt = ContinuousClock.now
+                kill(pid, SIGCONT)
+            } catch {
+                kill(pid, SIGCONT)
+                throw error
+            }
+            let lost = try #require(events.lost(after: frozenAt).first, "no connectionLost: \(events.summary)")
+            let detection = lost.at - frozenAt
+            print("heartbeat: a frozen broker was detected after \(detection) (interval \(Self.interval))")
+            #expect(detection < .seconds(8), "detected after \(detection)")
+            #expect(lost.error.code == .connectionLost)
+            #expect(lost.error.message.contains("heartbeat"), "\(lost.error)")
+
+            let recovered = try await TestBroker.eventually(timeout: .seconds(30)) {
+                events.recovered(after: lost.at) != nil
+            }
+            #expect(recovered, "no recovered event after the thaw: \(events.summary)")
+            #expect(events.reconnectionAttempts(after: lost.at) >= 2, "\(events.summary)")
+            if let recoveredAt = events.recovered(after: lost.at) {
+                print("heartbeat: recovered \(recoveredAt - thawedAt) after the thaw")
+            }
+            try await client.publish(Array("after".utf8), routingKey: queue)
+            #expect(try await broker.queueStats(queue)?.ready == 2)
+            _ = try await client.deleteQueue(queue)
+        }
+    }
+
+    // MARK: Helpers
+
+    /// Runs `body` with a connected client of the node with a 2 s heartbeat and quick recovery, and the log of
+    /// its connection events; closes the client afterwards.
+    static func withClient(_ broker: DedicatedBroker, name: String,
+                           _ body: (RabbitMQClient, String, HeartbeatEventLog) async throws -> Void) async throws {
+        var configuration = try broker.configuration
+        configuration.connectionName = name
+        configuration.heartbeat = interval
+        configuration.connectTimeout = .seconds(3)
+        configuration.handshakeTimeout = .seconds(3)
+        configuration.recovery = RecoveryConfiguration(initialDelay: .milliseconds(100), maxDelay: .seconds(1))
+        let client = RabbitMQClient(configuration: configuration, logger: TestBroker.logger)
+        let events = HeartbeatEventLog(following: client)
+        do {
+            try await client.connect()
+            try await body(client, name, events)
+        } catch {
+            await client.close()
+            throw error
+        }
+        await client.close()
+    }
+
+    /// Blocks the calling thread (a thread of the cooperative pool, here) without suspending.
+    static func blockThread(seconds: Int) {
+        var remaining = timespec(tv_sec: seconds, tv_nsec: 0)
+        var rest = timespec()
+        var interruptions = 0
+        while nanosleep(&remaining, &rest) != 0, errno == EINTR, interruptions < 100 {
+            remaining = rest
+            interruptions += 1
+        }
+    }
+
+    /// Publishes through the client and counts the message at the broker.
+    static func checkPublishing(_ client: RabbitMQClient, _ broker: DedicatedBroker) async throws {
+        let queue = TestBroker.uniqueName("hb")
+        _ = try await client.declare(Queue(queue))
+        try await client.publish(Array("still connected".utf8), routingKey: queue)
+        #expect(try await broker.queueStats(queue)?.ready == 1)
+        _ = try await client.deleteQueue(queue)
+    }
+
+    /// The broker's view of the connections named `name`: pid, heartbeat interval in seconds, bytes received.
+    static func connections(_ broker: DedicatedBroker, named name: String) async throws
+        -> [(pid: String, heartbeat: Int, receivedOctets: Int)]
+    {
+        let output = try await broker.rabbitmqctl("list_connections", "pid", "timeout", "recv_oct", "client_properties",
+                                                  "--no-table-headers")
+        return output.split(separator: "\n").compactMap { line in
+            let fields = line.split(separator: "\t", maxSplits: 3, omittingEmptySubsequences: false)
+            guard fields.count == 4, fields[3].contains("\"\(name)\"") else { return nil }
+            return (String(fields[0]), Int(fields[1]) ?? -1, Int(fields[2]) ?? -1)
+        }
+    }
+}
+
+/// The connection events of one client, with the time each arrived.
+final class HeartbeatEventLog: Sendable {
+    private let entries = Mutex<[(at: ContinuousClock.Instant, event: ConnectionEvent)]>([])
+
+    /// Starts recording `client`'s events; recording ends when the client closes.
+    init(following client: RabbitMQClient) {
+        let stream = client.connectionEvents()
+        Task { [self] in
+            for await event in stream { entries.withLock { $0.append((.now, event)) } }
+        }
+    }
+
+    /// The `connectionLost` events.
+    var lost: [(at: ContinuousClock.Instant, error: RabbitMQError)] { lost(after: nil) }
+
+    /// The `connectionLost` events that came after `instant`.
+    func lost(after instant: ContinuousClock.Instant?) -> [(at: ContinuousClock.Instant, error: RabbitMQError)] {
+        entries.withLock { entries in
+            entries.compactMap { entry in
+                guard case .connectionLost(let error) = entry.event, instant.map({ entry.at > $0 }) ?? true else {
+                    return nil
+                }
+                return (entry.at, error)
+            }
+        }
+    }
+
+    /// When the first `recovered` event after `instant` came.
+    func recovered(after instant: ContinuousClock.Instant) -> ContinuousClock.Instant? {
+        entries.withLock { entries in
+            entries.first { if case .recovered = $0.event { $0.at > instant } else { false } }?.at
+        }
+    }
+
+    /// The number of the last reconnection attempt announced after `instant` (0 when none was).
+    func reconnectionAttempts(after instant: ContinuousClock.Instant) -> Int {
+        entries.withLock { entries in
+            entries.compactMap { entry -> Int? in
+                guard case .reconnecting(let attempt, _) = entry.event, entry.at > instant else { return nil }
+                return attempt
+            }.max() ?? 0
+        }
+    }
+
+    /// The events so far, for failure messages.
+    var summary: String {
+        entries.withLock { entries in
+            entries.map { entry in
+                switch entry.event {
+                case .connectionLost(let error): "lost(\(error.code): \(error.message))"
+                default: "\(entry.event)"
+                }
+            }.joined(separator: ", ")
+        }
+    }
+}
+
+/// Runs the heartbeat suite on a node of its own, `t-heartbeat@localhost` on port 5721, started once for the
+/// suite and stopped after it, also when a test fails.
+struct HeartbeatNode: SuiteTrait, TestScoping {
+    @TaskLocal static var current: DedicatedBroker?
+
+    /// The suite's node.
+    static var broker: DedicatedBroker {
+        get throws {
+            guard let current else { throw HeartbeatNodeError(message: "the suite's node was not started") }
+            return current
+        }
+    }
+
+    func provideScope(for test: Test, testCase: Test.Case?,
+                      performing function: @Sendable () async throws -> Void) async throws {
+        try await DedicatedBroker.with(name: "t-heartbeat", port: 5721) { broker in
+            try await Self.$current.withValue(broker) { try await function() }
+        }
+    }
+
+    /// The pid of the node's `beam.smp` (`scripts/broker.sh pid`), for `kill -STOP` and `kill -CONT`.
+    static func beamPID(_ broker: DedicatedBroker) async throws -> pid_t {
+        let result = try await DedicatedBroker.run(DedicatedBroker.script, ["pid", broker.name],
+                                                   environment: ProcessInfo.processInfo.environment)
+        let text = result.output.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard result.status == 0, let pid = pid_t(text), pid > 1 else {
+            throw HeartbeatNodeError(message: "broker.sh pid \(broker.name) gave '\(text)' (status \(result.status))")
+        }
+        return pid
+    }
+}
+
+struct HeartbeatNodeError: Error, CustomStringConvertible {
+    let message: String
+    var description: String { message }
+}
