@@ -67,10 +67,20 @@ struct PendingRequest {
 struct UnconfirmedPublish {
     let sequence: UInt64
     let ticket: PublishTicket
-    /// Kept for mandatory publishes only, to match a basic.return to its publish.
-    let mandatoryMessage: OutgoingMessage?
-    var returned: RabbitMQError?
+    /// Mandatory publishes only: what a basic.return is matched against, and the return once matched.
+    /// Boxed so that the queue of unconfirmed publishes stays small for the common, non-mandatory case.
+    let mandatory: MandatoryPublish?
     var isResolved = false
+}
+
+/// A mandatory publish waiting for its confirm. Confined to the I/O thread.
+final class MandatoryPublish {
+    let message: OutgoingMessage
+    var returned: RabbitMQError?
+
+    init(_ message: OutgoingMessage) {
+        self.message = message
+    }
 }
 
 /// A consumer's deliveries read in the current pass, not yet handed to its buffer.

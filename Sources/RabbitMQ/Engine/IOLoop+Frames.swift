@@ -209,19 +209,25 @@ extension IOLoop {
         }
     }
 
-    /// A basic.return carries no sequence number, but RabbitMQ sends the confirm of the returned publish right
-    /// after it: keep the return until then.
+    /// A basic.return carries no sequence number: the library's header names the publish. Without it (a message
+    /// published before confirm mode), RabbitMQ's confirm of the returned publish comes right after the return, so
+    /// keep the return until then.
     private func matchReturn(_ message: IncomingMessage, code: UInt16, text: String, on channel: ChannelState) {
         guard channel.confirmMode else {
             logger.warning("a mandatory message was returned as unroutable; publish with confirms to be told which",
                            metadata: ["exchange": "\(message.exchange)", "routing_key": "\(message.routingKey)"])
             return
         }
+        let error = RabbitMQError(.unroutable, "no queue is bound to exchange '\(message.exchange)' with routing key "
+                                      + "'\(message.routingKey)'", operation: "basic.publish", replyCode: code,
+                                  replyText: text)
+        if let sequence = message.properties.headers[Channel.publishSequenceHeader]?.int64Value,
+           let index = channel.unconfirmed.binarySearch(sequence: UInt64(sequence)) {
+            channel.unconfirmed[index].mandatory?.returned = error
+            return
+        }
         channel.pendingReturns.append(ReturnedMessage(
-            exchange: message.exchange, routingKey: message.routingKey, body: message.body,
-            error: RabbitMQError(.unroutable, "no queue is bound to exchange '\(message.exchange)' with routing key "
-                                     + "'\(message.routingKey)'", operation: "basic.publish", replyCode: code,
-                                 replyText: text)))
+            exchange: message.exchange, routingKey: message.routingKey, body: message.body, error: error))
     }
 
     /// Gives the pending returns to the publishes that the confirm for `tag` settles: the publish named by a single
@@ -233,7 +239,7 @@ extension IOLoop {
         if multiple {
             for index in channel.unconfirmed.indices.reversed() where channel.unconfirmed[index].sequence <= tag {
                 let publish = channel.unconfirmed[index]
-                if !publish.isResolved, publish.returned == nil, publish.mandatoryMessage != nil {
+                if !publish.isResolved, let mandatory = publish.mandatory, mandatory.returned == nil {
                     candidates.append(index)
                 }
             }
@@ -241,13 +247,15 @@ extension IOLoop {
             candidates = [index]
         }
         for returned in channel.pendingReturns {
-            guard let position = candidates.firstIndex(where: { returned.matches(channel.unconfirmed[$0].mandatoryMessage) })
+            guard let position = candidates.firstIndex(where: {
+                returned.matches(channel.unconfirmed[$0].mandatory?.message)
+            })
             else {
                 logger.warning("a returned message matches no publish settled by the next confirm",
                                metadata: ["exchange": "\(returned.exchange)", "routing_key": "\(returned.routingKey)"])
                 continue
             }
-            channel.unconfirmed[candidates[position]].returned = returned.error
+            channel.unconfirmed[candidates[position]].mandatory?.returned = returned.error
             candidates.remove(at: position)
         }
     }
@@ -260,7 +268,7 @@ extension IOLoop {
             if nacked {
                 outcome = .failure(RabbitMQError(.publishNacked, "the broker refused the message (basic.nack)",
                                                  operation: "basic.publish"))
-            } else if let returned = publish.returned {
+            } else if let returned = publish.mandatory?.returned {
                 outcome = .failure(returned)
             } else {
                 outcome = .success(())

@@ -302,7 +302,15 @@ final class IOLoop {
             releaseSlot(channel)
             return
         }
-        var properties = arena.basicProperties(message.properties)
+        var properties: amqp_basic_properties_t
+        if message.mandatory, channel.confirmMode {
+            // A basic.return names no publish: the sequence number in a header says which one came back.
+            var stamped = message.properties
+            stamped.headers[Channel.publishSequenceHeader] = .int64(Int64(channel.nextPublishSequence))
+            properties = arena.basicProperties(stamped)
+        } else {
+            properties = arena.basicProperties(message.properties)
+        }
         let exchange = arena.bytes(message.exchange)
         let routingKey = arena.bytes(message.routingKey)
         let status = message.body.withUnsafeBytes { body in
@@ -319,7 +327,7 @@ final class IOLoop {
         if channel.confirmMode {
             channel.unconfirmed.append(UnconfirmedPublish(
                 sequence: channel.nextPublishSequence, ticket: ticket,
-                mandatoryMessage: message.mandatory ? message : nil))
+                mandatory: message.mandatory ? MandatoryPublish(message) : nil))
             channel.nextPublishSequence += 1
         } else {
             ticket.complete(.success(()))

@@ -5,6 +5,10 @@ extension Channel {
     /// case it closes the channel and the publish fails with ``RabbitMQError/Code/messageTooLarge``).
     public static let maximumBodySize = 536_870_912
 
+    /// Header carried by mandatory messages published in confirm mode: the publish's sequence number on its
+    /// channel, which tells the library which publish a returned (unroutable) message was. Consumers see it too.
+    public static let publishSequenceHeader = "x-publish-sequence"
+
     /// Turns on publisher confirms: from now on every publish on this channel is confirmed by the broker.
     /// - Parameter window: the most unconfirmed publishes in flight; further publishes wait for room. Default:
     ///   the window the channel was opened with (``RabbitMQClient/Configuration/publishWindow``).
@@ -29,7 +33,7 @@ extension Channel {
     ///   - routingKey: the routing key.
     ///   - properties: headers and basic properties.
     ///   - mandatory: return the message as ``RabbitMQError/Code/unroutable`` if no queue gets it (needs
-    ///     publisher confirms to be reported).
+    ///     publisher confirms to be reported; such messages carry the ``publishSequenceHeader``).
     /// - Throws: ``RabbitMQError`` for an invalid name or an oversized body, a closed channel, or a timeout
     ///   waiting for room.
     public func publish(
