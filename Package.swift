@@ -65,15 +65,26 @@ let package = Package(
             path: "Samples/OrderPipeline",
             swiftSettings: strictSettings
         ),
+        .target(
+            name: "RabbitMQTestSupport",
+            dependencies: [.product(name: "Tracing", package: "swift-distributed-tracing")],
+            path: "Tests/RabbitMQTestSupport",
+            swiftSettings: strictSettings
+        ),
         .testTarget(
             name: "RabbitMQTests",
-            dependencies: ["RabbitMQ", .product(name: "MetricsTestKit", package: "swift-metrics")],
+            dependencies: [
+                "RabbitMQ",
+                "RabbitMQTestSupport",
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ],
             swiftSettings: strictSettings
         ),
         .testTarget(
             name: "RabbitMQIntegrationTests",
             dependencies: [
                 "RabbitMQ",
+                "RabbitMQTestSupport",
                 "OrderPipeline",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),

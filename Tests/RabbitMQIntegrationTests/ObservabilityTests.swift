@@ -4,6 +4,7 @@ import MetricsTestKit
 @testable import RabbitMQ
 import Synchronization
 import Testing
+import RabbitMQTestSupport
 import Tracing
 
 // Publishing here goes through `Channel.publish(…, observability:)` with an Observability made from the test's
@@ -140,7 +141,7 @@ struct ObservabilityTests {
     }
 
     @Test func oneTraceRunsFromTheProducerThroughARetryToTheConsumer() async throws {
-        let tracer = IntegrationTestTracer()
+        let tracer = TestTracer()
         let policy = RetryPolicy(maxAttempts: 3, initialDelay: .milliseconds(50), jitter: 0)
         try await TestBroker.withClient(configure: { $0.observability.tracer = tracer }) { client in
             let observability = Observability(client.configuration.observability, logger: client.logger)
@@ -152,7 +153,7 @@ struct ObservabilityTests {
                 let worker = QueueWorker(client: client, configuration: .init(queue: retry.queueName, retry: retry)) {
                     delivery in
                     // The handler runs in its consumer span's context.
-                    let ids = ServiceContext.current?[IntegrationTestSpanContextKey.self]
+                    let ids = ServiceContext.current?[TestSpanContextKey.self]
                     seen.withLock { $0.append(ids?.spanID ?? "none") }
                     if RetryTopology.attempts(of: delivery) == 0 { throw TransientFailure() }
                 }
@@ -299,116 +300,5 @@ struct CapturingLogHandler: LogHandler {
     func log(event: LogEvent) {
         logs.append(.init(level: event.level, message: "\(event.message)",
                           metadata: metadata.merging(event.metadata ?? [:]) { $1 }))
-    }
-}
-
-// MARK: - A W3C trace-context test tracer
-
-/// The trace and span ids of a test span, carried in the `ServiceContext`.
-enum IntegrationTestSpanContextKey: ServiceContextKey {
-    typealias Value = (traceID: String, spanID: String)
-}
-
-/// Records spans and propagates their context as a W3C `traceparent` header.
-final class IntegrationTestTracer: Tracer, Sendable {
-    private let spans = Mutex<[IntegrationTestSpan]>([])
-
-    /// Spans ended so far, in the order they ended.
-    var finished: [IntegrationTestSpan] { spans.withLock { $0 } }
-
-    func startSpan<Instant: TracerInstant>(
-        _ operationName: String, context: @autoclosure () -> ServiceContext, ofKind kind: SpanKind,
-        at instant: @autoclosure () -> Instant, function: String, file fileID: String, line: UInt
-    ) -> IntegrationTestSpan {
-        var context = context()
-        let parent = context[IntegrationTestSpanContextKey.self]
-        let traceID = parent?.traceID ?? Self.randomHex(bytes: 16)
-        let spanID = Self.randomHex(bytes: 8)
-        context[IntegrationTestSpanContextKey.self] = (traceID, spanID)
-        return IntegrationTestSpan(operationName: operationName, kind: kind, context: context, traceID: traceID,
-                                   spanID: spanID, parentSpanID: parent?.spanID) { [weak self] span in
-            self?.spans.withLock { $0.append(span) }
-        }
-    }
-
-    func forceFlush() {}
-
-    func inject<Carrier, Inject: Injector>(_ context: ServiceContext, into carrier: inout Carrier,
-                                           using injector: Inject) where Inject.Carrier == Carrier {
-        guard let ids = context[IntegrationTestSpanContextKey.self] else { return }
-        injector.inject("00-\(ids.traceID)-\(ids.spanID)-01", forKey: "traceparent", into: &carrier)
-    }
-
-    func extract<Carrier, Extract: Extractor>(_ carrier: Carrier, into context: inout ServiceContext,
-                                              using extractor: Extract) where Extract.Carrier == Carrier {
-        guard let value = extractor.extract(key: "traceparent", from: carrier) else { return }
-        let parts = value.split(separator: "-")
-        guard parts.count == 4, parts[1].count == 32, parts[2].count == 16 else { return }
-        context[IntegrationTestSpanContextKey.self] = (String(parts[1]), String(parts[2]))
-    }
-
-    private static func randomHex(bytes: Int) -> String {
-        (0..<bytes).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
-    }
-}
-
-/// A span of ``IntegrationTestTracer``.
-final class IntegrationTestSpan: Span, Sendable {
-    private struct State {
-        var operationName: String
-        var attributes = SpanAttributes()
-        var status: SpanStatus?
-        var errors: [String] = []
-        var ended = false
-    }
-
-    let kind: SpanKind
-    let context: ServiceContext
-    let traceID: String
-    let spanID: String
-    let parentSpanID: String?
-    private let state: Mutex<State>
-    private let onEnd: @Sendable (IntegrationTestSpan) -> Void
-
-    init(operationName: String, kind: SpanKind, context: ServiceContext, traceID: String, spanID: String,
-         parentSpanID: String?, onEnd: @escaping @Sendable (IntegrationTestSpan) -> Void) {
-        self.kind = kind
-        self.context = context
-        self.traceID = traceID
-        self.spanID = spanID
-        self.parentSpanID = parentSpanID
-        self.state = Mutex(State(operationName: operationName))
-        self.onEnd = onEnd
-    }
-
-    var operationName: String {
-        get { state.withLock { $0.operationName } }
-        set { state.withLock { $0.operationName = newValue } }
-    }
-
-    var attributes: SpanAttributes {
-        get { state.withLock { $0.attributes } }
-        set { state.withLock { $0.attributes = newValue } }
-    }
-
-    var status: SpanStatus? { state.withLock { $0.status } }
-    var errors: [String] { state.withLock { $0.errors } }
-    var isRecording: Bool { state.withLock { !$0.ended } }
-
-    func setStatus(_ status: SpanStatus) { state.withLock { $0.status = status } }
-    func addEvent(_ event: SpanEvent) {}
-    func addLink(_ link: SpanLink) {}
-
-    func recordError<Instant: TracerInstant>(_ error: any Error, attributes: SpanAttributes,
-                                             at instant: @autoclosure () -> Instant) {
-        state.withLock { $0.errors.append("\(error)") }
-    }
-
-    func end<Instant: TracerInstant>(at instant: @autoclosure () -> Instant) {
-        let first = state.withLock { state -> Bool in
-            defer { state.ended = true }
-            return !state.ended
-        }
-        if first { onEnd(self) }
     }
 }

@@ -5,12 +5,13 @@ import MetricsTestKit
 @testable import RabbitMQ
 import Synchronization
 import Testing
+import RabbitMQTestSupport
 import Tracing
 
 @Suite("Observability (unit)")
 struct ObservabilityUnitTests {
     private static func makeObservability(metrics: TestMetrics? = nil,
-                                          tracer: UnitTestTracer? = nil) -> Observability {
+                                          tracer: TestTracer? = nil) -> Observability {
         Observability(ObservabilityConfiguration(metricsFactory: metrics, tracer: tracer),
                       logger: Logger(label: "test"))
     }
@@ -161,11 +162,11 @@ struct ObservabilityUnitTests {
     }
 
     @Test func publishStartsAProducerSpanAndInjectsTraceparent() throws {
-        let tracer = UnitTestTracer()
+        let tracer = TestTracer()
         let observability = Self.makeObservability(tracer: tracer)
         var properties = MessageProperties(messageID: "m-1")
         let span = try #require(observability.willPublish(exchange: "", routingKey: "jobs", properties: &properties)
-            as? UnitTestSpan)
+            as? TestSpan)
         #expect(span.operationName == "amq.default publish")
         #expect(span.kind == .producer)
         #expect(span.attributes.get("messaging.system") == .string("rabbitmq"))
@@ -187,17 +188,17 @@ struct ObservabilityUnitTests {
     }
 
     @Test func deliveryContextContinuesTheTraceAndCarriesTheRequestID() throws {
-        let tracer = UnitTestTracer()
+        let tracer = TestTracer()
         let observability = Self.makeObservability(tracer: tracer)
         var properties = MessageProperties(messageID: "m-2")
         properties.requestID = "req-9"
         let producer = try #require(observability.willPublish(exchange: "orders", routingKey: "order.placed",
-                                                              properties: &properties) as? UnitTestSpan)
+                                                              properties: &properties) as? TestSpan)
         let delivery = try Self.makeDelivery(properties: properties)
         let context = try #require(observability.context(for: delivery))
         #expect(context.requestID == "req-9")
         let consumer = try #require(observability.startProcessSpan(delivery, queue: "orders.coupon",
-                                                                   context: context) as? UnitTestSpan)
+                                                                   context: context) as? TestSpan)
         #expect(consumer.operationName == "orders.coupon process")
         #expect(consumer.kind == .consumer)
         #expect(consumer.traceID == producer.traceID)
@@ -211,116 +212,5 @@ struct ObservabilityUnitTests {
         // Without a tracer the request id alone still makes a context.
         let plain = Self.makeObservability()
         #expect(plain.context(for: delivery)?.requestID == "req-9")
-    }
-}
-
-// MARK: - A W3C trace-context test tracer
-
-/// The trace and span ids of a test span, carried in the `ServiceContext`.
-private enum UnitTestSpanContextKey: ServiceContextKey {
-    typealias Value = (traceID: String, spanID: String)
-}
-
-/// Records spans and propagates their context as a W3C `traceparent` header.
-final class UnitTestTracer: Tracer, Sendable {
-    private let spans = Mutex<[UnitTestSpan]>([])
-
-    /// Spans ended so far, in the order they ended.
-    var finished: [UnitTestSpan] { spans.withLock { $0 } }
-
-    func startSpan<Instant: TracerInstant>(
-        _ operationName: String, context: @autoclosure () -> ServiceContext, ofKind kind: SpanKind,
-        at instant: @autoclosure () -> Instant, function: String, file fileID: String, line: UInt
-    ) -> UnitTestSpan {
-        var context = context()
-        let parent = context[UnitTestSpanContextKey.self]
-        let traceID = parent?.traceID ?? Self.randomHex(bytes: 16)
-        let spanID = Self.randomHex(bytes: 8)
-        context[UnitTestSpanContextKey.self] = (traceID, spanID)
-        return UnitTestSpan(operationName: operationName, kind: kind, context: context, traceID: traceID,
-                            spanID: spanID, parentSpanID: parent?.spanID) { [weak self] span in
-            self?.spans.withLock { $0.append(span) }
-        }
-    }
-
-    func forceFlush() {}
-
-    func inject<Carrier, Inject: Injector>(_ context: ServiceContext, into carrier: inout Carrier,
-                                           using injector: Inject) where Inject.Carrier == Carrier {
-        guard let ids = context[UnitTestSpanContextKey.self] else { return }
-        injector.inject("00-\(ids.traceID)-\(ids.spanID)-01", forKey: "traceparent", into: &carrier)
-    }
-
-    func extract<Carrier, Extract: Extractor>(_ carrier: Carrier, into context: inout ServiceContext,
-                                              using extractor: Extract) where Extract.Carrier == Carrier {
-        guard let value = extractor.extract(key: "traceparent", from: carrier) else { return }
-        let parts = value.split(separator: "-")
-        guard parts.count == 4, parts[1].count == 32, parts[2].count == 16 else { return }
-        context[UnitTestSpanContextKey.self] = (String(parts[1]), String(parts[2]))
-    }
-
-    private static func randomHex(bytes: Int) -> String {
-        (0..<bytes).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
-    }
-}
-
-/// A span of ``UnitTestTracer``.
-final class UnitTestSpan: Span, Sendable {
-    private struct State {
-        var operationName: String
-        var attributes = SpanAttributes()
-        var status: SpanStatus?
-        var errors: [String] = []
-        var ended = false
-    }
-
-    let kind: SpanKind
-    let context: ServiceContext
-    let traceID: String
-    let spanID: String
-    let parentSpanID: String?
-    private let state: Mutex<State>
-    private let onEnd: @Sendable (UnitTestSpan) -> Void
-
-    init(operationName: String, kind: SpanKind, context: ServiceContext, traceID: String, spanID: String,
-         parentSpanID: String?, onEnd: @escaping @Sendable (UnitTestSpan) -> Void) {
-        self.kind = kind
-        self.context = context
-        self.traceID = traceID
-        self.spanID = spanID
-        self.parentSpanID = parentSpanID
-        self.state = Mutex(State(operationName: operationName))
-        self.onEnd = onEnd
-    }
-
-    var operationName: String {
-        get { state.withLock { $0.operationName } }
-        set { state.withLock { $0.operationName = newValue } }
-    }
-
-    var attributes: SpanAttributes {
-        get { state.withLock { $0.attributes } }
-        set { state.withLock { $0.attributes = newValue } }
-    }
-
-    var status: SpanStatus? { state.withLock { $0.status } }
-    var errors: [String] { state.withLock { $0.errors } }
-    var isRecording: Bool { state.withLock { !$0.ended } }
-
-    func setStatus(_ status: SpanStatus) { state.withLock { $0.status = status } }
-    func addEvent(_ event: SpanEvent) {}
-    func addLink(_ link: SpanLink) {}
-
-    func recordError<Instant: TracerInstant>(_ error: any Error, attributes: SpanAttributes,
-                                             at instant: @autoclosure () -> Instant) {
-        state.withLock { $0.errors.append("\(error)") }
-    }
-
-    func end<Instant: TracerInstant>(at instant: @autoclosure () -> Instant) {
-        let first = state.withLock { state -> Bool in
-            defer { state.ended = true }
-            return !state.ended
-        }
-        if first { onEnd(self) }
     }
 }
