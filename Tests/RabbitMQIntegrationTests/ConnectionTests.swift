@@ -156,6 +156,22 @@ struct ConnectionTests {
         #expect(try await !Self.connectionListed(name))
     }
 
+    @Test("a client dropped without close() closes its connection and ends its I/O thread")
+    func droppedClientLeaksNothing() async throws {
+        let name = TestBroker.uniqueName("dropped")
+        do {
+            let client = try TestBroker.makeClient(name: name)
+            try await client.connect()
+            let queue = TestBroker.uniqueName("dropped")
+            try await client.declare(Queue(queue, durable: false, autoDelete: true))
+            try await client.publish(Array("x".utf8), routingKey: queue)
+            #expect(try await Self.connectionListed("test \(name)"))
+        }
+        // The last reference is gone: the I/O thread closes the connection with the AMQP handshake and returns.
+        // (Other tests' threads come and go meanwhile, so the broker's view is the check, not a thread count.)
+        #expect(try await TestBroker.eventually { try await !Self.connectionListed("test \(name)") })
+    }
+
     @Test("close() during 50 tasks' declarations: each succeeds or fails with clientClosed, none hangs")
     func closeDuringInFlightOperations() async throws {
         let name = TestBroker.uniqueName("conn-inflight")

@@ -8,6 +8,29 @@ import Testing
 struct ConsumingTests {
     // MARK: Prefetch and exactly-once
 
+    @Test func cancellingAConsumerEndsAWaitingLoopWithoutAnError() async throws {
+        try await TestBroker.withClient { client in
+            let queue = TestBroker.uniqueName("consume.cancel")
+            try await client.declare(Queue(queue))
+            let consumer = try await client.consume(queue, prefetch: 5)
+            let loop = Task {
+                var received = 0
+                for try await delivery in consumer {
+                    received += 1
+                    try await delivery.ack()
+                }
+                return received
+            }
+            try await client.publish(Array("one".utf8), routingKey: queue)
+            #expect(try await TestBroker.eventually { try await client.queueInfo(queue).messageCount == 0 })
+            try await Task.sleep(for: .milliseconds(200))  // the loop is now waiting for a second delivery
+            await consumer.cancel()
+            #expect(try await loop.value == 1)  // ended normally: no error thrown
+            #expect(try await TestBroker.eventually { try await client.queueInfo(queue).consumerCount == 0 })
+            try await client.deleteQueue(queue)
+        }
+    }
+
     @Test func unackedNeverExceedsThePrefetch() async throws {
         try await TestBroker.withClient { client in
             try await Self.withQueue(client, "con.prefetch") { queue in

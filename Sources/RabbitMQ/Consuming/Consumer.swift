@@ -92,8 +92,9 @@ final class ConsumerCore: Sendable {
     func cancel() async {
         guard !cancelled.exchange(true, ordering: .acquiringAndReleasing) else { return }
         channel.forgetConsumer(tag: tag)
-        await Self.stop(channel: channel, tag: tag, ownsChannel: ownsChannel)
+        // End the sequence first: closing an owned channel would otherwise end it with the channel's error.
         buffer.finish(nil)
+        await Self.stop(channel: channel, tag: tag, ownsChannel: ownsChannel)
     }
 
     private static func stop(channel: Channel, tag: String, ownsChannel: Bool) async {
