@@ -26,11 +26,11 @@ public final class Channel: Sendable {
         let buffer: DeliveryBuffer
     }
 
-    private let session: Mutex<Session>
+    private let session: StateLock<Session>
     let manager: ConnectionManager
 
     init(link: ChannelLink, engine: ConnectionEngine, manager: ConnectionManager) {
-        session = Mutex(Session(link: link, engine: engine, windowCapacity: manager.configuration.publishWindow))
+        session = StateLock(Session(link: link, engine: engine, windowCapacity: manager.configuration.publishWindow))
         self.manager = manager
     }
 

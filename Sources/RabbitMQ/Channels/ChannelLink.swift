@@ -9,7 +9,7 @@ final class ChannelLink: Sendable {
     let number: UInt16
     let commands: CommandQueue
     let window: PublishWindow
-    private let closure = Mutex<RabbitMQError?>(nil)
+    private let closure = StateLock<RabbitMQError?>(nil)
     private let open = Atomic<Bool>(true)
     private let recoverable = Atomic<Bool>(false)
 

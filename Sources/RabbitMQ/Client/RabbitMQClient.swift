@@ -28,7 +28,7 @@ public final class RabbitMQClient: Service, Sendable {
     let logger: Logger
     let manager: ConnectionManager
     private let publisher = SingleFlight<Channel>()
-    private let pool = Mutex<[Channel]>([])
+    private let pool = StateLock<[Channel]>([])
     private let isClosed = Atomic<Bool>(false)
 
     /// Channels kept open for client-level requests between calls.
@@ -151,7 +151,7 @@ final class SingleFlight<Value: Sendable>: Sendable {
         case closed
     }
 
-    private let state = Mutex<State>(.empty)
+    private let state = StateLock<State>(.empty)
 
     /// The value, if one is ready.
     var current: Value? {

@@ -14,7 +14,7 @@ final class DeliveryBuffer: Sendable {
         var failure: RabbitMQError?
     }
 
-    private let state = Mutex(State())
+    private let state = StateLock(State())
 
     /// Appends a batch (the I/O thread's `batch` is left empty).
     func push(_ batch: inout [Delivery]) {

@@ -86,8 +86,8 @@ public final class QueueWorker: Service, Sendable {
     private let handler: Handler
     private let logger: Logger
     private let observability: Observability
-    private let state = Mutex<RunState>(.idle)
-    private let counters = Mutex<[Outcome: Int]>([:])
+    private let state = StateLock<RunState>(.idle)
+    private let counters = StateLock<[Outcome: Int]>([:])
 
     /// Creates a worker; it starts consuming when ``run()`` is called.
     public init(client: RabbitMQClient, configuration: Configuration, handler: @escaping Handler) {

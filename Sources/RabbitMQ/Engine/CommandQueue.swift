@@ -12,7 +12,7 @@ final class CommandQueue: Sendable {
         var terminal: RabbitMQError?
     }
 
-    private let state = Mutex(State())
+    private let state = StateLock(State())
     let wakeup: Wakeup
 
     init() throws(RabbitMQError) {

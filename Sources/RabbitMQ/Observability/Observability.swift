@@ -16,8 +16,8 @@ final class Observability: Sendable {
     /// The tracer; `nil` when it is the no-op tracer.
     let tracer: (any Tracer)?
     let logger: Logger
-    private let exchanges = Mutex<[String: ExchangeInstruments]>([:])
-    private let queues = Mutex<[String: QueueInstruments]>([:])
+    private let exchanges = StateLock<[String: ExchangeInstruments]>([:])
+    private let queues = StateLock<[String: QueueInstruments]>([:])
     private let recoveries: Counter?
 
     /// The most exchanges and queues that get a dimension value of their own; later ones share

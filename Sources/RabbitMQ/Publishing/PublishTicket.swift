@@ -8,7 +8,7 @@ final class PublishTicket: Sendable {
         var waiter: CheckedContinuation<Void, any Error>?
     }
 
-    private let state = Mutex(State())
+    private let state = StateLock(State())
     /// When the publish must be confirmed by; the I/O thread fails it after that.
     let deadline: ContinuousClock.Instant
     /// The exchange's metric handles, `nil` without metrics.

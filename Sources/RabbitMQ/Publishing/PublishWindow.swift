@@ -24,10 +24,10 @@ final class PublishWindow: Sendable {
         var failuresSinceDrain = 0
     }
 
-    private let state: Mutex<State>
+    private let state: StateLock<State>
 
     init(capacity: Int) {
-        state = Mutex(State(capacity: max(1, capacity)))
+        state = StateLock(State(capacity: max(1, capacity)))
     }
 
     /// Messages in flight.

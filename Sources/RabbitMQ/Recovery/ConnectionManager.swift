@@ -22,9 +22,9 @@ final class ConnectionManager: Sendable {
     let recorder = TopologyRecorder()
     /// Metrics, tracing and logging of the client, shared by its channels across reconnections.
     let observability: Observability
-    private let state = Mutex<State>(.idle)
-    private let channels = Mutex<[WeakChannel]>([])
-    private let subscribers = Mutex<[UInt64: AsyncStream<ConnectionEvent>.Continuation]>([:])
+    private let state = StateLock<State>(.idle)
+    private let channels = StateLock<[WeakChannel]>([])
+    private let subscribers = StateLock<[UInt64: AsyncStream<ConnectionEvent>.Continuation]>([:])
     private let nextSubscriber = Atomic<UInt64>(0)
 
     init(configuration: RabbitMQClient.Configuration, logger: Logger) {

@@ -14,7 +14,7 @@ final class TopologyRecorder: Sendable {
         var renames: [String: String] = [:]
     }
 
-    private let state = Mutex(State())
+    private let state = StateLock(State())
 
     func record(_ exchange: Exchange) {
         state.withLock { state in

@@ -54,7 +54,7 @@ public final class InMemoryDeduplicationStore: DeduplicationStore {
     public let capacity: Int
     /// How long a key is remembered. Default 24 hours.
     public let retention: Duration
-    private let state = Mutex(State())
+    private let state = StateLock(State())
 
     /// Creates a store.
     public init(capacity: Int = 100_000, retention: Duration = .seconds(86_400)) {
