@@ -1,6 +1,7 @@
 import Foundation
 import RabbitMQ
 import Synchronization
+import RabbitMQTestSupport
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -348,8 +349,8 @@ struct ChannelErrorTests {
 extension ConnectionTests {
     /// Outcomes of operations run as unstructured tasks, so that a test can stop waiting for those that hang.
     final class Outcomes: Sendable {
-        private let results = Mutex<[Int: (any Error)?]>([:])
-        private let steps = Mutex(0)
+        private let results = Locked<[Int: (any Error)?]>([:])
+        private let steps = Locked(0)
 
         /// Counts one step of progress and returns the count so far.
         func step() -> Int {
@@ -386,7 +387,7 @@ extension ConnectionTests {
     static func withDeadline<T: Sendable>(
         _ limit: Duration, _ body: @escaping @Sendable () async throws -> T
     ) async throws -> T {
-        let outcome = Mutex<Result<T, any Error>?>(nil)
+        let outcome = Locked<Result<T, any Error>?>(nil)
         let task = Task {
             let result: Result<T, any Error>
             do { result = .success(try await body()) } catch { result = .failure(error) }

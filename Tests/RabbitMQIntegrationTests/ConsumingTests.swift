@@ -1,6 +1,7 @@
 import Foundation
 import RabbitMQ
 import Synchronization
+import RabbitMQTestSupport
 import Testing
 
 /// Consumers, prefetch, settling and `basic.get` against a real broker, with every outcome counted at the broker.
@@ -674,7 +675,7 @@ struct ConsumingTests {
 
 /// Bodies received by a consumer running in another task.
 private final class Tally: Sendable {
-    private let received = Mutex<[String]>([])
+    private let received = Locked<[String]>([])
 
     func add(_ body: String) { received.withLock { $0.append(body) } }
     var count: Int { received.withLock { $0.count } }

@@ -1,6 +1,7 @@
 import Foundation
 import RabbitMQ
 import Synchronization
+import RabbitMQTestSupport
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -167,7 +168,7 @@ struct HeartbeatTests {
 
 /// The connection events of one client, with the time each arrived.
 final class HeartbeatEventLog: Sendable {
-    private let entries = Mutex<[(at: ContinuousClock.Instant, event: ConnectionEvent)]>([])
+    private let entries = Locked<[(at: ContinuousClock.Instant, event: ConnectionEvent)]>([])
 
     /// Starts recording `client`'s events; recording ends when the client closes.
     init(following client: RabbitMQClient) {

@@ -149,7 +149,7 @@ struct ObservabilityTests {
                 try await publish(client, observability, "fails once", to: exchange, routingKey: "order.placed",
                                   properties: MessageProperties(messageID: "order-1"))
 
-                let seen = Mutex<[String]>([])
+                let seen = Locked<[String]>([])
                 let worker = QueueWorker(client: client, configuration: .init(queue: retry.queueName, retry: retry)) {
                     delivery in
                     // The handler runs in its consumer span's context.
@@ -223,7 +223,7 @@ struct ObservabilityTests {
             }
             try await client.publish(Array("none".utf8), routingKey: queue)
 
-            let seen = Mutex<[String: (header: FieldValue?, delivery: String?, context: String?)]>([:])
+            let seen = Locked<[String: (header: FieldValue?, delivery: String?, context: String?)]>([:])
             let worker = QueueWorker(client: client, configuration: .init(queue: queue, concurrency: 1)) { delivery in
                 seen.withLock {
                     $0[delivery.bodyString] = (delivery.properties.headers["x-request-id"], delivery.requestID,
@@ -277,7 +277,7 @@ final class CapturedLogs: Sendable {
         var metadata: Logger.Metadata
     }
 
-    private let storage = Mutex<[Entry]>([])
+    private let storage = Locked<[Entry]>([])
 
     var entries: [Entry] { storage.withLock { $0 } }
 

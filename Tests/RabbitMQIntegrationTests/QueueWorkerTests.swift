@@ -3,6 +3,7 @@ import Logging
 import RabbitMQ
 import ServiceLifecycle
 import Synchronization
+import RabbitMQTestSupport
 import Testing
 
 /// What a test's handler saw, shared safely with the worker's handler tasks.
@@ -16,7 +17,7 @@ final class WorkerProbe: Sendable {
         var deliveries: [Delivery] = []
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     /// Records the start of a handler for `delivery`; returns how many times its body was handled, this one
     /// included.
@@ -394,7 +395,7 @@ struct QueueWorkerTests {
 
 /// A thread-safe count.
 private final class Counter: Sendable {
-    private let count = Mutex(0)
+    private let count = Locked(0)
     func increment() { count.withLock { $0 += 1 } }
     var value: Int { count.withLock { $0 } }
 }

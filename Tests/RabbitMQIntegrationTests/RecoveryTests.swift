@@ -1,6 +1,7 @@
 import Foundation
 import RabbitMQ
 import Synchronization
+import RabbitMQTestSupport
 import Testing
 
 /// Automatic recovery across a restart of the broker node: `rabbitmqctl stop_app`/`start_app`, and a hard kill
@@ -277,7 +278,7 @@ final class PublishLedger: Sendable {
         var confirmations: [ContinuousClock.Instant] = []
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     func record(_ id: String, _ outcome: PublishOutcome) {
         state.withLock { state in
@@ -394,7 +395,7 @@ final class DeliveryLog: Sendable {
         var firstDelivery: [String: ContinuousClock.Instant] = [:]
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     func record(_ delivery: Delivery) {
         let id = delivery.properties.messageID ?? delivery.bodyString
@@ -431,7 +432,7 @@ final class DeliveryLog: Sendable {
 
 /// The connection events of one client, with when they arrived.
 final class EventLog: Sendable {
-    private let events = Mutex<[(at: ContinuousClock.Instant, event: ConnectionEvent)]>([])
+    private let events = Locked<[(at: ContinuousClock.Instant, event: ConnectionEvent)]>([])
 
     /// Starts recording `client`'s events (the stream is subscribed before this returns).
     static func watching(_ client: RabbitMQClient) -> EventLog {
@@ -510,8 +511,8 @@ enum Bounded<T: Sendable>: Sendable {
 
 /// Resumes a bounded operation's waiter once: with the result, or with `.timedOut`.
 private final class BoundedGate<T: Sendable>: Sendable {
-    let continuation = Mutex<CheckedContinuation<Bounded<T>, Never>?>(nil)
-    let timer = Mutex<Task<Void, Never>?>(nil)
+    let continuation = Locked<CheckedContinuation<Bounded<T>, Never>?>(nil)
+    let timer = Locked<Task<Void, Never>?>(nil)
 
     func resume(_ result: Bounded<T>) -> Bool {
         guard let continuation = continuation.withLock({ $0.take() }) else { return false }

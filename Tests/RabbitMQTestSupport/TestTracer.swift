@@ -14,7 +14,7 @@ public final class TestTracer: Tracer, Sendable {
     /// Creates a tracer with no spans.
     public init() {}
 
-    private let spans = Mutex<[TestSpan]>([])
+    private let spans = Locked<[TestSpan]>([])
 
     /// Spans ended so far, in the order they ended.
     public var finished: [TestSpan] { spans.withLock { $0 } }
@@ -70,7 +70,7 @@ public final class TestSpan: Span, Sendable {
     public let traceID: String
     public let spanID: String
     public let parentSpanID: String?
-    private let state: Mutex<State>
+    private let state: Locked<State>
     private let onEnd: @Sendable (TestSpan) -> Void
 
     public init(operationName: String, kind: SpanKind, context: ServiceContext, traceID: String, spanID: String,
@@ -80,7 +80,7 @@ public final class TestSpan: Span, Sendable {
         self.traceID = traceID
         self.spanID = spanID
         self.parentSpanID = parentSpanID
-        self.state = Mutex(State(operationName: operationName))
+        self.state = Locked(State(operationName: operationName))
         self.onEnd = onEnd
     }
 

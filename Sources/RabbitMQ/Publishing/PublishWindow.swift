@@ -88,11 +88,11 @@ final class PublishWindow: Sendable {
         let waiters = state.withLock { state -> [Waiter] in
             guard state.closed == nil else { return [] }
             state.closed = error
-            defer {
-                state.waiters.removeAll()
-                state.drainWaiters.removeAll()
-            }
-            return Array(state.waiters) + state.drainWaiters
+            var all = state.drainWaiters
+            all.append(contentsOf: state.waiters)
+            state.waiters.removeAll()
+            state.drainWaiters.removeAll()
+            return all
         }
         for waiter in waiters { waiter.continuation.resume(throwing: error) }
     }
