@@ -48,6 +48,38 @@ private func withRoutedRetryTopology(_ client: RabbitMQClient, _ prefix: String,
 
 @Suite("Observability")
 struct ObservabilityTests {
+    @Test func metricsCountAPlainConsumersDeliveriesAcksAndRejects() async throws {
+        let metrics = TestMetrics()
+        try await TestBroker.withClient(configure: { $0.observability.metricsFactory = metrics }) { client in
+            let queue = TestBroker.uniqueName("obs.consume")
+            try await client.declare(Queue(queue))
+            for index in 0..<5 { try await client.publish(Array("m\(index)".utf8), routingKey: queue) }
+            var seen = 0
+            for try await delivery in try await client.consume(queue, prefetch: 10) {
+                seen += 1
+                if seen == 5 { try await delivery.reject(requeue: false) } else { try await delivery.ack() }
+                if seen == 5 { break }
+            }
+            let byQueue = [("queue", queue)]
+            #expect(try metrics.expectCounter("rabbitmq.delivered", byQueue).totalValue == 5)
+            #expect(try metrics.expectCounter("rabbitmq.acked", byQueue).totalValue == 4)
+            #expect(try metrics.expectCounter("rabbitmq.rejected", byQueue).totalValue == 1)
+
+            // Automatic acknowledgement counts its acks too.
+            for index in 0..<3 { try await client.publish(Array("a\(index)".utf8), routingKey: queue) }
+            var automatic = 0
+            let options = ConsumeOptions(acknowledgement: .automatic)
+            for try await _ in try await client.consume(queue, prefetch: 10, options: options) {
+                automatic += 1
+                if automatic == 3 { break }
+            }
+            #expect(try metrics.expectCounter("rabbitmq.delivered", byQueue).totalValue == 8)
+            #expect(try metrics.expectCounter("rabbitmq.acked", byQueue).totalValue == 7)
+            #expect(try await TestBroker.eventually { try await client.queueInfo(queue).messageCount == 0 })
+            try await client.deleteQueue(queue)
+        }
+    }
+
     @Test func metricsCountPublishesConfirmsDeliveriesAcksRetriesAndParkingExactly() async throws {
         let metrics = TestMetrics()
         let policy = RetryPolicy(maxAttempts: 3, initialDelay: .milliseconds(50), jitter: 0)

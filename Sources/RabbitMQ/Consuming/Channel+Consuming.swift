@@ -28,7 +28,8 @@ extension Channel {
         recordConsumer(tag: tag, ConsumerRegistration(queue: queue, options: options, arguments: arguments,
                                                       buffer: buffer))
         return Consumer(core: ConsumerCore(tag: tag, channel: self, buffer: buffer, ownsChannel: ownsChannel,
-                                           acknowledgesAutomatically: options.acknowledgement == .automatic))
+                                           acknowledgesAutomatically: options.acknowledgement == .automatic,
+                                           instruments: manager.observability.queue(queue)))
     }
 
     /// Fetches one message from `queue` (basic.get), or `nil` if it is empty. Prefer a consumer for a stream

@@ -46,9 +46,14 @@ public struct Consumer: AsyncSequence, Sendable {
             if batch.isEmpty {
                 batch = try await core.buffer.next()
             }
-            guard let delivery = batch.popFirst() else { return nil }
+            guard var delivery = batch.popFirst() else { return nil }
+            if let instruments = core.instruments {
+                delivery.instruments = instruments
+                instruments.recordDelivered()
+            }
             if core.acknowledgesAutomatically {
                 try delivery.link.submit(.settle(delivery.link, .ack(deliveryTag: delivery.deliveryTag, multiple: false)))
+                core.instruments?.recordAcked()
             }
             return delivery
         }
@@ -62,14 +67,18 @@ final class ConsumerCore: Sendable {
     let buffer: DeliveryBuffer
     let ownsChannel: Bool
     let acknowledgesAutomatically: Bool
+    /// The queue's metric handles; `nil` without metrics, so the iterator then does nothing extra.
+    let instruments: QueueInstruments?
     private let cancelled = Atomic<Bool>(false)
 
-    init(tag: String, channel: Channel, buffer: DeliveryBuffer, ownsChannel: Bool, acknowledgesAutomatically: Bool) {
+    init(tag: String, channel: Channel, buffer: DeliveryBuffer, ownsChannel: Bool, acknowledgesAutomatically: Bool,
+         instruments: QueueInstruments?) {
         self.tag = tag
         self.channel = channel
         self.buffer = buffer
         self.ownsChannel = ownsChannel
         self.acknowledgesAutomatically = acknowledgesAutomatically
+        self.instruments = instruments
     }
 
     deinit {

@@ -229,9 +229,6 @@ public final class QueueWorker: Service, Sendable {
     /// Handles one delivery: deduplication, then the handler in the delivery's context (its trace continued in a
     /// consumer span, its request id), then the settlement.
     private func handle(_ delivery: Delivery, _ run: Run) async {
-        var delivery = delivery
-        delivery.instruments = run.instruments
-        run.instruments?.recordDelivered()
         let key = configuration.deduplicator.flatMap { $0.key(delivery) }
         if let key, let store = configuration.deduplicator?.store {
             do {
