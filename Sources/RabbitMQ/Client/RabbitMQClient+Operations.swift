@@ -86,12 +86,11 @@ extension RabbitMQClient {
         properties: MessageProperties = MessageProperties(),
         mandatory: Bool = false
     ) async throws {
-        try NameValidation.validate(exchange, as: "exchange name", operation: "basic.publish")
-        try NameValidation.validate(routingKey, as: "routing key", operation: "basic.publish")
-        try NameValidation.validate(properties.headers, as: "message headers", operation: "basic.publish")
+        // Checked once, before connecting, so bad input is reported as such.
+        try Channel.validatePublish(body, to: exchange, routingKey: routingKey, properties: properties)
         let channel = try await publisherChannel()
-        try await channel.publish(body, to: exchange, routingKey: routingKey, properties: properties,
-                                  mandatory: mandatory).wait()
+        try await channel.enqueuePublish(body, to: exchange, routingKey: routingKey, properties: properties,
+                                         mandatory: mandatory, observability: manager.observability).wait()
     }
 
     /// Publishes `value` as JSON and returns once the broker has confirmed it.
@@ -103,9 +102,9 @@ extension RabbitMQClient {
         mandatory: Bool = false,
         encoder: JSONEncoder = JSONEncoder()
     ) async throws {
-        let channel = try await publisherChannel()
-        try await channel.publish(json: value, to: exchange, routingKey: routingKey, properties: properties,
-                                  mandatory: mandatory, encoder: encoder).wait()
+        let message = try Channel.jsonMessage(value, properties: properties, encoder: encoder)
+        try await publish(message.body, to: exchange, routingKey: routingKey, properties: message.properties,
+                          mandatory: mandatory)
     }
 
     /// Consumes `queue` on a channel of its own, with at most `prefetch` unacknowledged deliveries.

@@ -57,15 +57,49 @@ extension Channel {
         mandatory: Bool,
         observability: Observability
     ) async throws -> PublishConfirmation {
+        try Self.validatePublish(body, to: exchange, routingKey: routingKey, properties: properties)
+        return try await enqueuePublish(body, to: exchange, routingKey: routingKey, properties: properties,
+                                        mandatory: mandatory, observability: observability)
+    }
+
+    /// Checks what a publish sends without contacting the broker: names, header keys, body size.
+    static func validatePublish(_ body: [UInt8], to exchange: String, routingKey: String,
+                                properties: MessageProperties) throws(RabbitMQError) {
         try NameValidation.validate(exchange, as: "exchange name", operation: "basic.publish")
         try NameValidation.validate(routingKey, as: "routing key", operation: "basic.publish")
         if !properties.headers.isEmpty {
             try NameValidation.validate(properties.headers, as: "message headers", operation: "basic.publish")
         }
-        guard body.count <= Self.maximumBodySize else {
+        guard body.count <= maximumBodySize else {
             throw RabbitMQError(.messageTooLarge, "the body has \(body.count) bytes; RabbitMQ accepts at most "
-                                    + "\(Self.maximumBodySize)", operation: "basic.publish")
+                                    + "\(maximumBodySize)", operation: "basic.publish")
         }
+    }
+
+    /// The body and properties of `value` published as JSON (content type `application/json` unless set).
+    static func jsonMessage(_ value: some Encodable, properties: MessageProperties, encoder: JSONEncoder)
+        throws(RabbitMQError) -> (body: [UInt8], properties: MessageProperties)
+    {
+        let body: [UInt8]
+        do {
+            body = Array(try encoder.encode(value))
+        } catch {
+            throw RabbitMQError(.invalidArgument, "cannot encode the message as JSON: \(error)", operation: "basic.publish")
+        }
+        var properties = properties
+        if properties.contentType == nil { properties.contentType = "application/json" }
+        return (body, properties)
+    }
+
+    /// Publishes a message ``validatePublish(_:to:routingKey:properties:)`` has accepted.
+    func enqueuePublish(
+        _ body: [UInt8],
+        to exchange: String,
+        routingKey: String,
+        properties: MessageProperties,
+        mandatory: Bool,
+        observability: Observability
+    ) async throws -> PublishConfirmation {
         var properties = properties
         if properties.deliveryMode == nil { properties.deliveryMode = .persistent }
         let span = observability.willPublish(exchange: exchange, routingKey: routingKey, properties: &properties)
@@ -102,15 +136,8 @@ extension Channel {
         mandatory: Bool = false,
         encoder: JSONEncoder = JSONEncoder()
     ) async throws -> PublishConfirmation {
-        let body: [UInt8]
-        do {
-            body = Array(try encoder.encode(value))
-        } catch {
-            throw RabbitMQError(.invalidArgument, "cannot encode the message as JSON: \(error)", operation: "basic.publish")
-        }
-        var properties = properties
-        if properties.contentType == nil { properties.contentType = "application/json" }
-        return try await publish(body, to: exchange, routingKey: routingKey, properties: properties,
+        let message = try Self.jsonMessage(value, properties: properties, encoder: encoder)
+        return try await publish(message.body, to: exchange, routingKey: routingKey, properties: message.properties,
                                  mandatory: mandatory)
     }
 
