@@ -61,6 +61,8 @@ struct NegotiatedParameters: Sendable {
     var frameMax: Int
     var channelMax: Int
     var serverProperties: FieldTable
+    /// Whether the connection runs over TLS (then only librabbitmq can write to it).
+    var usesTLS: Bool
 }
 
 extension timeval {
@@ -119,7 +121,8 @@ private func login(_ state: amqp_connection_state_t, _ parameters: ConnectionPar
         heartbeatSeconds: Int(amqp_get_heartbeat(state)),
         frameMax: Int(amqp_get_frame_max(state)),
         channelMax: Int(amqp_get_channel_max(state)),
-        serverProperties: amqp_get_server_properties(state).map { FieldTable($0.pointee) } ?? [:])
+        serverProperties: amqp_get_server_properties(state).map { FieldTable($0.pointee) } ?? [:],
+        usesTLS: parameters.tls != nil)
 }
 
 private func configureTLS(_ socket: OpaquePointer, _ tls: TLSConfiguration) throws(RabbitMQError) {

@@ -316,6 +316,11 @@ extension IOLoop {
     }
 
     func sendSettlementFrame(_ frame: AckCoalescer.Frame, on channel: ChannelState) {
+        if let writer {
+            writer.appendSettlement(frame, channel: channel.number)
+            if writer.shouldFlush { flushWrites() }
+            return
+        }
         let status: Int32
         switch frame {
         case .ack(let tag, let multiple):

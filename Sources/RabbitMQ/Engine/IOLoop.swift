@@ -23,12 +23,18 @@ final class IOLoop {
     let requestTimeout: Duration
     let onEvent: @Sendable (EngineEvent) -> Void
     private let socket: Int32
+    /// Encodes publishes and settlements and writes them once per pass; `nil` over TLS (librabbitmq writes them).
+    let writer: FrameWriter?
+    /// How long a write may wait for the broker to take bytes before the connection is presumed dead.
+    private let writeTimeout: Duration
 
     var channels: [ChannelState?]
     private var nextChannelHint = 1
     var isBlocked = false
     /// Publishes held back while the broker blocks the connection, in order.
     var held: Deque<(link: ChannelLink, message: OutgoingMessage, ticket: PublishTicket)> = []
+    /// Publishes on channels without confirms, completed once the writer's buffer is written.
+    private var awaitingWrite: [(channel: ChannelState, ticket: PublishTicket)] = []
     var touchedConsumers: [ConsumerState] = []
     var touchedChannels: [ChannelState] = []
     var channelsWithAcks: [ChannelState] = []
@@ -52,6 +58,8 @@ final class IOLoop {
         self.arena = arena
         self.logger = logger
         socket = amqp_get_sockfd(connection)
+        writer = negotiated.usesTLS ? nil : FrameWriter(socket: socket, frameMax: negotiated.frameMax)
+        writeTimeout = negotiated.heartbeatSeconds > 0 ? .seconds(2 * negotiated.heartbeatSeconds) : requestTimeout
         channels = Array(repeating: nil, count: max(negotiated.channelMax, 1) + 1)
     }
 
@@ -66,19 +74,17 @@ final class IOLoop {
             flushBatches()
             if finalError != nil { break }
             commands.takeAll(into: &batch)
-            if batch.isEmpty {
-                checkDeadlines(force: false)
-                if drainedAll, finalError == nil { sleep() }
-                continue
-            }
+            let hadCommands = !batch.isEmpty
             for command in batch where finalError == nil { handle(command) }
             if let error = finalError {
                 for command in batch { reject(command, error) }
             }
             batch.removeAll(keepingCapacity: true)
             flushAcks()
+            flushWrites()
             flushBatches()
             checkDeadlines(force: false)
+            if !hadCommands, drainedAll, finalError == nil { sleep() }
         }
         let error = finalError ?? RabbitMQError(.clientClosed, "the connection was closed")
         for command in commands.terminate(with: error) { reject(command, error) }
@@ -259,9 +265,11 @@ final class IOLoop {
         }
     }
 
-    /// Writes a method; on a socket failure fails the connection and returns `false`.
+    /// Writes a method (after the frames buffered before it); on a socket failure fails the connection and
+    /// returns `false`.
     @discardableResult
     func sendMethod(_ method: OutgoingMethod, on channel: ChannelState?) -> Bool {
+        guard flushWrites() else { return false }
         let status = method.send(on: connection, channel: channel?.number ?? 0, arena: arena)
         guard status == AMQP_STATUS_OK.rawValue else {
             fail(connectionError(status, while: "sending \(method.name)"))
@@ -297,11 +305,6 @@ final class IOLoop {
     }
 
     private func write(_ message: OutgoingMessage, on channel: ChannelState, ticket: PublishTicket) {
-        if ticket.isCompleted {
-            // Timed out while held back: the publisher was told it failed, so it must not go out now.
-            releaseSlot(channel)
-            return
-        }
         var properties: amqp_basic_properties_t
         if message.mandatory, channel.confirmMode {
             // A basic.return names no publish: the sequence number in a header says which one came back.
@@ -311,18 +314,36 @@ final class IOLoop {
         } else {
             properties = arena.basicProperties(message.properties)
         }
-        let exchange = arena.bytes(message.exchange)
-        let routingKey = arena.bytes(message.routingKey)
-        let status = message.body.withUnsafeBytes { body in
-            amqp_basic_publish(connection, channel.number, exchange, routingKey, message.mandatory ? 1 : 0, 0,
-                               &properties, amqp_bytes_t(len: body.count, bytes: UnsafeMutableRawPointer(mutating: body.baseAddress)))
-        }
-        arena.reset()
-        guard status == AMQP_STATUS_OK.rawValue else {
-            let error = connectionError(status, while: "publishing")
-            ticket.complete(.failure(error))
-            fail(error)
-            return
+        defer { arena.reset() }
+        if let writer, writer.canPublish(bodySize: message.body.count) {
+            let appended = message.body.withUnsafeBytes { body in
+                writer.appendPublish(channel: channel.number, exchange: message.exchange,
+                                     routingKey: message.routingKey, mandatory: message.mandatory,
+                                     properties: &properties, body: body)
+            }
+            guard appended else {
+                ticket.complete(.failure(RabbitMQError(
+                    .messageTooLarge, "the message's properties and headers take more than a frame "
+                        + "(frame_max \(negotiated.frameMax) bytes)", operation: "basic.publish")))
+                releaseSlot(channel)
+                return
+            }
+        } else {
+            guard flushWrites() else {
+                ticket.complete(.failure(finalError!))
+                return
+            }
+            let status = message.body.withUnsafeBytes { body in
+                amqp_basic_publish(connection, channel.number, arena.bytes(message.exchange),
+                                   arena.bytes(message.routingKey), message.mandatory ? 1 : 0, 0, &properties,
+                                   amqp_bytes_t(len: body.count, bytes: UnsafeMutableRawPointer(mutating: body.baseAddress)))
+            }
+            guard status == AMQP_STATUS_OK.rawValue else {
+                let error = connectionError(status, while: "publishing")
+                ticket.complete(.failure(error))
+                fail(error)
+                return
+            }
         }
         if channel.confirmMode {
             channel.unconfirmed.append(UnconfirmedPublish(
@@ -330,9 +351,30 @@ final class IOLoop {
                 mandatory: message.mandatory ? MandatoryPublish(message) : nil))
             channel.nextPublishSequence += 1
         } else {
-            ticket.complete(.success(()))
-            releaseSlot(channel)
+            awaitingWrite.append((channel, ticket))
         }
+        if writer?.shouldFlush == true { flushWrites() }
+    }
+
+    /// Writes the frames buffered in this pass and completes the publishes that waited for it; on a socket
+    /// failure fails the connection and returns `false`.
+    @discardableResult
+    func flushWrites() -> Bool {
+        guard finalError == nil else { return false }
+        if let writer, !writer.isEmpty {
+            do {
+                try writer.flush(timeout: writeTimeout)
+            } catch {
+                fail(error)
+                return false
+            }
+        }
+        for entry in awaitingWrite {
+            entry.ticket.complete(.success(()))
+            releaseSlot(entry.channel)
+        }
+        awaitingWrite.removeAll(keepingCapacity: true)
+        return true
     }
 
     func setBlocked(_ blocked: Bool, reason: String) {
@@ -349,6 +391,11 @@ final class IOLoop {
         while !isBlocked, finalError == nil, let next = held.popFirst() {
             guard let channel = openState(of: next.link) else {
                 next.ticket.complete(.failure(next.link.closedError ?? RabbitMQError(.clientClosed, "channel closed")))
+                continue
+            }
+            // Timed out while held back: the publisher was told it failed, so it must not go out now.
+            guard !next.ticket.isCompleted else {
+                releaseSlot(channel)
                 continue
             }
             write(next.message, on: channel, ticket: next.ticket)
@@ -455,6 +502,8 @@ final class IOLoop {
         }
         for entry in held { entry.ticket.complete(.failure(error)) }
         held.removeAll()
+        for entry in awaitingWrite { entry.ticket.complete(.failure(error)) }
+        awaitingWrite.removeAll()
         flushBatches()
     }
 
