@@ -75,6 +75,7 @@ let package = Package(
             name: "RabbitMQTests",
             dependencies: [
                 "RabbitMQ",
+                "CRabbitMQ",
                 "RabbitMQTestSupport",
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ],

@@ -36,6 +36,8 @@ final class FrameWriter {
         maximumPayload = frameMax - Self.frameOverhead
         capacity = Self.flushThreshold + 2 * frameMax
         storage = .allocate(byteCount: capacity, alignment: 16)
+        // librabbitmq's sockets are non-blocking already; the write timeout relies on it.
+        _ = fcntl(socket, F_SETFL, fcntl(socket, F_GETFL) | O_NONBLOCK)
     }
 
     deinit {
