@@ -55,9 +55,11 @@ struct Publish: AsyncParsableCommand {
         try await channel.purge(connection.queue)
         try await channel.enableConfirms(window: window)
         let body = [UInt8](repeating: 0x61, count: size)
+        // Read once: an option's getter looks up generic metadata on every call.
+        let (queue, count) = (connection.queue, connection.count)
         let start = ContinuousClock.now
-        for _ in 0..<connection.count {
-            _ = try await channel.publish(body, routingKey: connection.queue)
+        for _ in 0..<count {
+            _ = try await channel.publish(body, routingKey: queue)
         }
         try await channel.waitForConfirms()
         report("pub", messages: connection.count, from: start)
@@ -76,12 +78,13 @@ struct Consume: AsyncParsableCommand {
         let channel = try await client.openChannel()
         try await channel.setPrefetch(prefetch)
         var received = 0
+        let count = connection.count
         var start: ContinuousClock.Instant?
         for try await delivery in try await channel.consume(connection.queue) {
             if start == nil { start = .now }
             try await delivery.ack()
             received += 1
-            if received == connection.count { break }
+            if received == count { break }
         }
         try await channel.close()
         report("con", messages: received, from: start ?? .now)

@@ -32,7 +32,7 @@ final class IOLoop {
     private var nextChannelHint = 1
     var isBlocked = false
     /// Publishes held back while the broker blocks the connection, in order.
-    var held: Deque<(link: ChannelLink, message: OutgoingMessage, ticket: PublishTicket)> = []
+    var held: Deque<OutgoingPublish> = []
     /// Publishes on channels without confirms, completed once the writer's buffer is written.
     private var awaitingWrite: [(channel: ChannelState, ticket: PublishTicket)] = []
     var touchedConsumers: [ConsumerState] = []
@@ -175,8 +175,8 @@ final class IOLoop {
             send(request)
         case .abandonRequest(let id, let error):
             abandon(id, error)
-        case .publish(let link, let message, let ticket):
-            publish(message, on: link, ticket: ticket)
+        case .publish(let publish):
+            self.publish(publish)
         case .settle(let link, let settlement):
             settle(settlement, on: link)
         case .registerConsumer(let link, let tag, let buffer):
@@ -196,7 +196,7 @@ final class IOLoop {
         switch command {
         case .openChannel(_, let continuation): continuation.resume(throwing: error)
         case .request(let request): PendingRequest(request).fail(error)
-        case .publish(_, _, let ticket): ticket.complete(.failure(error))
+        case .publish(let publish): publish.ticket.complete(.failure(error))
         case .registerConsumer(_, _, let buffer): buffer.finish(error)
         case .closeConnection(let waiter): waiter?.resume()
         case .settle, .abandonRequest: break
@@ -292,19 +292,22 @@ final class IOLoop {
 
     // MARK: Publishing
 
-    private func publish(_ message: OutgoingMessage, on link: ChannelLink, ticket: PublishTicket) {
-        guard let channel = openState(of: link) else {
-            ticket.complete(.failure(link.closedError ?? RabbitMQError(.clientClosed, "the channel is closed")))
+    private func publish(_ publish: OutgoingPublish) {
+        guard let channel = openState(of: publish.link) else {
+            publish.ticket.complete(.failure(
+                publish.link.closedError ?? RabbitMQError(.clientClosed, "the channel is closed")))
             return
         }
         if isBlocked || !held.isEmpty {
-            held.append((link, message, ticket))
+            held.append(publish)
             return
         }
-        write(message, on: channel, ticket: ticket)
+        write(publish, on: channel)
     }
 
-    private func write(_ message: OutgoingMessage, on channel: ChannelState, ticket: PublishTicket) {
+    private func write(_ publish: OutgoingPublish, on channel: ChannelState) {
+        let message = publish.message
+        let ticket = publish.ticket
         var properties: amqp_basic_properties_t
         if message.mandatory, channel.confirmMode {
             // A basic.return names no publish: the sequence number in a header says which one came back.
@@ -398,7 +401,7 @@ final class IOLoop {
                 releaseSlot(channel)
                 continue
             }
-            write(next.message, on: channel, ticket: next.ticket)
+            write(next, on: channel)
         }
     }
 

@@ -117,7 +117,7 @@ extension Channel {
         let message = OutgoingMessage(exchange: exchange, routingKey: routingKey, mandatory: mandatory,
                                       properties: properties, body: body)
         do {
-            try link.submit(.publish(link, message, ticket))
+            try link.submit(.publish(OutgoingPublish(link: link, message: message, ticket: ticket)))
         } catch {
             link.window.release(1)
             span?.end(failing: error)
