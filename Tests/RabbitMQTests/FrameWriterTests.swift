@@ -17,7 +17,10 @@ struct FrameWriterTests {
     /// librabbitmq's frame_max before login, which the writer is given too so that both split alike.
     static let frameMax = 65536
 
-    @Test("A publish is encoded as librabbitmq encodes it", arguments: [0, 1, 128, 65536 - 8])
+    /// Empty, small and inline-limit bodies are copied into the buffer; larger ones are sent from the caller's
+    /// memory in one or several frames (frame_max 65536 leaves 65528 bytes of payload per frame).
+    @Test("A publish is encoded as librabbitmq encodes it",
+          arguments: [0, 1, 128, 16 * 1024, 16 * 1024 + 1, 65528, 65529, 3 * 65528 + 5, 1 << 20])
     func publishMatchesLibrabbitmq(bodySize: Int) throws {
         let body = (0..<bodySize).map { UInt8(truncatingIfNeeded: $0 &* 31) }
         try expectSameBytes(
@@ -81,13 +84,12 @@ struct FrameWriterTests {
         properties.headers = ["big": .string(String(repeating: "x", count: 5000))]
         let arena = CArena()
         var c = arena.basicProperties(properties)
-        let appended = [UInt8]([1, 2, 3]).withUnsafeBytes { body in
-            writer.appendPublish(channel: 1, exchange: "", routingKey: "q", mandatory: false, properties: &c, body: body)
+        let published = try [UInt8]([1, 2, 3]).withUnsafeBytes { body throws(RabbitMQError) in
+            try writer.publish(channel: 1, exchange: "", routingKey: "q", mandatory: false, properties: &c,
+                               body: body, timeout: .seconds(1))
         }
-        #expect(!appended)
+        #expect(!published)
         #expect(writer.isEmpty)
-        #expect(writer.canPublish(bodySize: 4088))
-        #expect(!writer.canPublish(bodySize: 4089))
     }
 
     @Test("A write to a peer that reads nothing fails after the timeout instead of blocking")
@@ -96,22 +98,23 @@ struct FrameWriterTests {
         let writer = FrameWriter(socket: pair.writeEnd, frameMax: Self.frameMax)
         let arena = CArena()
         var properties = arena.basicProperties(MessageProperties())
-        let body = [UInt8](repeating: 0x61, count: 60_000)
-        // Far more than a socket pair's buffers hold.
-        for _ in 0..<200 {
-            _ = body.withUnsafeBytes { body in
-                writer.appendPublish(channel: 1, exchange: "", routingKey: "q", mandatory: false,
-                                     properties: &properties, body: body)
-            }
-        }
         let started = ContinuousClock.now
         #expect {
-            try writer.flush(timeout: .milliseconds(200))
+            // Far more than a socket pair's buffers hold, in small (buffered) and large (sent at once) bodies.
+            for size in [100, 60_000] {
+                let body = [UInt8](repeating: 0x61, count: size)
+                for _ in 0..<(20_000_000 / size) {
+                    _ = try body.withUnsafeBytes { body throws(RabbitMQError) in
+                        try writer.publish(channel: 1, exchange: "", routingKey: "q", mandatory: false,
+                                           properties: &properties, body: body, timeout: .milliseconds(200))
+                    }
+                    if writer.shouldFlush { try writer.flush(timeout: .milliseconds(200)) }
+                }
+            }
         } throws: { error in
             (error as? RabbitMQError)?.code == .connectionLost
         }
         #expect(ContinuousClock.now - started >= .milliseconds(200))
-        #expect(writer.isEmpty)
     }
 
     @Test("A write to a closed peer fails with connectionLost")
@@ -141,11 +144,11 @@ struct FrameWriterTests {
         }
         let actual = try writerBytes { writer in
             var c = arena.basicProperties(properties)
-            let appended = body.withUnsafeBytes { body in
-                writer.appendPublish(channel: 5, exchange: exchange, routingKey: routingKey, mandatory: mandatory,
-                                     properties: &c, body: body)
+            let published = try body.withUnsafeBytes { body throws(RabbitMQError) in
+                try writer.publish(channel: 5, exchange: exchange, routingKey: routingKey, mandatory: mandatory,
+                                   properties: &c, body: body, timeout: .seconds(5))
             }
-            #expect(appended)
+            #expect(published)
         }
         #expect(expected.count > body.count + 40)  // three frames' worth: the comparison is not vacuous
         #expect(actual == expected)
@@ -154,30 +157,33 @@ struct FrameWriterTests {
     /// What librabbitmq writes when `send` runs on a connection state whose socket is one end of a pair.
     private func librabbitmqBytes(_ send: (amqp_connection_state_t) -> Int32) throws -> [UInt8] {
         let pair = try SocketPair()
+        let reader = pair.startReading()
         let state = try #require(amqp_new_connection())
         let socket = amqp_tcp_socket_new(state)
         amqp_tcp_socket_set_sockfd(socket, pair.writeEnd)
-        pair.writeEndIsOwnedElsewhere = true  // amqp_destroy_connection closes it
-        defer { amqp_destroy_connection(state) }
+        pair.writeEndIsClosed = true  // amqp_destroy_connection closes it
         #expect(send(state) == AMQP_STATUS_OK.rawValue)
-        return pair.readAvailable()
+        amqp_destroy_connection(state)
+        return reader.bytes()
     }
 
     /// What the frame writer writes after `append`.
-    private func writerBytes(_ append: (FrameWriter) -> Void) throws -> [UInt8] {
+    private func writerBytes(_ append: (FrameWriter) throws -> Void) throws -> [UInt8] {
         let pair = try SocketPair()
+        let reader = pair.startReading()
         let writer = FrameWriter(socket: pair.writeEnd, frameMax: Self.frameMax)
-        append(writer)
+        try append(writer)
         try writer.flush(timeout: .seconds(5))
-        return pair.readAvailable()
+        pair.closeWriteEnd()
+        return reader.bytes()
     }
 }
 
 /// A connected pair of stream sockets: the code under test writes to one end, the test reads the other.
-private final class SocketPair {
+private final class SocketPair: @unchecked Sendable {
     let writeEnd: Int32
     private var readEnd: Int32
-    var writeEndIsOwnedElsewhere = false
+    var writeEndIsClosed = false
 
     init() throws {
         var descriptors: [Int32] = [0, 0]
@@ -191,27 +197,55 @@ private final class SocketPair {
         }
         writeEnd = descriptors[0]
         readEnd = descriptors[1]
-        _ = fcntl(readEnd, F_SETFL, fcntl(readEnd, F_GETFL) | O_NONBLOCK)
     }
 
     deinit {
-        if !writeEndIsOwnedElsewhere { close(writeEnd) }
-        if readEnd >= 0 { close(readEnd) }
+        closeWriteEnd()
+        closeReadEnd()
+    }
+
+    func closeWriteEnd() {
+        guard !writeEndIsClosed else { return }
+        close(writeEnd)
+        writeEndIsClosed = true
     }
 
     func closeReadEnd() {
+        guard readEnd >= 0 else { return }
         close(readEnd)
         readEnd = -1
     }
 
-    /// Everything written so far.
-    func readAvailable() -> [UInt8] {
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let count = chunk.withUnsafeMutableBytes { read(readEnd, $0.baseAddress, $0.count) }
-            guard count > 0 else { return bytes }
-            bytes += chunk[0..<count]
+    /// Reads on another thread until the write end is closed (writers may block on a full socket meanwhile).
+    func startReading() -> Reader {
+        let reader = Reader()
+        let descriptor = readEnd
+        Thread.detachNewThread {
+            var bytes: [UInt8] = []
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+                guard count > 0 else { break }
+                bytes += chunk[0..<count]
+            }
+            reader.finish(bytes)
+        }
+        return reader
+    }
+
+    final class Reader: @unchecked Sendable {
+        private let done = DispatchSemaphore(value: 0)
+        private var result: [UInt8] = []
+
+        func finish(_ bytes: [UInt8]) {
+            result = bytes
+            done.signal()
+        }
+
+        /// Everything read, once the write end is closed.
+        func bytes() -> [UInt8] {
+            done.wait()
+            return result
         }
     }
 }

@@ -6,13 +6,15 @@ import Darwin
 #endif
 
 /// Encodes the frequent frames (publishes, acks, nacks, rejects) into one buffer and writes it to the socket
-/// with one `send` per pass of the I/O loop.
+/// with one system call per pass of the I/O loop.
 ///
 /// librabbitmq writes every frame with its own system call, three per publish, which made the kernel most of a
-/// publish's cost. Every other frame still goes out through librabbitmq, after ``flush(timeout:)``, so frames
-/// keep their order; librabbitmq's own heartbeats may come before buffered frames, which changes nothing.
-/// Used on plain TCP connections only: over TLS, only librabbitmq can write to the session.
-/// Confined to the I/O thread.
+/// publish's cost, and copies every body into its own buffer first. Here small bodies are copied into the
+/// buffer, and large ones are written straight from the publisher's memory (`sendmsg` with the frame
+/// headers between the body's pieces). Every other frame still goes out through librabbitmq, after
+/// ``flush(timeout:)``, so frames keep their order; librabbitmq's own heartbeats may come before buffered
+/// frames, which changes nothing. Used on plain TCP connections only: over TLS, only librabbitmq can write to
+/// the session. Confined to the I/O thread.
 final class FrameWriter {
     private let socket: Int32
     /// The largest frame payload the broker accepts (frame_max less the frame's header and end marker).
@@ -21,9 +23,13 @@ final class FrameWriter {
     private var capacity: Int
     private(set) var count = 0
 
-    /// Buffered bytes above which a publish is written at once rather than at the end of the pass.
+    /// Buffered bytes above which the loop writes at once rather than at the end of the pass.
     private static let flushThreshold = 64 * 1024
-    private static let frameOverhead = 8
+    /// Bodies up to this size are copied into the buffer; copying them costs less than a system call of their own.
+    private static let inlineBodyLimit = 16 * 1024
+    /// Pieces handed to one `sendmsg` (well under every platform's IOV_MAX).
+    private static let piecesPerCall = 64
+    private static let frameHeaderSize = 7
     private static let frameEnd: UInt8 = 0xCE
     #if os(Linux)
     private static let sendFlags = Int32(MSG_NOSIGNAL)
@@ -33,7 +39,7 @@ final class FrameWriter {
 
     init(socket: Int32, frameMax: Int) {
         self.socket = socket
-        maximumPayload = frameMax - Self.frameOverhead
+        maximumPayload = frameMax - Self.frameHeaderSize - 1
         capacity = Self.flushThreshold + 2 * frameMax
         storage = .allocate(byteCount: capacity, alignment: 16)
         // librabbitmq's sockets are non-blocking already; the write timeout relies on it.
@@ -50,20 +56,16 @@ final class FrameWriter {
     /// Whether enough is buffered to write it now rather than at the end of the pass.
     var shouldFlush: Bool { count >= Self.flushThreshold }
 
-    /// Whether a publish with a body of `size` bytes is encoded here: one body frame at most. Larger bodies go
-    /// through librabbitmq, which sends them from its own buffer in frame-sized pieces.
-    func canPublish(bodySize size: Int) -> Bool {
-        size <= maximumPayload
-    }
-
-    /// Appends a basic.publish: the method, the content header and the body frame.
-    /// - Returns: `false`, with nothing appended, when the encoded properties exceed a frame.
-    func appendPublish(channel: UInt16, exchange: String, routingKey: String, mandatory: Bool,
-                       properties: inout amqp_basic_properties_t, body: UnsafeRawBufferPointer) -> Bool {
-        precondition(body.count <= maximumPayload, "the caller checks canPublish(bodySize:)")
+    /// Publishes a message: buffers its method and header frames and its body (a large body is written at
+    /// once, with everything buffered before it, straight from `body`).
+    /// - Returns: `false`, with nothing buffered or written, when the encoded properties exceed a frame.
+    /// - Throws: when the socket fails or takes nothing for `timeout`.
+    func publish(channel: UInt16, exchange: String, routingKey: String, mandatory: Bool,
+                 properties: inout amqp_basic_properties_t, body: UnsafeRawBufferPointer,
+                 timeout: Duration) throws(RabbitMQError) -> Bool {
         let start = count
-        // Method frame, payload at most 2 + 2 + 2 + 256 + 256 + 1 bytes; header frame, at most one frame payload.
-        reserve(3 * Self.frameOverhead + 519 + maximumPayload + body.count)
+        // Method frame payload: at most 2 + 2 + 2 + 256 + 256 + 1 bytes; header frame: at most one frame payload.
+        reserve(2 * (Self.frameHeaderSize + 1) + 519 + maximumPayload)
 
         beginFrame(type: UInt8(AMQP_FRAME_METHOD), channel: channel)
         let methodStart = count
@@ -79,7 +81,7 @@ final class FrameWriter {
         append(UInt16(AMQP_BASIC_CLASS))
         append(UInt16(0))  // weight
         append(UInt64(body.count))
-        let available = min(capacity - count, maximumPayload - (count - headerStart))
+        let available = maximumPayload - (count - headerStart)
         let encoded = amqp_encode_properties(UInt16(AMQP_BASIC_CLASS), &properties,
                                              amqp_bytes_t(len: available, bytes: storage + count))
         guard encoded >= 0 else {
@@ -89,19 +91,24 @@ final class FrameWriter {
         count += Int(encoded)
         endFrame(payloadStart: headerStart)
 
-        if let base = body.baseAddress, body.count > 0 {
+        guard let base = body.baseAddress, body.count > 0 else { return true }
+        if body.count <= min(Self.inlineBodyLimit, maximumPayload) {
+            reserve(Self.frameHeaderSize + body.count + 1)
             beginFrame(type: UInt8(AMQP_FRAME_BODY), channel: channel)
             let bodyStart = count
             (storage + count).copyMemory(from: base, byteCount: body.count)
             count += body.count
             endFrame(payloadStart: bodyStart)
+        } else {
+            try writeWithBody(UnsafeRawBufferPointer(start: base, count: body.count), channel: channel,
+                              timeout: timeout)
         }
         return true
     }
 
     /// Appends a basic.ack, basic.nack or basic.reject.
     func appendSettlement(_ frame: AckCoalescer.Frame, channel: UInt16) {
-        reserve(2 * Self.frameOverhead + 13)
+        reserve(Self.frameHeaderSize + 13 + 1)
         beginFrame(type: UInt8(AMQP_FRAME_METHOD), channel: channel)
         let payloadStart = count
         switch frame {
@@ -122,34 +129,88 @@ final class FrameWriter {
     }
 
     /// Writes everything buffered. While the socket's send buffer is full it waits for room, at most `timeout`
-    /// in all: the broker reads its socket even while it blocks publishers, so a longer wait means a dead peer.
+    /// without progress: the broker reads its socket even while it blocks publishers, so a longer wait means a
+    /// dead peer.
     func flush(timeout: Duration) throws(RabbitMQError) {
-        var written = 0
-        var deadline: ContinuousClock.Instant?
+        guard count > 0 else { return }
         defer { count = 0 }
-        while written < count {
-            let sent = send(socket, storage + written, count - written, Self.sendFlags)
-            if sent > 0 {
-                written += sent
-                continue
-            }
-            let error = errno
-            if sent < 0, error == EINTR { continue }
-            guard sent < 0, error == EAGAIN || error == EWOULDBLOCK else {
-                throw RabbitMQError(.connectionLost, "connection lost while writing to the broker: "
-                                        + String(cString: strerror(error)), operation: "write")
-            }
-            let due = deadline ?? .now + timeout
-            deadline = due
-            try waitUntilWritable(until: due, timeout: timeout)
+        var piece = iovec(iov_base: storage, iov_len: count)
+        try send(&piece, count: 1, timeout: timeout)
+    }
+
+    /// Writes the buffer, then `body` as body frames: their headers and end markers go into the buffer, their
+    /// payloads are sent from `body` without a copy.
+    private func writeWithBody(_ body: UnsafeRawBufferPointer, channel: UInt16,
+                               timeout: Duration) throws(RabbitMQError) {
+        defer { count = 0 }
+        let frames = (body.count + maximumPayload - 1) / maximumPayload
+        reserve((Self.frameHeaderSize + 1) * frames)
+        // Boundaries: the first frame's header, then (end marker + next header) between pieces, then an end marker.
+        var boundaries: [Int] = []
+        boundaries.reserveCapacity(frames + 1)
+        for index in 0..<frames {
+            if index > 0 { append(Self.frameEnd) }
+            boundaries.append(count)
+            append(UInt8(AMQP_FRAME_BODY))
+            append(channel)
+            append(UInt32(min(maximumPayload, body.count - index * maximumPayload)))
+        }
+        boundaries.append(count)
+        append(Self.frameEnd)
+        var pieces: [iovec] = []
+        pieces.reserveCapacity(2 * frames + 1)
+        pieces.append(iovec(iov_base: storage, iov_len: boundaries[0] + Self.frameHeaderSize))
+        for index in 0..<frames {
+            let offset = index * maximumPayload
+            pieces.append(iovec(iov_base: UnsafeMutableRawPointer(mutating: body.baseAddress! + offset),
+                                iov_len: min(maximumPayload, body.count - offset)))
+            let next = boundaries[index + 1]
+            let length = index + 1 < frames ? 1 + Self.frameHeaderSize : 1
+            pieces.append(iovec(iov_base: storage + next - (index + 1 < frames ? 1 : 0), iov_len: length))
+        }
+        try pieces.withUnsafeMutableBufferPointer { pieces throws(RabbitMQError) in
+            try send(pieces.baseAddress!, count: pieces.count, timeout: timeout)
         }
     }
 
-    private func waitUntilWritable(until deadline: ContinuousClock.Instant, timeout: Duration) throws(RabbitMQError) {
+    /// Sends `count` pieces completely, in calls of at most ``piecesPerCall`` pieces (advancing past what a
+    /// partial write took); waits for room while the socket is full.
+    private func send(_ pieces: UnsafeMutablePointer<iovec>, count: Int, timeout: Duration) throws(RabbitMQError) {
+        var first = 0
+        while first < count {
+            var message = msghdr()
+            message.msg_iov = pieces + first
+            message.msg_iovlen = .init(min(Self.piecesPerCall, count - first))
+            var sent = sendmsg(socket, &message, Self.sendFlags)
+            if sent < 0 {
+                let error = errno
+                if error == EINTR { continue }
+                guard error == EAGAIN || error == EWOULDBLOCK else {
+                    throw RabbitMQError(.connectionLost, "connection lost while writing to the broker: "
+                                            + String(cString: strerror(error)), operation: "write")
+                }
+                try waitUntilWritable(timeout: timeout)
+                continue
+            }
+            while sent > 0, first < count {
+                let length = pieces[first].iov_len
+                if sent >= length {
+                    sent -= length
+                    first += 1
+                } else {
+                    pieces[first].iov_base = pieces[first].iov_base.map { $0 + sent }
+                    pieces[first].iov_len = length - sent
+                    sent = 0
+                }
+            }
+            while first < count, pieces[first].iov_len == 0 { first += 1 }
+        }
+    }
+
+    private func waitUntilWritable(timeout: Duration) throws(RabbitMQError) {
         var descriptor = pollfd(fd: socket, events: Int16(POLLOUT), revents: 0)
-        let remaining = deadline - .now
-        let result = poll(&descriptor, 1, Int32(max(0, remaining.wholeMilliseconds)) + 1)
-        if result == 0, ContinuousClock.now >= deadline {
+        let result = poll(&descriptor, 1, Int32(clamping: timeout.wholeMilliseconds))
+        if result == 0 {
             throw RabbitMQError(.connectionLost, "the broker took nothing from the socket for \(timeout): "
                                     + "connection presumed dead", operation: "write")
         }

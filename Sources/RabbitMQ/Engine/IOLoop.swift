@@ -318,13 +318,20 @@ final class IOLoop {
             properties = arena.basicProperties(message.properties)
         }
         defer { arena.reset() }
-        if let writer, writer.canPublish(bodySize: message.body.count) {
-            let appended = message.body.withUnsafeBytes { body in
-                writer.appendPublish(channel: channel.number, exchange: message.exchange,
-                                     routingKey: message.routingKey, mandatory: message.mandatory,
-                                     properties: &properties, body: body)
+        if let writer {
+            let outcome = message.body.withUnsafeBytes { body in
+                Result { () throws(RabbitMQError) in
+                    try writer.publish(channel: channel.number, exchange: message.exchange,
+                                       routingKey: message.routingKey, mandatory: message.mandatory,
+                                       properties: &properties, body: body, timeout: writeTimeout)
+                }
             }
-            guard appended else {
+            if case .failure(let error) = outcome {
+                ticket.complete(.failure(error))
+                fail(error)
+                return
+            }
+            guard case .success(true) = outcome else {
                 ticket.complete(.failure(RabbitMQError(
                     .messageTooLarge, "the message's properties and headers take more than a frame "
                         + "(frame_max \(negotiated.frameMax) bytes)", operation: "basic.publish")))
@@ -332,10 +339,6 @@ final class IOLoop {
                 return
             }
         } else {
-            guard flushWrites() else {
-                ticket.complete(.failure(finalError!))
-                return
-            }
             let status = message.body.withUnsafeBytes { body in
                 amqp_basic_publish(connection, channel.number, arena.bytes(message.exchange),
                                    arena.bytes(message.routingKey), message.mandatory ? 1 : 0, 0, &properties,
