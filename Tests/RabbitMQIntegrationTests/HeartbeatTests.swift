@@ -108,6 +108,50 @@ struct HeartbeatTests {
         }
     }
 
+    @Test("a broker frozen while publishes fill the socket is detected, and the publishes fail instead of hanging")
+    func frozenBrokerIsDetectedWhileTheSocketIsFull() async throws {
+        let broker = try HeartbeatNode.broker
+        try await Self.withClient(broker, name: TestBroker.uniqueName("hb-freeze-publish")) { client, _, events in
+            let queue = TestBroker.uniqueName("hb-freeze-publish")
+            _ = try await client.declare(Queue(queue, durable: false))
+            let channel = try await client.openChannel()
+            try await channel.enableConfirms(window: 64)
+
+            let pid = try await HeartbeatNode.beamPID(broker)
+            let frozenAt = ContinuousClock.now
+            guard kill(pid, SIGSTOP) == 0 else { throw HeartbeatNodeError(message: "kill -STOP \(pid) failed") }
+            let failure: (any Error)?
+            do {
+                // 64 MiB: far more than the sockets' buffers hold, so the I/O thread ends up waiting to write.
+                let body = [UInt8](repeating: 0x5A, count: 1 << 20)
+                for _ in 0..<64 { _ = try await channel.publish(body, routingKey: queue) }
+                failure = await #expect(throws: RabbitMQError.self) { try await channel.waitForConfirms() }
+                kill(pid, SIGCONT)
+            } catch {
+                kill(pid, SIGCONT)
+                throw error
+            }
+            let failedAfter = ContinuousClock.now - frozenAt
+            let error = try #require(failure as? RabbitMQError)
+            print("heartbeat: publishes into a frozen broker failed after \(failedAfter): \(error)")
+            #expect(error.isRetryable, "\(error)")
+            #expect(failedAfter < .seconds(10), "failed after \(failedAfter)")
+            let lost = try #require(events.lost(after: frozenAt).first, "no connectionLost: \(events.summary)")
+            #expect(lost.error.code == .connectionLost)
+
+            let recovered = try await TestBroker.eventually(timeout: .seconds(30)) {
+                events.recovered(after: lost.at) != nil
+            }
+            #expect(recovered, "no recovered event after the thaw: \(events.summary)")
+            let after = TestBroker.uniqueName("hb-freeze-after")
+            _ = try await client.declare(Queue(after, durable: false))
+            try await client.publish(Array("after".utf8), routingKey: after)
+            #expect(try await broker.queueStats(after)?.ready == 1)
+            _ = try await client.deleteQueue(after)
+            _ = try await client.deleteQueue(queue)
+        }
+    }
+
     // MARK: Helpers
 
     /// Runs `body` with a connected client of the node with a 2 s heartbeat and quick recovery, and the log of
