@@ -330,6 +330,29 @@ struct PublishingTests {
         }
     }
 
+    @Test func headersLargerThanAFrameFailThatPublishOnly() async throws {
+        try await TestBroker.withClient { client in
+            try await Self.expectOversizedHeadersRefused(client)
+        }
+    }
+
+    /// Publishes a message whose headers exceed frame_max: that publish fails with messageTooLarge, and the
+    /// next publish on the same client arrives.
+    static func expectOversizedHeadersRefused(_ client: RabbitMQClient) async throws {
+        let queue = TestBroker.uniqueName("pub.big-headers")
+        try await client.declare(Queue(queue, durable: false))
+        let properties = MessageProperties(headers: ["big": .string(String(repeating: "h", count: 200_000))])
+        let error = await #expect(throws: RabbitMQError.self) {
+            try await client.publish(Array("x".utf8), routingKey: queue, properties: properties)
+        }
+        #expect(error?.code == .messageTooLarge, "\(String(describing: error))")
+        #expect(error?.replyCode == nil, "refused by the client, not the broker")
+        try await client.publish(Array("after".utf8), routingKey: queue)
+        let delivery = try #require(try await client.get(from: queue, acknowledgement: .automatic))
+        #expect(delivery.body == Array("after".utf8))
+        try await client.deleteQueue(queue)
+    }
+
     // MARK: Channel errors
 
     @Test func publishingToAMissingExchangeFailsWith404AndThePublisherRecovers() async throws {

@@ -332,13 +332,14 @@ final class IOLoop {
                 return
             }
             guard case .success(true) = outcome else {
-                ticket.complete(.failure(RabbitMQError(
-                    .messageTooLarge, "the message's properties and headers take more than a frame "
-                        + "(frame_max \(negotiated.frameMax) bytes)", operation: "basic.publish")))
-                releaseSlot(channel)
+                refuseOversizedProperties(ticket, on: channel)
                 return
             }
         } else {
+            guard propertiesFitInAFrame(&properties) else {
+                refuseOversizedProperties(ticket, on: channel)
+                return
+            }
             let status = message.body.withUnsafeBytes { body in
                 amqp_basic_publish(connection, channel.number, arena.bytes(message.exchange),
                                    arena.bytes(message.routingKey), message.mandatory ? 1 : 0, 0, &properties,
@@ -360,6 +361,23 @@ final class IOLoop {
             awaitingWrite.append((channel, ticket))
         }
         if writer?.shouldFlush == true { flushWrites() }
+    }
+
+    /// Whether the encoded properties fit in a content header frame. Checked before librabbitmq publishes, which
+    /// would fail the whole connection; only headers can exceed the smallest frame_max (4096 bytes).
+    private func propertiesFitInAFrame(_ properties: inout amqp_basic_properties_t) -> Bool {
+        guard properties._flags & UInt32(AMQP_BASIC_HEADERS_FLAG) != 0 else { return true }
+        let capacity = negotiated.frameMax - 8 - 12  // the frame's header and end, the class, weight and body size
+        let scratch = amqp_bytes_t(len: capacity, bytes: arena.allocate(byteCount: capacity, alignment: 8))
+        return amqp_encode_properties(UInt16(AMQP_BASIC_CLASS), &properties, scratch) >= 0
+    }
+
+    /// Fails a publish whose properties do not fit in a frame; the channel and connection carry on.
+    private func refuseOversizedProperties(_ ticket: PublishTicket, on channel: ChannelState) {
+        ticket.complete(.failure(RabbitMQError(
+            .messageTooLarge, "the message's properties and headers take more than a frame "
+                + "(frame_max \(negotiated.frameMax) bytes)", operation: "basic.publish")))
+        releaseSlot(channel)
     }
 
     /// Writes the frames buffered in this pass and completes the publishes that waited for it; on a socket
