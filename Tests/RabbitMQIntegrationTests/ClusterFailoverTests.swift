@@ -29,6 +29,9 @@ struct ClusterFailoverTests {
         let consumers: [ClusterBroker.Consumer]
         /// How the consumer's sequence ended before the test cancelled it, if it did.
         let consumerEnded: String?
+        /// When something confirmed was not consumed: the queue and the channels as the broker saw them then,
+        /// which tells a broker that stopped delivering from a client that stopped taking deliveries.
+        let brokerView: String
     }
 
     /// A client of the cluster with `endpoints` tried in that order, quick reconnection attempts, and a confirm
@@ -90,6 +93,7 @@ struct ClusterFailoverTests {
             confirmed.isSubset(of: consumed.ids)
         }
         let consumerEnded = consumed.endedWith
+        let brokerView = everythingConsumed ? "" : await cluster.describe(queue: queue, seenFrom: observer)
         await consumer.cancel()
         await consumerTask.value
         try? await windowed.close()
@@ -99,7 +103,7 @@ struct ClusterFailoverTests {
                    everythingConsumed: everythingConsumed, lost: confirmed.subtracting(consumed.ids),
                    firstConfirmationAfter: ledger.firstConfirmation(after: disruptedAt).map { $0 - disruptedAt },
                    recoveryAfter: events.recoveryDelay(after: disruptedAt), consumers: consumers,
-                   consumerEnded: consumerEnded)
+                   consumerEnded: consumerEnded, brokerView: brokerView)
     }
 
     /// What every run must show: no publish hung or failed oddly, failures retryable, nothing confirmed lost,
@@ -112,7 +116,7 @@ struct ClusterFailoverTests {
         #expect(nonRetryable.isEmpty, "non-retryable publish failures: \(nonRetryable.prefix(3))")
         #expect(run.everythingConsumed, """
             \(run.lost.count) confirmed messages were not consumed, e.g. \(run.lost.sorted().prefix(5)); \
-            consumer: \(run.consumed.summary); events \(run.events.summary)
+            consumer: \(run.consumed.summary); events \(run.events.summary); broker: \(run.brokerView)
             """)
         #expect(run.consumerEnded == nil, "the consumer's sequence ended: \(run.consumerEnded ?? "")")
         let live = run.consumers.filter { $0.node != killed.name }

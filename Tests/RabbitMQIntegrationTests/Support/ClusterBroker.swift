@@ -187,6 +187,18 @@ struct ClusterBroker: Sendable {
         }
     }
 
+    /// The queue's ready and unacknowledged messages and consumers, and every channel's consumers, unacknowledged
+    /// deliveries and prefetch, as `node` sees them (for failure messages).
+    func describe(queue: String, seenFrom node: Node) async -> String {
+        let queues = (try? await rabbitmqctl(on: node, "list_queues", "name", "leader", "messages_ready",
+                                             "messages_unacknowledged", "consumers", "--no-table-headers")) ?? "?"
+        let channels = (try? await rabbitmqctl(on: node, "list_channels", "pid", "consumer_count",
+                                               "messages_unacknowledged", "prefetch_count",
+                                               "--no-table-headers")) ?? "?"
+        let line = queues.split(separator: "\n").first { $0.hasPrefix(queue + "\t") }.map(String.init) ?? "not listed"
+        return "queue [\(line)]; channels [\(channels.split(separator: "\n").joined(separator: "; "))]"
+    }
+
     /// The broker-side ports of the connections whose client-given name is `name` (one entry per connection).
     func connectionPorts(named name: String, seenFrom node: Node) async throws -> [Int] {
         let output = try await rabbitmqctl(on: node, "list_connections", "port", "client_properties",
