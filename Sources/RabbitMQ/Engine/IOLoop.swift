@@ -26,7 +26,7 @@ final class IOLoop {
     /// Encodes publishes and settlements and writes them once per pass; `nil` over TLS (librabbitmq writes them).
     let writer: FrameWriter?
     /// How long a write may wait for the broker to take bytes before the connection is presumed dead.
-    private let writeTimeout: Duration
+    let writeTimeout: Duration
 
     var channels: [ChannelState?]
     private var nextChannelHint = 1
@@ -34,7 +34,7 @@ final class IOLoop {
     /// Publishes held back while the broker blocks the connection, in order.
     var held: Deque<OutgoingPublish> = []
     /// Publishes on channels without confirms, completed once the writer's buffer is written.
-    private var awaitingWrite: [(channel: ChannelState, ticket: PublishTicket)] = []
+    var awaitingWrite: [(channel: ChannelState, ticket: PublishTicket)] = []
     var touchedConsumers: [ConsumerState] = []
     var touchedChannels: [ChannelState] = []
     var channelsWithAcks: [ChannelState] = []
@@ -290,117 +290,9 @@ final class IOLoop {
         }
     }
 
-    // MARK: Publishing
+    // MARK: Flow control
 
-    private func publish(_ publish: OutgoingPublish) {
-        guard let channel = openState(of: publish.link) else {
-            publish.ticket.complete(.failure(
-                publish.link.closedError ?? RabbitMQError(.clientClosed, "the channel is closed")))
-            return
-        }
-        if isBlocked || !held.isEmpty {
-            held.append(publish)
-            return
-        }
-        write(publish, on: channel)
-    }
-
-    private func write(_ publish: OutgoingPublish, on channel: ChannelState) {
-        let message = publish.message
-        let ticket = publish.ticket
-        var properties: amqp_basic_properties_t
-        if message.mandatory, channel.confirmMode {
-            // A basic.return names no publish: the sequence number in a header says which one came back.
-            var stamped = message.properties
-            stamped.headers[Channel.publishSequenceHeader] = .int64(Int64(channel.nextPublishSequence))
-            properties = arena.basicProperties(stamped)
-        } else {
-            properties = arena.basicProperties(message.properties)
-        }
-        defer { arena.reset() }
-        if let writer {
-            let outcome = message.body.withUnsafeBytes { body in
-                Result { () throws(RabbitMQError) in
-                    try writer.publish(channel: channel.number, exchange: message.exchange,
-                                       routingKey: message.routingKey, mandatory: message.mandatory,
-                                       properties: &properties, body: body, timeout: writeTimeout)
-                }
-            }
-            if case .failure(let error) = outcome {
-                ticket.complete(.failure(error))
-                fail(error)
-                return
-            }
-            guard case .success(true) = outcome else {
-                refuseOversizedProperties(ticket, on: channel)
-                return
-            }
-        } else {
-            guard propertiesFitInAFrame(&properties) else {
-                refuseOversizedProperties(ticket, on: channel)
-                return
-            }
-            let status = message.body.withUnsafeBytes { body in
-                amqp_basic_publish(connection, channel.number, arena.bytes(message.exchange),
-                                   arena.bytes(message.routingKey), message.mandatory ? 1 : 0, 0, &properties,
-                                   amqp_bytes_t(len: body.count, bytes: UnsafeMutableRawPointer(mutating: body.baseAddress)))
-            }
-            guard status == AMQP_STATUS_OK.rawValue else {
-                let error = connectionError(status, while: "publishing")
-                ticket.complete(.failure(error))
-                fail(error)
-                return
-            }
-        }
-        if channel.confirmMode {
-            channel.unconfirmed.append(UnconfirmedPublish(
-                sequence: channel.nextPublishSequence, ticket: ticket,
-                mandatory: message.mandatory ? MandatoryPublish(message) : nil))
-            channel.nextPublishSequence += 1
-        } else {
-            awaitingWrite.append((channel, ticket))
-        }
-        if writer?.shouldFlush == true { flushWrites() }
-    }
-
-    /// Whether the encoded properties fit in a content header frame. Checked before librabbitmq publishes, which
-    /// would fail the whole connection; only headers can exceed the smallest frame_max (4096 bytes).
-    private func propertiesFitInAFrame(_ properties: inout amqp_basic_properties_t) -> Bool {
-        guard properties._flags & UInt32(AMQP_BASIC_HEADERS_FLAG) != 0 else { return true }
-        let capacity = negotiated.frameMax - 8 - 12  // the frame's header and end, the class, weight and body size
-        let scratch = amqp_bytes_t(len: capacity, bytes: arena.allocate(byteCount: capacity, alignment: 8))
-        return amqp_encode_properties(UInt16(AMQP_BASIC_CLASS), &properties, scratch) >= 0
-    }
-
-    /// Fails a publish whose properties do not fit in a frame; the channel and connection carry on.
-    private func refuseOversizedProperties(_ ticket: PublishTicket, on channel: ChannelState) {
-        ticket.complete(.failure(RabbitMQError(
-            .messageTooLarge, "the message's properties and headers take more than a frame "
-                + "(frame_max \(negotiated.frameMax) bytes)", operation: "basic.publish")))
-        releaseSlot(channel)
-    }
-
-    /// Writes the frames buffered in this pass and completes the publishes that waited for it; on a socket
-    /// failure fails the connection and returns `false`.
-    @discardableResult
-    func flushWrites() -> Bool {
-        guard finalError == nil else { return false }
-        if let writer, !writer.isEmpty {
-            do {
-                try writer.flush(timeout: writeTimeout)
-            } catch {
-                fail(error)
-                return false
-            }
-        }
-        for entry in awaitingWrite {
-            entry.ticket.complete(.success(()))
-            releaseSlot(entry.channel)
-        }
-        awaitingWrite.removeAll(keepingCapacity: true)
-        return true
-    }
-
+    /// The broker blocked or unblocked publishing: hold publishes back, or send those held, in order.
     func setBlocked(_ blocked: Bool, reason: String) {
         guard blocked != isBlocked else { return }
         isBlocked = blocked
