@@ -17,19 +17,24 @@ final class DeliveryBuffer: Sendable {
     private let state = StateLock(State())
 
     /// Appends a batch (the I/O thread's `batch` is left empty).
+    ///
+    /// An empty batch changes nothing: a waiting iterator resumed with nothing would end the sequence, as if the
+    /// consumer had been cancelled (a lost connection empties the batch of its last pass, and the sequence must
+    /// live on through recovery).
     func push(_ batch: inout [Delivery]) {
-        let waiter = state.withLock { state -> CheckedContinuation<Deque<Delivery>, any Error>? in
+        guard !batch.isEmpty else { return }
+        let (waiter, taken) = state.withLock { state -> (CheckedContinuation<Deque<Delivery>, any Error>?, Deque<Delivery>) in
             guard !state.finished else {
                 batch.removeAll(keepingCapacity: true)
-                return nil
+                return (nil, [])
             }
             state.buffered.append(contentsOf: batch)
             batch.removeAll(keepingCapacity: true)
-            guard let waiter = state.waiter else { return nil }
+            guard let waiter = state.waiter else { return (nil, []) }
             state.waiter = nil
-            return waiter
+            return (waiter, Self.takeAll(&state))
         }
-        if let waiter { waiter.resume(returning: state.withLock { Self.takeAll(&$0) }) }
+        waiter?.resume(returning: taken)
     }
 
     /// Ends the stream after what is buffered, with `error` if it failed.
