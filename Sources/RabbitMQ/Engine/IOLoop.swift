@@ -12,8 +12,9 @@ import Darwin
 ///
 /// It is not `Sendable` and is created on that thread, so the compiler keeps it there. Each pass reads every
 /// frame available without blocking, hands results over in batches (one push per consumer, one release per
-/// publish window), runs the commands that tasks queued, and sleeps in `poll()` on the socket and the wake-up
-/// pipe only when there is nothing left to do.
+/// publish window), runs the commands that tasks queued, writes the publishes and acks they produced with one
+/// system call (``FrameWriter``), and sleeps in `poll()` on the socket and the wake-up pipe only when there is
+/// nothing left to do.
 final class IOLoop {
     let connection: amqp_connection_state_t
     let commands: CommandQueue
