@@ -144,30 +144,23 @@ final class FrameWriter {
                                timeout: Duration) throws(RabbitMQError) {
         defer { count = 0 }
         let frames = (body.count + maximumPayload - 1) / maximumPayload
-        reserve((Self.frameHeaderSize + 1) * frames)
-        // Boundaries: the first frame's header, then (end marker + next header) between pieces, then an end marker.
-        var boundaries: [Int] = []
-        boundaries.reserveCapacity(frames + 1)
-        for index in 0..<frames {
-            if index > 0 { append(Self.frameEnd) }
-            boundaries.append(count)
-            append(UInt8(AMQP_FRAME_BODY))
-            append(channel)
-            append(UInt32(min(maximumPayload, body.count - index * maximumPayload)))
-        }
-        boundaries.append(count)
-        append(Self.frameEnd)
+        reserve((Self.frameHeaderSize + 1) * frames)  // the buffer does not move while the pieces point into it
         var pieces: [iovec] = []
         pieces.reserveCapacity(2 * frames + 1)
-        pieces.append(iovec(iov_base: storage, iov_len: boundaries[0] + Self.frameHeaderSize))
+        var unsent = 0  // where the buffered bytes not yet in a piece begin
         for index in 0..<frames {
             let offset = index * maximumPayload
-            pieces.append(iovec(iov_base: UnsafeMutableRawPointer(mutating: body.baseAddress! + offset),
-                                iov_len: min(maximumPayload, body.count - offset)))
-            let next = boundaries[index + 1]
-            let length = index + 1 < frames ? 1 + Self.frameHeaderSize : 1
-            pieces.append(iovec(iov_base: storage + next - (index + 1 < frames ? 1 : 0), iov_len: length))
+            let size = min(maximumPayload, body.count - offset)
+            if index > 0 { append(Self.frameEnd) }
+            append(UInt8(AMQP_FRAME_BODY))
+            append(channel)
+            append(UInt32(size))
+            pieces.append(iovec(iov_base: storage + unsent, iov_len: count - unsent))
+            pieces.append(iovec(iov_base: UnsafeMutableRawPointer(mutating: body.baseAddress! + offset), iov_len: size))
+            unsent = count
         }
+        append(Self.frameEnd)
+        pieces.append(iovec(iov_base: storage + unsent, iov_len: count - unsent))
         try pieces.withUnsafeMutableBufferPointer { pieces throws(RabbitMQError) in
             try send(pieces.baseAddress!, count: pieces.count, timeout: timeout)
         }
