@@ -26,13 +26,7 @@ struct HeartbeatTests {
             // two of them, unless the client sends heartbeats on its own.
             try await Task.sleep(for: .seconds(10))
 
-            let after = try await Self.connections(broker, named: name)
-            #expect(after.map(\.pid) == [before.pid], "the same connection should still be there")
-            // A heartbeat frame is 8 bytes; a 2 s interval gives about 5 in 10 s.
-            let sent = (after.first?.receivedOctets ?? 0) - before.receivedOctets
-            #expect(sent >= 3 * 8, "the broker received \(sent) bytes from the idle client")
-            #expect(events.lost.isEmpty, "\(events.summary)")
-            try await Self.checkPublishing(client, broker)
+            try await Self.expectConnectionKept(before, client, broker, name: name, events: events)
         }
     }
 
@@ -53,12 +47,7 @@ struct HeartbeatTests {
             Self.blockThread(seconds: 4)
             #expect(rounds > 0 && state != 0)
 
-            let after = try await Self.connections(broker, named: name)
-            #expect(after.map(\.pid) == [before.pid], "the same connection should still be there")
-            let sent = (after.first?.receivedOctets ?? 0) - before.receivedOctets
-            #expect(sent >= 3 * 8, "the broker received \(sent) bytes from the client")
-            #expect(events.lost.isEmpty, "\(events.summary)")
-            try await Self.checkPublishing(client, broker)
+            try await Self.expectConnectionKept(before, client, broker, name: name, events: events)
         }
     }
 
@@ -71,21 +60,14 @@ struct HeartbeatTests {
             try await client.publish(Array("before".utf8), routingKey: queue)
             #expect(try await broker.queueStats(queue)?.ready == 1)
 
-            let pid = try await HeartbeatNode.beamPID(broker)
             let frozenAt = ContinuousClock.now
-            guard kill(pid, SIGSTOP) == 0 else { throw HeartbeatNodeError(message: "kill -STOP \(pid) failed") }
-            let thawedAt: ContinuousClock.Instant
-            do {
+            let thawedAt = try await Self.whileFrozen(broker) {
                 // Two missed intervals (4 s) plus up to half an interval until the I/O loop next looks.
                 _ = try await TestBroker.eventually(timeout: .seconds(20)) { !events.lost(after: frozenAt).isEmpty }
                 // The outage goes on: reconnection attempts reach a node that accepts TCP connections but never
                 // answers, and must give up at the 3 s handshake timeout and try again.
                 try await Task.sleep(for: .seconds(5))
-                thawedAt = ContinuousClock.now
-                kill(pid, SIGCONT)
-            } catch {
-                kill(pid, SIGCONT)
-                throw error
+                return ContinuousClock.now
             }
             let lost = try #require(events.lost(after: frozenAt).first, "no connectionLost: \(events.summary)")
             let detection = lost.at - frozenAt
@@ -117,25 +99,20 @@ struct HeartbeatTests {
             let channel = try await client.openChannel()
             try await channel.enableConfirms(window: 64)
 
-            let pid = try await HeartbeatNode.beamPID(broker)
             let frozenAt = ContinuousClock.now
-            guard kill(pid, SIGSTOP) == 0 else { throw HeartbeatNodeError(message: "kill -STOP \(pid) failed") }
-            let failure: (any Error)?
-            do {
+            let failure = try await Self.whileFrozen(broker) {
                 // 64 MiB: far more than the sockets' buffers hold, so the I/O thread ends up waiting to write.
                 let body = [UInt8](repeating: 0x5A, count: 1 << 20)
                 for _ in 0..<64 { _ = try await channel.publish(body, routingKey: queue) }
-                failure = await #expect(throws: RabbitMQError.self) { try await channel.waitForConfirms() }
-                kill(pid, SIGCONT)
-            } catch {
-                kill(pid, SIGCONT)
-                throw error
+                return await #expect(throws: RabbitMQError.self) { try await channel.waitForConfirms() }
             }
             let failedAfter = ContinuousClock.now - frozenAt
-            let error = try #require(failure as? RabbitMQError)
+            let error = try #require(failure)
             print("heartbeat: publishes into a frozen broker failed after \(failedAfter): \(error)")
             #expect(error.isRetryable, "\(error)")
             #expect(failedAfter < .seconds(10), "failed after \(failedAfter)")
+            // The publisher hears of the failure first; the connection event follows from the recovery task.
+            _ = try await TestBroker.eventually(timeout: .seconds(5)) { !events.lost(after: frozenAt).isEmpty }
             let lost = try #require(events.lost(after: frozenAt).first, "no connectionLost: \(events.summary)")
             #expect(lost.error.code == .connectionLost)
 
@@ -153,6 +130,28 @@ struct HeartbeatTests {
     }
 
     // MARK: Helpers
+
+    /// Runs `body` while the node's Erlang VM is stopped (SIGSTOP), and resumes it afterwards, also on failure.
+    static func whileFrozen<Result>(_ broker: DedicatedBroker,
+                                    _ body: () async throws -> Result) async throws -> Result {
+        let pid = try await HeartbeatNode.beamPID(broker)
+        guard kill(pid, SIGSTOP) == 0 else { throw HeartbeatNodeError(message: "kill -STOP \(pid) failed") }
+        defer { kill(pid, SIGCONT) }
+        return try await body()
+    }
+
+    /// Checks that the client still has the connection `before` (the broker kept receiving from it, heartbeats at
+    /// least: 8 bytes each, about one per 2 s interval) and that publishing works.
+    static func expectConnectionKept(_ before: (pid: String, heartbeat: Int, receivedOctets: Int),
+                                     _ client: RabbitMQClient, _ broker: DedicatedBroker, name: String,
+                                     events: HeartbeatEventLog) async throws {
+        let after = try await connections(broker, named: name)
+        #expect(after.map(\.pid) == [before.pid], "the same connection should still be there")
+        let sent = (after.first?.receivedOctets ?? 0) - before.receivedOctets
+        #expect(sent >= 3 * 8, "the broker received \(sent) bytes from the client")
+        #expect(events.lost.isEmpty, "\(events.summary)")
+        try await checkPublishing(client, broker)
+    }
 
     /// Runs `body` with a connected client of the node with a 2 s heartbeat and quick recovery, and the log of
     /// its connection events; closes the client afterwards.
