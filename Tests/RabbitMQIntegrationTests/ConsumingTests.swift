@@ -102,10 +102,7 @@ struct ConsumingTests {
                     try await second.reject(requeue: false)
 
                     // Dropped, not requeued: nothing ready, nothing unacked, while the consumer is still there.
-                    #expect(try await TestBroker.eventually {
-                        try await TestBroker.queueStats(queue).map { $0.ready == 0 && $0.unacked == 0 && $0.consumers == 1 }
-                            ?? false
-                    })
+                    #expect(try await Self.isSettledWithItsConsumer(queue), "\(Self.stats(queue))")
                     await consumer.cancel()
                 }
                 #expect(try await Self.isSettledAndIdle(queue), "\(Self.stats(queue))")
@@ -120,30 +117,21 @@ struct ConsumingTests {
                 try await Self.withTimeout {
                     let consumer = try await client.consume(queue, prefetch: 10)
                     var iterator = consumer.makeAsyncIterator()
-                    var firstRound: [Delivery] = []
-                    while firstRound.count < 5, let delivery = try await iterator.next() {
-                        firstRound.append(delivery)
-                    }
+                    let firstRound = try await Self.take(5, from: &iterator)
                     #expect(firstRound.map(\.bodyString) == Self.bodies(5))
                     #expect(firstRound.allSatisfy { !$0.isRedelivered })
                     #expect(try await TestBroker.eventually { try await TestBroker.queueStats(queue)?.unacked == 5 })
 
                     // One nack on the newest settles all five.
                     try await firstRound[4].nack(requeue: true, multiple: true)
-                    var secondRound: [Delivery] = []
-                    while secondRound.count < 5, let delivery = try await iterator.next() {
-                        secondRound.append(delivery)
-                    }
+                    let secondRound = try await Self.take(5, from: &iterator)
                     #expect(Set(secondRound.map(\.bodyString)) == Set(Self.bodies(5)))
                     #expect(secondRound.allSatisfy { $0.isRedelivered })
 
                     // And a nack multiple without requeue drops them all.
                     let newest = try #require(secondRound.max { $0.deliveryTag < $1.deliveryTag })
                     try await newest.nack(requeue: false, multiple: true)
-                    #expect(try await TestBroker.eventually {
-                        try await TestBroker.queueStats(queue).map { $0.ready == 0 && $0.unacked == 0 && $0.consumers == 1 }
-                            ?? false
-                    })
+                    #expect(try await Self.isSettledWithItsConsumer(queue), "\(Self.stats(queue))")
                     await consumer.cancel()
                 }
                 #expect(try await Self.isSettledAndIdle(queue), "\(Self.stats(queue))")
@@ -158,17 +146,11 @@ struct ConsumingTests {
                 try await Self.withTimeout {
                     let consumer = try await client.consume(queue, prefetch: 10)
                     var iterator = consumer.makeAsyncIterator()
-                    var deliveries: [Delivery] = []
-                    while deliveries.count < 8, let delivery = try await iterator.next() {
-                        deliveries.append(delivery)
-                    }
+                    let deliveries = try await Self.take(8, from: &iterator)
                     #expect(deliveries.count == 8)
                     #expect(try await TestBroker.eventually { try await TestBroker.queueStats(queue)?.unacked == 8 })
                     try await deliveries[7].ack(multiple: true)
-                    #expect(try await TestBroker.eventually {
-                        try await TestBroker.queueStats(queue).map { $0.ready == 0 && $0.unacked == 0 && $0.consumers == 1 }
-                            ?? false
-                    })
+                    #expect(try await Self.isSettledWithItsConsumer(queue), "\(Self.stats(queue))")
                     await consumer.cancel()
                 }
                 #expect(try await Self.isSettledAndIdle(queue), "\(Self.stats(queue))")
@@ -551,10 +533,7 @@ struct ConsumingTests {
                     try await channel.setPrefetch(UInt16(count))
                     let consumer = try await channel.consume(queue)
                     var iterator = consumer.makeAsyncIterator()
-                    var deliveries: [Delivery] = []
-                    while deliveries.count < count, let delivery = try await iterator.next() {
-                        deliveries.append(delivery)
-                    }
+                    let deliveries = try await Self.take(count, from: &iterator)
                     #expect(deliveries.count == count)
                     // Every ack returns before the close starts: none may be dropped by it.
                     for delivery in deliveries { try await delivery.ack() }
@@ -575,10 +554,7 @@ struct ConsumingTests {
                     try await Self.withTimeout {
                         let consumer = try await client.consume(queue, prefetch: UInt16(count))
                         var iterator = consumer.makeAsyncIterator()
-                        var deliveries: [Delivery] = []
-                        while deliveries.count < count, let delivery = try await iterator.next() {
-                            deliveries.append(delivery)
-                        }
+                        let deliveries = try await Self.take(count, from: &iterator)
                         #expect(deliveries.count == count)
                         for delivery in deliveries { try await delivery.ack() }
                         await client.close()
@@ -630,6 +606,22 @@ struct ConsumingTests {
     }
 
     /// Whether the broker soon counts no message and no consumer on `queue`.
+    /// The next `count` deliveries, fewer only if the sequence ends first.
+    static func take(_ count: Int, from iterator: inout Consumer.AsyncIterator) async throws -> [Delivery] {
+        var deliveries: [Delivery] = []
+        while deliveries.count < count, let delivery = try await iterator.next() {
+            deliveries.append(delivery)
+        }
+        return deliveries
+    }
+
+    /// Whether the queue soon has nothing ready and nothing unacknowledged while its one consumer stays.
+    static func isSettledWithItsConsumer(_ queue: String) async throws -> Bool {
+        try await TestBroker.eventually {
+            try await TestBroker.queueStats(queue).map { $0 == (0, 0, 1) } ?? false
+        }
+    }
+
     static func isSettledAndIdle(_ queue: String) async throws -> Bool {
         try await TestBroker.eventually {
             try await TestBroker.queueStats(queue).map { $0 == (0, 0, 0) } ?? false
