@@ -54,7 +54,7 @@ struct Publish: AsyncParsableCommand {
         try await channel.declare(Queue(connection.queue))
         try await channel.purge(connection.queue)
         try await channel.enableConfirms(window: window)
-        let body = [UInt8](repeating: 0x61, count: size)
+        let body = Data(repeating: 0x61, count: size)
         // Read once: an option's getter looks up generic metadata on every call.
         let (queue, count) = (connection.queue, connection.count)
         let start = ContinuousClock.now
@@ -128,7 +128,7 @@ struct Latency: AsyncParsableCommand {
         try await publisher.enableConfirms(window: 1000)
         let interval = 1.0 / Double(rate)
         let start = ContinuousClock.now
-        var body = [UInt8](repeating: 0, count: max(size, 8))
+        var body = Data(repeating: 0, count: max(size, 8))
         for index in 0..<count {
             let due = start + .seconds(Double(index) * interval)
             if due > .now { try await Task.sleep(until: due, clock: .continuous) }

@@ -57,7 +57,7 @@ struct OrderPlaced: Codable, Sendable, Hashable {
     }
 
     /// Decodes an event from a message body.
-    static func decode(_ body: [UInt8]) throws -> OrderPlaced {
-        try makeDecoder().decode(OrderPlaced.self, from: Data(body))
+    static func decode(_ body: Data) throws -> OrderPlaced {
+        try makeDecoder().decode(OrderPlaced.self, from: body)
     }
 }

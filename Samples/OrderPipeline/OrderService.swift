@@ -84,10 +84,10 @@ struct OrderService: Sendable {
                 if burst > 0 { try await clock.sleep(until: start + plan.burstInterval * burst) }
                 let end = count * (burst + 1) / bursts
                 var published: [SideEffectStore.PublishedOrder] = []
-                var copies: [(body: [UInt8], properties: MessageProperties)] = []
+                var copies: [(body: Data, properties: MessageProperties)] = []
                 for index in next..<end {
                     let order = Self.makeOrder(run: run, index: index, invalid: invalid.contains(index))
-                    let body = Array(try encoder.encode(order))
+                    let body = try encoder.encode(order)
                     let properties = MessageProperties(contentType: "application/json", messageID: order.orderID,
                                                        timestamp: order.placedAt, type: OrderPlaced.routingKey,
                                                        appID: "order-service")

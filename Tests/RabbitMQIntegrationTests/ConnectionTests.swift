@@ -143,7 +143,7 @@ struct ConnectionTests {
             ("connect", { try await client.connect() }),
             ("declare", { try await client.declare(Queue(queue, durable: false, exclusive: true)) }),
             ("queueInfo", { _ = try await client.queueInfo(queue) }),
-            ("publish", { try await client.publish(Array("late".utf8), routingKey: queue) }),
+            ("publish", { try await client.publish(Data("late".utf8), routingKey: queue) }),
             ("openChannel", { _ = try await client.openChannel() }),
             ("consume", { _ = try await client.consume(queue) }),
         ]
@@ -165,7 +165,7 @@ struct ConnectionTests {
             try await client.connect()
             let queue = TestBroker.uniqueName("dropped")
             try await client.declare(Queue(queue, durable: false, autoDelete: true))
-            try await client.publish(Array("x".utf8), routingKey: queue)
+            try await client.publish(Data("x".utf8), routingKey: queue)
             #expect(try await Self.connectionListed("test \(name)"))
         }
         // The last reference is gone: the I/O thread closes the connection with the AMQP handshake and returns.
@@ -253,7 +253,7 @@ struct ChannelErrorTests {
             let queue = TestBroker.uniqueName("after-404")
             let declared = try await client.declare(Queue(queue))
             #expect(declared.name == queue)
-            try await client.publish(Array("after 404".utf8), routingKey: queue)
+            try await client.publish(Data("after 404".utf8), routingKey: queue)
             let info = try await client.queueInfo(queue)
             #expect(info.messageCount == 1)
             #expect(try await TestBroker.messageCount(queue) == 1)
@@ -275,7 +275,7 @@ struct ChannelErrorTests {
 
             // Same settings again: fine. The queue kept its first arguments.
             try await client.declare(Queue(queue, arguments: QueueArguments(maxLength: 10)))
-            try await client.publish(Array("still here".utf8), routingKey: queue)
+            try await client.publish(Data("still here".utf8), routingKey: queue)
             #expect(try await client.queueInfo(queue).messageCount == 1)
             #expect(try await client.deleteQueue(queue) == 1)
         }

@@ -22,7 +22,7 @@ struct ConsumingTests {
                 }
                 return received
             }
-            try await client.publish(Array("one".utf8), routingKey: queue)
+            try await client.publish(Data("one".utf8), routingKey: queue)
             #expect(try await TestBroker.eventually { try await client.queueInfo(queue).messageCount == 0 })
             try await Task.sleep(for: .milliseconds(200))  // the loop is now waiting for a second delivery
             await consumer.cancel()
@@ -77,6 +77,40 @@ struct ConsumingTests {
                 #expect(Set(bodies).count == bodies.count, "duplicates were delivered")
                 #expect(Set(bodies) == Set(Self.bodies(count)))
                 #expect(try await Self.isSettledAndIdle(queue), "\(Self.stats(queue))")
+            }
+        }
+    }
+
+    /// Large bodies live in blocks the connection reuses once the application releases them: the bodies still held
+    /// must never be overwritten by later ones, and the released blocks must come back with the new bytes.
+    @Test func largeBodiesHeldByTheApplicationAreNeverReusedForLaterOnes() async throws {
+        let (released, held, size) = (40, 40, 300_000)  // three frames each, pooled
+        @Sendable func body(_ index: Int) -> Data {
+            var body = PublishingTests.pattern(size: size + index)
+            body.replaceSubrange(0..<8, with: withUnsafeBytes(of: UInt64(index)) { Data($0) })
+            return body
+        }
+        try await TestBroker.withClient { client in
+            try await Self.withQueue(client, "con.pooled") { queue in
+                for index in 0..<released + held { try await client.publish(body(index), routingKey: queue) }
+                let kept = try await Self.withTimeout { () -> [Delivery] in
+                    var iterator = try await client.consume(queue, prefetch: 10).makeAsyncIterator()
+                    for index in 0..<released {
+                        let delivery = try #require(try await iterator.next())
+                        #expect(delivery.body == body(index), "body \(index) arrived altered")
+                        try await delivery.ack()
+                    }
+                    var kept: [Delivery] = []  // acked (the prefetch is 10) but held
+                    while kept.count < held, let delivery = try await iterator.next() {
+                        try await delivery.ack()
+                        kept.append(delivery)
+                    }
+                    return kept
+                }
+                #expect(kept.count == held)
+                for (offset, delivery) in kept.enumerated() {
+                    #expect(delivery.body == body(released + offset), "body \(released + offset) was overwritten")
+                }
             }
         }
     }
@@ -290,7 +324,7 @@ struct ConsumingTests {
                 }
                 // The refusal closed only the second consumer's channel: the first is still consuming.
                 #expect(try await TestBroker.queueStats(queue)?.consumers == 1)
-                try await client.publish(Array("to the exclusive one".utf8), routingKey: queue)
+                try await client.publish(Data("to the exclusive one".utf8), routingKey: queue)
                 try await Self.withTimeout {
                     var iterator = exclusive.makeAsyncIterator()
                     let delivery = try #require(try await iterator.next())
@@ -350,7 +384,7 @@ struct ConsumingTests {
             try await Self.withQueue(client, "con.get") { queue in
                 #expect(try await client.get(from: queue) == nil)
 
-                let body: [UInt8] = Array("got it \u{1F407}".utf8) + [0, 255, 1]
+                let body = Data("got it \u{1F407}".utf8) + [0, 255, 1]
                 try await client.publish(body, routingKey: queue)
                 let delivery = try #require(try await client.get(from: queue))
                 #expect(delivery.body == body)
@@ -580,7 +614,7 @@ struct ConsumingTests {
         let channel = try await client.openChannel()
         try await channel.enableConfirms()
         for body in bodies(count) {
-            _ = try await channel.publish(Array(body.utf8), routingKey: queue)
+            _ = try await channel.publish(Data(body.utf8), routingKey: queue)
         }
         try await channel.waitForConfirms()
         try await channel.close()

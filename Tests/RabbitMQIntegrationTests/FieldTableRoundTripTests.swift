@@ -47,7 +47,7 @@ struct FieldTableRoundTripTests {
             let queue = TestBroker.uniqueName("fields")
             try await client.declare(Queue(queue, durable: false))
             let sent = Self.headers
-            try await client.publish(Array("fields".utf8), routingKey: queue,
+            try await client.publish(Data("fields".utf8), routingKey: queue,
                                      properties: MessageProperties(headers: sent))
             #expect(try await TestBroker.messageCount(queue) == 1)
 
@@ -77,7 +77,7 @@ struct FieldTableRoundTripTests {
             try await client.declare(Queue(queue, durable: false, arguments: arguments))
             try await client.declare(Queue(queue, durable: false, arguments: arguments))
             let sent = Self.headers
-            try await client.publish(Array("get".utf8), routingKey: queue,
+            try await client.publish(Data("get".utf8), routingKey: queue,
                                      properties: MessageProperties(headers: sent))
             let delivery = try #require(try await client.get(from: queue, acknowledgement: .automatic))
             #expect(delivery.bodyString == "get")
@@ -95,7 +95,7 @@ struct FieldTableRoundTripTests {
             try await client.declare(Queue(queue, durable: false, arguments: QueueArguments(
                 deadLetterExchange: "", deadLetterRoutingKey: deadLetters)))
             let sent = Self.headers
-            try await client.publish(Array("dead".utf8), routingKey: queue,
+            try await client.publish(Data("dead".utf8), routingKey: queue,
                                      properties: MessageProperties(headers: sent))
             let original = try #require(try await client.get(from: queue))
             try await original.reject(requeue: false)

@@ -19,7 +19,7 @@ struct FieldTableUInt64Tests {
             let properties = MessageProperties(headers: ["big": .uint64(UInt64.max)])
             let error = await #expect(throws: RabbitMQError.self) {
                 try await ConnectionTests.withDeadline(.seconds(20)) {
-                    try await client.publish(Array("u64".utf8), routingKey: queue, properties: properties)
+                    try await client.publish(Data("u64".utf8), routingKey: queue, properties: properties)
                 }
             }
             #expect(error?.code == .invalidArgument, "\(String(describing: error))")
@@ -28,7 +28,7 @@ struct FieldTableUInt64Tests {
             let nested = MessageProperties(headers: ["outer": .array([.table(["big": .uint64(1)])])])
             let nestedError = await #expect(throws: RabbitMQError.self) {
                 try await ConnectionTests.withDeadline(.seconds(20)) {
-                    try await client.publish(Array("u64".utf8), routingKey: queue, properties: nested)
+                    try await client.publish(Data("u64".utf8), routingKey: queue, properties: nested)
                 }
             }
             #expect(nestedError?.code == .invalidArgument, "\(String(describing: nestedError))")
@@ -46,7 +46,7 @@ struct FieldTableUInt64Tests {
 
             // Nothing reached the broker, and the connection carries on.
             #expect(try await ConnectionTests.connectionListed(name))
-            try await client.publish(Array("fine".utf8), routingKey: queue)
+            try await client.publish(Data("fine".utf8), routingKey: queue)
             #expect(try await client.queueInfo(queue).messageCount == 1)
             #expect(try await client.deleteQueue(queue) == 1, "the uint64 messages reached the queue")
         }

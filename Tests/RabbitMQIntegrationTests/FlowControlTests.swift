@@ -22,7 +22,7 @@ struct FlowControlTests {
                 try await client.connect()
                 let queue = TestBroker.uniqueName("flow.wait")
                 try await client.declare(Queue(queue))
-                try await client.publish(Array("before the alarm".utf8), routingKey: queue)
+                try await client.publish(Data("before the alarm".utf8), routingKey: queue)
 
                 try await broker.rabbitmqctl("set_vm_memory_high_watermark", "0")
                 #expect(try await Self.eventually {
@@ -33,7 +33,7 @@ struct FlowControlTests {
                 let completed = Counter()
                 let publishers = (0..<20).map { index in
                     Task {
-                        try await client.publish(Array("while blocked \(index)".utf8), routingKey: queue)
+                        try await client.publish(Data("while blocked \(index)".utf8), routingKey: queue)
                         completed.increment()
                     }
                 }
@@ -48,7 +48,7 @@ struct FlowControlTests {
                 #expect(completed.value == 20)
                 #expect(try await broker.queueStats(queue)?.ready == 21)
                 // Unblocked for good: publishing goes on as usual.
-                try await client.publish(Array("after".utf8), routingKey: queue)
+                try await client.publish(Data("after".utf8), routingKey: queue)
                 #expect(try await broker.queueStats(queue)?.ready == 22)
                 await client.close()
             } catch {
@@ -83,7 +83,7 @@ struct FlowControlTests {
                 // (the broker reads its method frame, then stops reading) and cannot be called back. It times out
                 // unconfirmed, and the broker takes it once unblocked.
                 let trigger = await #expect(throws: RabbitMQError.self) {
-                    try await client.publish(Array("trigger".utf8), routingKey: queue)
+                    try await client.publish(Data("trigger".utf8), routingKey: queue)
                 }
                 #expect(trigger?.code == .timeout)
                 #expect(try await broker.connectionStates(named: connectionName) == ["blocked"])
@@ -91,12 +91,12 @@ struct FlowControlTests {
                 // The client knows it is blocked now: these wait, time out and must never be sent.
                 for index in 0..<3 {
                     let error = await #expect(throws: RabbitMQError.self) {
-                        try await client.publish(Array("timed out \(index)".utf8), routingKey: queue)
+                        try await client.publish(Data("timed out \(index)".utf8), routingKey: queue)
                     }
                     #expect(error?.code == .timeout)
                 }
                 let channelError = await #expect(throws: RabbitMQError.self) {
-                    try await channel.publish(Array("timed out on a channel".utf8), routingKey: queue).wait()
+                    try await channel.publish(Data("timed out on a channel".utf8), routingKey: queue).wait()
                 }
                 #expect(channelError?.code == .timeout)
                 #expect(try await broker.queueStats(queue)?.ready == 0)
@@ -108,8 +108,8 @@ struct FlowControlTests {
                 }, "the connection stayed blocked")
                 // Publishes on one channel are taken in order, and the connection's frames are read in order: once
                 // this marker is confirmed, anything written before it has arrived too.
-                try await client.publish(Array("marker".utf8), routingKey: queue)
-                _ = try await channel.publish(Array("channel marker".utf8), routingKey: queue).wait()
+                try await client.publish(Data("marker".utf8), routingKey: queue)
+                _ = try await channel.publish(Data("channel marker".utf8), routingKey: queue).wait()
                 #expect(try await broker.queueStats(queue)?.ready == 3)
                 var bodies: [String] = []
                 while bodies.count < 10, let delivery = try await client.get(from: queue, acknowledgement: .automatic) {

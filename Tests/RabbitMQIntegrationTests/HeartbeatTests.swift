@@ -57,7 +57,7 @@ struct HeartbeatTests {
         try await Self.withClient(broker, name: TestBroker.uniqueName("hb-freeze")) { client, _, events in
             let queue = TestBroker.uniqueName("hb-freeze")
             _ = try await client.declare(Queue(queue))
-            try await client.publish(Array("before".utf8), routingKey: queue)
+            try await client.publish(Data("before".utf8), routingKey: queue)
             #expect(try await broker.queueStats(queue)?.ready == 1)
 
             let frozenAt = ContinuousClock.now
@@ -84,7 +84,7 @@ struct HeartbeatTests {
             if let recoveredAt = events.recovered(after: lost.at) {
                 print("heartbeat: recovered \(recoveredAt - thawedAt) after the thaw")
             }
-            try await client.publish(Array("after".utf8), routingKey: queue)
+            try await client.publish(Data("after".utf8), routingKey: queue)
             #expect(try await broker.queueStats(queue)?.ready == 2)
             _ = try await client.deleteQueue(queue)
         }
@@ -102,7 +102,7 @@ struct HeartbeatTests {
             let frozenAt = ContinuousClock.now
             let failure = try await Self.whileFrozen(broker) {
                 // 64 MiB: far more than the sockets' buffers hold, so the I/O thread ends up waiting to write.
-                let body = [UInt8](repeating: 0x5A, count: 1 << 20)
+                let body = Data(repeating: 0x5A, count: 1 << 20)
                 for _ in 0..<64 { _ = try await channel.publish(body, routingKey: queue) }
                 return await #expect(throws: RabbitMQError.self) { try await channel.waitForConfirms() }
             }
@@ -122,7 +122,7 @@ struct HeartbeatTests {
             #expect(recovered, "no recovered event after the thaw: \(events.summary)")
             let after = TestBroker.uniqueName("hb-freeze-after")
             _ = try await client.declare(Queue(after, durable: false))
-            try await client.publish(Array("after".utf8), routingKey: after)
+            try await client.publish(Data("after".utf8), routingKey: after)
             #expect(try await broker.queueStats(after)?.ready == 1)
             _ = try await client.deleteQueue(after)
             _ = try await client.deleteQueue(queue)
@@ -190,7 +190,7 @@ struct HeartbeatTests {
     static func checkPublishing(_ client: RabbitMQClient, _ broker: DedicatedBroker) async throws {
         let queue = TestBroker.uniqueName("hb")
         _ = try await client.declare(Queue(queue))
-        try await client.publish(Array("still connected".utf8), routingKey: queue)
+        try await client.publish(Data("still connected".utf8), routingKey: queue)
         #expect(try await broker.queueStats(queue)?.ready == 1)
         _ = try await client.deleteQueue(queue)
     }

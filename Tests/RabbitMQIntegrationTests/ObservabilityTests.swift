@@ -15,7 +15,7 @@ private func publish(_ client: RabbitMQClient, _ observability: Observability, _
                      routingKey: String = "", properties: MessageProperties = MessageProperties(),
                      mandatory: Bool = false) async throws {
     let channel = try await client.publisherChannel()
-    try await channel.publish(Array(body.utf8), to: exchange, routingKey: routingKey, properties: properties,
+    try await channel.publish(Data(body.utf8), to: exchange, routingKey: routingKey, properties: properties,
                               mandatory: mandatory, observability: observability).wait()
 }
 
@@ -53,7 +53,7 @@ struct ObservabilityTests {
         try await TestBroker.withClient(configure: { $0.observability.metricsFactory = metrics }) { client in
             let queue = TestBroker.uniqueName("obs.consume")
             try await client.declare(Queue(queue))
-            for index in 0..<5 { try await client.publish(Array("m\(index)".utf8), routingKey: queue) }
+            for index in 0..<5 { try await client.publish(Data("m\(index)".utf8), routingKey: queue) }
             var seen = 0
             for try await delivery in try await client.consume(queue, prefetch: 10) {
                 seen += 1
@@ -66,7 +66,7 @@ struct ObservabilityTests {
             #expect(try metrics.expectCounter("rabbitmq.rejected", byQueue).totalValue == 1)
 
             // Automatic acknowledgement counts its acks too.
-            for index in 0..<3 { try await client.publish(Array("a\(index)".utf8), routingKey: queue) }
+            for index in 0..<3 { try await client.publish(Data("a\(index)".utf8), routingKey: queue) }
             var automatic = 0
             let options = ConsumeOptions(acknowledgement: .automatic)
             for try await _ in try await client.consume(queue, prefetch: 10, options: options) {
@@ -253,12 +253,12 @@ struct ObservabilityTests {
             var context = ServiceContext.topLevel
             context.requestID = "req-from-context"
             try await ServiceContext.withValue(context) {
-                try await client.publish(Array("implicit".utf8), routingKey: queue)
+                try await client.publish(Data("implicit".utf8), routingKey: queue)
                 var properties = MessageProperties()
                 properties.requestID = "req-explicit"
-                try await client.publish(Array("explicit".utf8), routingKey: queue, properties: properties)
+                try await client.publish(Data("explicit".utf8), routingKey: queue, properties: properties)
             }
-            try await client.publish(Array("none".utf8), routingKey: queue)
+            try await client.publish(Data("none".utf8), routingKey: queue)
 
             let seen = Locked<[String: (header: FieldValue?, delivery: String?, context: String?)]>([:])
             let worker = QueueWorker(client: client, configuration: .init(queue: queue, concurrency: 1)) { delivery in

@@ -20,7 +20,7 @@ struct PublishingReturnTests {
             var confirmations: [PublishConfirmation] = []
             for isRoutable in routable {
                 let properties = MessageProperties(headers: ["route": isRoutable ? "yes" : "no"])
-                confirmations.append(try await channel.publish(Array("same body".utf8), to: exchange,
+                confirmations.append(try await channel.publish(Data("same body".utf8), to: exchange,
                                                                routingKey: "", properties: properties,
                                                                mandatory: true))
             }

@@ -15,7 +15,7 @@ struct PublishingTests {
             var confirmations: [PublishConfirmation] = []
             var largestInFlight = 0
             for index in 0..<5_000 {
-                confirmations.append(try await channel.publish(Array("message \(index)".utf8), routingKey: queue))
+                confirmations.append(try await channel.publish(Data("message \(index)".utf8), routingKey: queue))
                 largestInFlight = max(largestInFlight, channel.unconfirmedCount)
             }
             try await channel.waitForConfirms()
@@ -36,7 +36,7 @@ struct PublishingTests {
             let queue = TestBroker.uniqueName("pub.client")
             try await client.declare(Queue(queue))
             for index in 0..<200 {
-                try await client.publish(Array("message \(index)".utf8), routingKey: queue)
+                try await client.publish(Data("message \(index)".utf8), routingKey: queue)
             }
             #expect(try await TestBroker.messageCount(queue) == 200)
             try await client.deleteQueue(queue)
@@ -55,7 +55,7 @@ struct PublishingTests {
             try await client.publish(json: order, routingKey: queue)
             let delivery = try #require(try await client.get(from: queue, acknowledgement: .automatic))
             #expect(delivery.properties.contentType == "application/json")
-            #expect(try JSONDecoder().decode(Order.self, from: Data(delivery.body)) == order)
+            #expect(try JSONDecoder().decode(Order.self, from: delivery.body) == order)
             try await client.deleteQueue(queue)
         }
     }
@@ -70,7 +70,7 @@ struct PublishingTests {
             try await channel.enableConfirms(window: 100)
             var confirmations: [PublishConfirmation] = []
             for index in 0..<20 {
-                confirmations.append(try await channel.publish(Array("message \(index)".utf8), routingKey: queue))
+                confirmations.append(try await channel.publish(Data("message \(index)".utf8), routingKey: queue))
             }
             var confirmed: [Int] = []
             var nacked: [Int] = []
@@ -94,11 +94,11 @@ struct PublishingTests {
 
             // The client's own publisher reports a nack too, and keeps working.
             let clientError = await #expect(throws: RabbitMQError.self) {
-                try await client.publish(Array("one more".utf8), routingKey: queue)
+                try await client.publish(Data("one more".utf8), routingKey: queue)
             }
             #expect(clientError?.code == .publishNacked)
             try await client.purge(queue)
-            try await client.publish(Array("after purge".utf8), routingKey: queue)
+            try await client.publish(Data("after purge".utf8), routingKey: queue)
             #expect(try await TestBroker.messageCount(queue) == 1)
             try await channel.close()
             try await client.deleteQueue(queue)
@@ -112,18 +112,18 @@ struct PublishingTests {
             let exchange = TestBroker.uniqueName("pub.unbound")
             try await client.declare(Exchange(exchange, durable: false))
             let error = await #expect(throws: RabbitMQError.self) {
-                try await client.publish(Array("lost".utf8), to: exchange, routingKey: "nowhere", mandatory: true)
+                try await client.publish(Data("lost".utf8), to: exchange, routingKey: "nowhere", mandatory: true)
             }
             #expect(error?.code == .unroutable)
             #expect(error?.replyCode == 312)
             #expect(error?.replyText == "NO_ROUTE")
             // Without mandatory the broker drops it silently and confirms it.
-            try await client.publish(Array("dropped".utf8), to: exchange, routingKey: "nowhere")
-            try await client.publish(Array("dropped".utf8), to: exchange, routingKey: "nowhere", mandatory: false)
+            try await client.publish(Data("dropped".utf8), to: exchange, routingKey: "nowhere")
+            try await client.publish(Data("dropped".utf8), to: exchange, routingKey: "nowhere", mandatory: false)
             // A return does not close anything: the same publisher goes on.
             let queue = TestBroker.uniqueName("pub.after-return")
             try await client.declare(Queue(queue))
-            try await client.publish(Array("routed".utf8), routingKey: queue, mandatory: true)
+            try await client.publish(Data("routed".utf8), routingKey: queue, mandatory: true)
             #expect(try await TestBroker.messageCount(queue) == 1)
             try await client.deleteQueue(queue)
             try await client.deleteExchange(exchange)
@@ -144,7 +144,7 @@ struct PublishingTests {
             var confirmations: [PublishConfirmation] = []
             for (index, isRoutable) in routable.enumerated() {
                 confirmations.append(try await channel.publish(
-                    Array("message \(index)".utf8), to: exchange, routingKey: isRoutable ? "routed" : "unbound",
+                    Data("message \(index)".utf8), to: exchange, routingKey: isRoutable ? "routed" : "unbound",
                     mandatory: true))
             }
             for (index, confirmation) in confirmations.enumerated() {
@@ -175,7 +175,7 @@ struct PublishingTests {
                         var failures = 0
                         for index in 0..<1_000 {
                             do {
-                                try await client.publish(Array("task \(task) message \(index)".utf8),
+                                try await client.publish(Data("task \(task) message \(index)".utf8),
                                                          routingKey: queue)
                             } catch {
                                 failures += 1
@@ -222,7 +222,7 @@ struct PublishingTests {
                 priority: 7, correlationID: "correlation-1", replyTo: "replies", expiration: .seconds(3_600),
                 messageID: "message-1", timestamp: Date(timeIntervalSince1970: 1_700_000_123), type: "order.placed",
                 userID: "guest", appID: "publishing-tests")
-            try await client.publish(Array("with properties".utf8), routingKey: queue, properties: properties)
+            try await client.publish(Data("with properties".utf8), routingKey: queue, properties: properties)
             let delivery = try #require(try await client.get(from: queue, acknowledgement: .automatic))
             let received = delivery.properties
             #expect(delivery.bodyString == "with properties")
@@ -245,7 +245,7 @@ struct PublishingTests {
             #expect(received == properties)
 
             // Unset properties stay unset, except the delivery mode, which defaults to persistent.
-            try await client.publish(Array("plain".utf8), routingKey: queue)
+            try await client.publish(Data("plain".utf8), routingKey: queue)
             let plain = try #require(try await client.get(from: queue, acknowledgement: .automatic))
             #expect(plain.properties == MessageProperties(deliveryMode: .persistent))
             try await client.deleteQueue(queue)
@@ -257,12 +257,12 @@ struct PublishingTests {
             let queue = TestBroker.uniqueName("pub.user-id")
             try await client.declare(Queue(queue))
             let error = await #expect(throws: RabbitMQError.self) {
-                try await client.publish(Array("spoofed".utf8), routingKey: queue,
+                try await client.publish(Data("spoofed".utf8), routingKey: queue,
                                          properties: MessageProperties(userID: "somebody-else"))
             }
             #expect(error?.code == .channelClosed)
             #expect(error?.replyCode == 406)
-            try await client.publish(Array("honest".utf8), routingKey: queue)
+            try await client.publish(Data("honest".utf8), routingKey: queue)
             #expect(try await TestBroker.messageCount(queue) == 1)
             try await client.deleteQueue(queue)
         }
@@ -308,10 +308,8 @@ struct PublishingTests {
         try await TestBroker.withClient { client in
             let queue = TestBroker.uniqueName("pub.over-limit")
             try await client.declare(Queue(queue))
-            // Uninitialised: the pages are never touched, so this costs no memory.
-            let huge = [UInt8](unsafeUninitializedCapacity: Channel.maximumBodySize + 1) { _, count in
-                count = Channel.maximumBodySize + 1
-            }
+            // Zeroed lazily by the kernel: the pages are never touched, so this costs no memory.
+            let huge = Data(count: Channel.maximumBodySize + 1)
             let error = await #expect(throws: RabbitMQError.self) {
                 try await client.publish(huge, routingKey: queue)
             }
@@ -323,7 +321,7 @@ struct PublishingTests {
             }
             #expect(channelError?.code == .messageTooLarge)
             #expect(channel.isOpen)
-            try await client.publish(Array("small".utf8), routingKey: queue)
+            try await client.publish(Data("small".utf8), routingKey: queue)
             #expect(try await TestBroker.messageCount(queue) == 1)
             try await channel.close()
             try await client.deleteQueue(queue)
@@ -343,13 +341,13 @@ struct PublishingTests {
         try await client.declare(Queue(queue, durable: false))
         let properties = MessageProperties(headers: ["big": .string(String(repeating: "h", count: 200_000))])
         let error = await #expect(throws: RabbitMQError.self) {
-            try await client.publish(Array("x".utf8), routingKey: queue, properties: properties)
+            try await client.publish(Data("x".utf8), routingKey: queue, properties: properties)
         }
         #expect(error?.code == .messageTooLarge, "\(String(describing: error))")
         #expect(error?.replyCode == nil, "refused by the client, not the broker")
-        try await client.publish(Array("after".utf8), routingKey: queue)
+        try await client.publish(Data("after".utf8), routingKey: queue)
         let delivery = try #require(try await client.get(from: queue, acknowledgement: .automatic))
-        #expect(delivery.body == Array("after".utf8))
+        #expect(delivery.body == Data("after".utf8))
         try await client.deleteQueue(queue)
     }
 
@@ -361,16 +359,16 @@ struct PublishingTests {
             try await client.declare(Queue(queue))
             let missing = TestBroker.uniqueName("pub.missing")
             let error = await #expect(throws: RabbitMQError.self) {
-                try await client.publish(Array("nowhere".utf8), to: missing, routingKey: queue)
+                try await client.publish(Data("nowhere".utf8), to: missing, routingKey: queue)
             }
             #expect(error?.code == .channelClosed)
             #expect(error?.replyCode == 404)
             #expect(error?.replyText?.contains(missing) == true)
             // The shared publisher channel died with the 404; the next publish gets a new one.
-            try await client.publish(Array("somewhere".utf8), routingKey: queue)
-            try await client.publish(Array("somewhere".utf8), to: "amq.direct", routingKey: queue)
+            try await client.publish(Data("somewhere".utf8), routingKey: queue)
+            try await client.publish(Data("somewhere".utf8), to: "amq.direct", routingKey: queue)
             try await client.bind(.queue(queue, to: "amq.direct", routingKey: queue))
-            try await client.publish(Array("somewhere".utf8), to: "amq.direct", routingKey: queue)
+            try await client.publish(Data("somewhere".utf8), to: "amq.direct", routingKey: queue)
             #expect(try await TestBroker.messageCount(queue) == 2)
             try await client.deleteQueue(queue)
         }
@@ -382,7 +380,7 @@ struct PublishingTests {
             try await client.declare(Queue(queue))
             let channel = try await client.openChannel()
             try await channel.enableConfirms()
-            let confirmation = try await channel.publish(Array("x".utf8), to: TestBroker.uniqueName("pub.missing"),
+            let confirmation = try await channel.publish(Data("x".utf8), to: TestBroker.uniqueName("pub.missing"),
                                                          routingKey: queue)
             let error = await #expect(throws: RabbitMQError.self) { try await confirmation.wait() }
             #expect(error?.code == .channelClosed)
@@ -390,10 +388,10 @@ struct PublishingTests {
             #expect(!channel.isOpen)
             #expect(channel.closeReason?.replyCode == 404)
             let later = await #expect(throws: RabbitMQError.self) {
-                _ = try await channel.publish(Array("y".utf8), routingKey: queue)
+                _ = try await channel.publish(Data("y".utf8), routingKey: queue)
             }
             #expect(later?.replyCode == 404)
-            try await client.publish(Array("z".utf8), routingKey: queue)
+            try await client.publish(Data("z".utf8), routingKey: queue)
             #expect(try await TestBroker.messageCount(queue) == 1)
             try await client.deleteQueue(queue)
         }
@@ -414,9 +412,9 @@ struct PublishingTests {
     }
 
     /// `size` bytes of a pseudo-random pattern (xorshift), so that a shifted, dropped or repeated chunk shows.
-    static func pattern(size: Int) -> [UInt8] {
+    static func pattern(size: Int) -> Data {
         var state: UInt64 = 0x9E37_79B9_7F4A_7C15 ^ UInt64(size)
-        return [UInt8](unsafeUninitializedCapacity: size) { buffer, count in
+        return Data([UInt8](unsafeUninitializedCapacity: size) { buffer, count in
             for index in 0..<size {
                 state ^= state << 13
                 state ^= state >> 7
@@ -424,6 +422,6 @@ struct PublishingTests {
                 buffer[index] = UInt8(truncatingIfNeeded: state >> 24)
             }
             count = size
-        }
+        })
     }
 }

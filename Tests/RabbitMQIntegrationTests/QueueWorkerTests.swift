@@ -59,7 +59,7 @@ final class WorkerProbe: Sendable {
 /// Publishes `count` messages `<prefix><index>` to `queue` through the default exchange, each confirmed.
 func publishNumbered(_ client: RabbitMQClient, count: Int, to queue: String, prefix: String = "m") async throws {
     for index in 0..<count {
-        try await client.publish(Array("\(prefix)\(index)".utf8), routingKey: queue)
+        try await client.publish(Data("\(prefix)\(index)".utf8), routingKey: queue)
     }
 }
 
@@ -166,7 +166,7 @@ struct QueueWorkerTests {
                 var count = 0
                 // Bounded: at most 20,000 messages even if the flag were never set.
                 while !stopPublishing.load(ordering: .acquiring), count < 20_000 {
-                    try await client.publish(Array("m\(count)".utf8), routingKey: queue)
+                    try await client.publish(Data("m\(count)".utf8), routingKey: queue)
                     count += 1
                     published.store(count, ordering: .releasing)
                 }
@@ -250,7 +250,7 @@ struct QueueWorkerTests {
         try await TestBroker.withClient { client in
             let queue = TestBroker.uniqueName("worker.timeout")
             try await client.declare(Queue(queue))
-            try await client.publish(Array("slow".utf8), routingKey: queue)
+            try await client.publish(Data("slow".utf8), routingKey: queue)
 
             let probe = WorkerProbe()
             let sawCancellation = Atomic<Bool>(false)
@@ -330,8 +330,8 @@ struct QueueWorkerTests {
             try await client.declare(Queue(deadLetters))
             try await client.declare(Queue(queue, arguments: QueueArguments(deadLetterExchange: "",
                                                                             deadLetterRoutingKey: deadLetters)))
-            try await client.publish(Array("flaky".utf8), routingKey: queue)
-            try await client.publish(Array("poison".utf8), routingKey: queue)
+            try await client.publish(Data("flaky".utf8), routingKey: queue)
+            try await client.publish(Data("poison".utf8), routingKey: queue)
 
             let probe = WorkerProbe()
             let worker = QueueWorker(client: client, configuration: .init(queue: queue, concurrency: 1)) { delivery in
@@ -379,7 +379,7 @@ struct QueueWorkerTests {
             #expect(error?.code == .invalidArgument)
 
             // Stopped before it ran (a service group shut down early): run() returns without consuming.
-            try await client.publish(Array("untouched".utf8), routingKey: queue)
+            try await client.publish(Data("untouched".utf8), routingKey: queue)
             let handled = Counter()
             let early = QueueWorker(client: client, configuration: .init(queue: queue)) { _ in handled.increment() }
             early.stop()

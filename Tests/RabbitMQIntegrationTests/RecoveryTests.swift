@@ -170,7 +170,7 @@ struct RecoveryTests {
                         for (target, routingKey, id) in sends {
                             let properties = RecoveryHarness.properties(id: id)
                             let outcome = await RecoveryHarness.bounded(.seconds(45)) {
-                                try await client.publish(Array(id.utf8), to: target, routingKey: routingKey,
+                                try await client.publish(Data(id.utf8), to: target, routingKey: routingKey,
                                                          properties: properties)
                             }
                             if case .value = outcome { continue }
@@ -611,7 +611,7 @@ enum RecoveryHarness {
             index += 1
             let properties = properties(id: id)
             let outcome = outcome(await bounded(limits.perPublish) {
-                try await client.publish(Array(id.utf8), routingKey: routingKey, properties: properties)
+                try await client.publish(Data(id.utf8), routingKey: routingKey, properties: properties)
             })
             ledger.record(id, outcome)
             if case .confirmed = outcome { continue }
@@ -634,7 +634,7 @@ enum RecoveryHarness {
             index += 1
             let properties = properties(id: id)
             let published = await bounded(limits.perPublish) {
-                try await channel.publish(Array(id.utf8), routingKey: routingKey, properties: properties)
+                try await channel.publish(Data(id.utf8), routingKey: routingKey, properties: properties)
             }
             switch published {
             case .value(let confirmation):

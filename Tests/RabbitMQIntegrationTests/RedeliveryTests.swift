@@ -58,7 +58,7 @@ struct RedeliveryTests {
                 #expect(retry.topology.queues.map(\.name).contains("\(retry.queueName).retry.400ms"))
                 var properties = MessageProperties()
                 properties.messageID = "order-17"
-                try await client.publish(Array("always fails".utf8), routingKey: retry.queueName,
+                try await client.publish(Data("always fails".utf8), routingKey: retry.queueName,
                                          properties: properties)
 
                 let probe = WorkerProbe()
@@ -108,7 +108,7 @@ struct RedeliveryTests {
         let policy = RetryPolicy(maxAttempts: 4, initialDelay: .milliseconds(100), jitter: 0)
         try await TestBroker.withClient { client in
             try await withRetryTopology(client, "redelivery.permanent", policy: policy) { retry in
-                try await client.publish(Array("malformed".utf8), routingKey: retry.queueName)
+                try await client.publish(Data("malformed".utf8), routingKey: retry.queueName)
                 let probe = WorkerProbe()
                 let worker = QueueWorker(client: client, configuration: .init(queue: retry.queueName, retry: retry)) {
                     delivery in
@@ -137,7 +137,7 @@ struct RedeliveryTests {
         let classifier = FailureClassifier { error in (error as? RetryableError)?.reason == "poison" ? .park : nil }
         try await TestBroker.withClient { client in
             try await withRetryTopology(client, "redelivery.classify.park", policy: policy) { retry in
-                try await client.publish(Array("poison".utf8), routingKey: retry.queueName)
+                try await client.publish(Data("poison".utf8), routingKey: retry.queueName)
                 let probe = WorkerProbe()
                 let worker = QueueWorker(client: client, configuration: .init(queue: retry.queueName, retry: retry,
                                                                               classifier: classifier)) { delivery in
@@ -162,7 +162,7 @@ struct RedeliveryTests {
         try await TestBroker.withClient { client in
             try await withRetryTopology(client, "redelivery.classify.retry", policy: policy) { retry in
                 #expect(retry.topology.queues.count == 3)  // one 100 ms tier
-                try await client.publish(Array("retry anyway".utf8), routingKey: retry.queueName)
+                try await client.publish(Data("retry anyway".utf8), routingKey: retry.queueName)
                 let probe = WorkerProbe()
                 let worker = QueueWorker(client: client, configuration: .init(queue: retry.queueName, retry: retry,
                                                                               classifier: classifier)) { delivery in
@@ -203,10 +203,10 @@ struct RedeliveryTests {
                 // A has already failed once: its next failure is attempt 2, which waits 3 s.
                 var properties = MessageProperties()
                 properties.headers[RetryTopology.attemptHeader] = .int64(1)
-                try await client.publish(Array("A".utf8), routingKey: retry.queueName, properties: properties)
+                try await client.publish(Data("A".utf8), routingKey: retry.queueName, properties: properties)
                 #expect(try await waitUntil { try await readyCount(client, longTier) == 1 })
                 // B fails for the first time: it waits 100 ms.
-                try await client.publish(Array("B".utf8), routingKey: retry.queueName)
+                try await client.publish(Data("B".utf8), routingKey: retry.queueName)
 
                 #expect(try await TestBroker.eventually(timeout: .seconds(20)) {
                     probe.times(of: "A").count == 2 && probe.times(of: "B").count == 2
@@ -289,7 +289,7 @@ struct RedeliveryTests {
                 }
                 let run = Task { try await worker.run() }
                 for body in ["keep-0", "move-0", "keep-1", "move-1", "move-2"] {
-                    try await client.publish(Array(body.utf8), routingKey: retry.queueName)
+                    try await client.publish(Data(body.utf8), routingKey: retry.queueName)
                 }
                 #expect(try await settlesWithOnlyParked(client, retry, 5))
                 accepting.store(true, ordering: .releasing)
@@ -318,7 +318,7 @@ struct RedeliveryTests {
     @Test func aRejectOnTheWorkQueueIsDeadLetteredByTheBrokerWithXDeath() async throws {
         try await TestBroker.withClient { client in
             try await withRetryTopology(client, "redelivery.reject", policy: RetryPolicy(maxAttempts: 2)) { retry in
-                try await client.publish(Array("rejected".utf8), routingKey: retry.queueName)
+                try await client.publish(Data("rejected".utf8), routingKey: retry.queueName)
                 let delivery = try #require(try await client.get(from: retry.queueName))
                 try await delivery.reject(requeue: false)
                 #expect(try await settlesWithOnlyParked(client, retry, 1))
@@ -349,7 +349,7 @@ struct RedeliveryTests {
             try await withRetryTopology(client, "redelivery.crash", policy: policy) { retry in
                 var properties = MessageProperties()
                 properties.messageID = "payment-42"
-                try await client.publish(Array("charge 42".utf8), routingKey: retry.queueName,
+                try await client.publish(Data("charge 42".utf8), routingKey: retry.queueName,
                                          properties: properties)
 
                 // The crashing worker: take the message, republish it to the tier as a retry, never ack.
@@ -405,15 +405,15 @@ struct RedeliveryTests {
 
             var properties = MessageProperties()
             properties.messageID = "invoice-7"
-            try await client.publish(Array("invoice 7".utf8), routingKey: queue, properties: properties)
+            try await client.publish(Data("invoice 7".utf8), routingKey: queue, properties: properties)
             #expect(try await TestBroker.eventually { first.outcomes[.acked] == 1 })
             let runSecond = Task { try await second.run() }
             #expect(try await waitUntil { try await client.queueInfo(queue).consumerCount == 2 })
             // The same message again, twice, and one other message.
-            try await client.publish(Array("invoice 7".utf8), routingKey: queue, properties: properties)
-            try await client.publish(Array("invoice 7".utf8), routingKey: queue, properties: properties)
+            try await client.publish(Data("invoice 7".utf8), routingKey: queue, properties: properties)
+            try await client.publish(Data("invoice 7".utf8), routingKey: queue, properties: properties)
             properties.messageID = "invoice-8"
-            try await client.publish(Array("invoice 8".utf8), routingKey: queue, properties: properties)
+            try await client.publish(Data("invoice 8".utf8), routingKey: queue, properties: properties)
 
             let total = { (outcome: QueueWorker.Outcome) in
                 first.outcomes[outcome, default: 0] + second.outcomes[outcome, default: 0]
@@ -442,7 +442,7 @@ struct RedeliveryTests {
             let queue = TestBroker.uniqueName("redelivery.dedup.business")
             try await client.declare(Queue(queue))
             let deduplicator = Deduplicator(store: InMemoryDeduplicationStore()) { delivery in
-                try? JSONDecoder().decode(OrderPlaced.self, from: Data(delivery.body)).orderID
+                try? JSONDecoder().decode(OrderPlaced.self, from: delivery.body).orderID
             }
             // Distinct message ids: only the order id in the body says that the first and third are the same.
             let orders = [OrderPlaced(orderID: "A-1", amount: 10), OrderPlaced(orderID: "B-2", amount: 20),
@@ -453,8 +453,8 @@ struct RedeliveryTests {
                 try await client.publish(json: order, routingKey: queue, properties: properties)
             }
             // Bodies without a key are always processed.
-            try await client.publish(Array("not json".utf8), routingKey: queue)
-            try await client.publish(Array("not json".utf8), routingKey: queue)
+            try await client.publish(Data("not json".utf8), routingKey: queue)
+            try await client.publish(Data("not json".utf8), routingKey: queue)
 
             let probe = WorkerProbe()
             let worker = QueueWorker(client: client, configuration: .init(queue: queue, concurrency: 1,
@@ -470,7 +470,7 @@ struct RedeliveryTests {
             try await run.value
             #expect(worker.outcomes == [.acked: 4, .duplicate: 1])
             let handledOrders = probe.deliveries.compactMap {
-                try? JSONDecoder().decode(OrderPlaced.self, from: Data($0.body))
+                try? JSONDecoder().decode(OrderPlaced.self, from: $0.body)
             }
             #expect(handledOrders.map(\.orderID) == ["A-1", "B-2"])
             #expect(probe.deliveries.first?.properties.messageID == "publish-0")

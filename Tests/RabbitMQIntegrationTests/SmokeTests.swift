@@ -1,3 +1,4 @@
+import Foundation
 import RabbitMQ
 import Testing
 
@@ -8,7 +9,7 @@ struct SmokeTests {
             let queue = TestBroker.uniqueName("smoke")
             try await client.declare(Queue(queue))
             for index in 0..<10 {
-                try await client.publish(Array("message \(index)".utf8), routingKey: queue)
+                try await client.publish(Data("message \(index)".utf8), routingKey: queue)
             }
             #expect(try await TestBroker.messageCount(queue) == 10)
             var received: [String] = []

@@ -21,12 +21,12 @@ struct TLSTests {
 
             _ = try await client.declare(Queue(queue))
             // Every byte value, and a body larger than one TLS record (16 KiB) and one frame.
-            let bodies: [[UInt8]] = [Array("over TLS".utf8), (0...255).map(UInt8.init),
-                                     (0..<200_000).map { UInt8(truncatingIfNeeded: $0 &* 31) }]
+            let bodies: [Data] = [Data("over TLS".utf8), Data(0...255),
+                                 Data((0..<200_000).map { UInt8(truncatingIfNeeded: $0 &* 31) })]
             for body in bodies { try await client.publish(body, routingKey: queue) }
             #expect(try await TLSBroker.queueStats(queue)?.ready == bodies.count)
 
-            var received: [[UInt8]] = []
+            var received: [Data] = []
             for try await delivery in try await client.consume(queue, prefetch: 10) {
                 received.append(delivery.body)
                 try await delivery.ack()
@@ -75,7 +75,7 @@ struct TLSTests {
                     "\(connections)")
 
             _ = try await client.declare(Queue(queue))
-            try await client.publish(Array("with a client certificate".utf8), routingKey: queue)
+            try await client.publish(Data("with a client certificate".utf8), routingKey: queue)
             #expect(try await TLSBroker.queueStats(queue)?.ready == 1)
             let delivery = try #require(try await client.get(from: queue))
             #expect(delivery.bodyString == "with a client certificate")

@@ -151,7 +151,7 @@ struct TopologyTests {
         try await Self.withTopology(names) { client in
             try await client.declare(Self.topology(names))
             func publish(_ exchange: String, _ key: String, headers: FieldTable = [:]) async throws {
-                try await client.publish(Array("\(exchange) \(key)".utf8), to: exchange, routingKey: key,
+                try await client.publish(Data("\(exchange) \(key)".utf8), to: exchange, routingKey: key,
                                          properties: MessageProperties(headers: headers))
             }
             try await publish(names.topic, "order.placed")      // quorum, classic
@@ -191,12 +191,12 @@ struct TopologyTests {
         try await Self.withTopology(names) { client in
             try await client.declare(Self.topology(names))
             let error = await #expect(throws: RabbitMQError.self) {
-                try await client.publish(Array("direct".utf8), to: names.audit, routingKey: "audit.x")
+                try await client.publish(Data("direct".utf8), to: names.audit, routingKey: "audit.x")
             }
             #expect(error?.code == .channelClosed)
             #expect(error?.replyCode == 403)
             // Through the exchange-to-exchange binding the message arrives.
-            try await client.publish(Array("routed".utf8), to: names.topic, routingKey: "audit.x")
+            try await client.publish(Data("routed".utf8), to: names.topic, routingKey: "audit.x")
             #expect(try await TestBroker.eventually { try await TestBroker.messageCount(names.auditQueue) == 1 })
         }
     }
@@ -207,14 +207,14 @@ struct TopologyTests {
         try await Self.withTopology(names) { client in
             try await client.declare(Self.topology(names))
             for index in 0..<3 {
-                try await client.publish(Array("\(index)".utf8), to: names.topic, routingKey: "order.shipped")
+                try await client.publish(Data("\(index)".utf8), to: names.topic, routingKey: "order.shipped")
             }
             #expect(try await TestBroker.messageCount(names.classic) == 3)
 
             try await client.unbind(.queue(names.classic, to: names.topic, routingKey: "order.#"))
             #expect(try await !Self.brokerBindings(prefix: names.prefix).contains { $0.destination == names.classic })
             // Now nothing matches: the alternate exchange takes it.
-            try await client.publish(Array("after unbind".utf8), to: names.topic, routingKey: "order.shipped")
+            try await client.publish(Data("after unbind".utf8), to: names.topic, routingKey: "order.shipped")
             #expect(try await TestBroker.messageCount(names.unroutable) == 1)
             #expect(try await TestBroker.messageCount(names.classic) == 3)
 
@@ -236,8 +236,8 @@ struct TopologyTests {
             #expect(try await client.purge(names.classic) == 3)
             #expect(try await TestBroker.messageCount(names.classic) == 0)
             try await client.bind(.queue(names.classic, to: names.direct, routingKey: "again"))
-            try await client.publish(Array("a".utf8), to: names.direct, routingKey: "again")
-            try await client.publish(Array("b".utf8), to: names.direct, routingKey: "again")
+            try await client.publish(Data("a".utf8), to: names.direct, routingKey: "again")
+            try await client.publish(Data("b".utf8), to: names.direct, routingKey: "again")
             #expect(try await client.deleteQueue(names.classic) == 2)
             #expect(try await TestBroker.queueStats(names.classic) == nil)
             try await client.declare(Queue(names.classic, arguments: QueueArguments(type: .classic)))
@@ -252,7 +252,7 @@ struct TopologyTests {
         #expect(info.name.hasPrefix("amq.gen-"), "\(info.name)")
         let second = try await client.declare(Queue.temporary())
         #expect(second.name != info.name)
-        try await client.publish(Array("to temporary".utf8), routingKey: info.name)
+        try await client.publish(Data("to temporary".utf8), routingKey: info.name)
         #expect(try await client.queueInfo(info.name).messageCount == 1)
         #expect(try await TestBroker.messageCount(info.name) == 1)
         await client.close()
@@ -284,7 +284,7 @@ struct TopologyTests {
             ("queueInfo", { _ = try await client.queueInfo(long) }),
             ("deleteQueue", { try await client.deleteQueue(long) }),
             ("purge", { try await client.purge(long) }),
-            ("publish", { try await client.publish([], routingKey: long) }),
+            ("publish", { try await client.publish(Data(), routingKey: long) }),
         ]
         for (label, operation) in operations {
             let error = await #expect(throws: RabbitMQError.self, "\(label)") {

@@ -1,4 +1,5 @@
 import DequeModule
+import Foundation
 import Testing
 
 @testable import RabbitMQ
@@ -6,7 +7,7 @@ import Testing
 @Suite("Delivery buffer")
 struct DeliveryBufferTests {
     private func delivery(tag: UInt64, link: ChannelLink) -> Delivery {
-        Delivery(body: Array("m\(tag)".utf8), properties: MessageProperties(), exchange: "", routingKey: "q",
+        Delivery(body: Data("m\(tag)".utf8), properties: MessageProperties(), exchange: "", routingKey: "q",
                  isRedelivered: false, deliveryTag: tag, consumerTag: "c", link: link)
     }
 

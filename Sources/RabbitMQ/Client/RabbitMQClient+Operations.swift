@@ -80,7 +80,7 @@ extension RabbitMQClient {
     ///   (mandatory only), ``RabbitMQError/Code/timeout``, ``RabbitMQError/Code/messageTooLarge``, or the
     ///   channel's or connection's failure.
     public func publish(
-        _ body: [UInt8],
+        _ body: Data,
         to exchange: String = "",
         routingKey: String,
         properties: MessageProperties = MessageProperties(),

@@ -1,11 +1,17 @@
+import Foundation
+
 /// A message delivered by the broker, to a consumer or by ``Channel/get(from:acknowledgement:)``.
 ///
 /// Settle it exactly once with ``ack()``, ``nack(requeue:)`` or ``reject(requeue:)``, unless it was received
 /// with automatic acknowledgement. Settling is cheap: it is queued for the connection's I/O thread, which
 /// merges the acks of many deliveries into one frame where it can.
 public struct Delivery: Sendable {
-    /// The message body.
-    public let body: [UInt8]
+    /// The message body, copied once out of the connection's frame buffers.
+    ///
+    /// A large body (64 KiB or more) lives in memory that the connection reuses for later bodies once every copy
+    /// of this `Data` is released, so that consuming large messages does not make the kernel map fresh pages for
+    /// each one. Holding deliveries holds that memory; what is not needed again is freed within seconds.
+    public let body: Data
     /// The message's properties and headers.
     public let properties: MessageProperties
     /// The exchange the message was published to (empty for the default exchange).
@@ -22,7 +28,7 @@ public struct Delivery: Sendable {
     /// The metric handles of the queue it came from, set by ``QueueWorker``; settling counts into them.
     var instruments: QueueInstruments?
 
-    init(body: [UInt8], properties: MessageProperties, exchange: String, routingKey: String, isRedelivered: Bool,
+    init(body: Data, properties: MessageProperties, exchange: String, routingKey: String, isRedelivered: Bool,
          deliveryTag: UInt64, consumerTag: String?, link: ChannelLink) {
         self.body = body
         self.properties = properties

@@ -8,7 +8,7 @@ import Tracing
 ///
 /// ```swift
 /// let worker = QueueWorker(client: client, configuration: .init(queue: "orders.coupon", concurrency: 8)) { delivery in
-///     try await issueCoupon(for: try JSONDecoder().decode(OrderPlaced.self, from: Data(delivery.body)))
+///     try await issueCoupon(for: try JSONDecoder().decode(OrderPlaced.self, from: delivery.body))
 /// }
 /// try await worker.run()   // or add it to a ServiceGroup
 /// ```

@@ -1,3 +1,4 @@
+import Foundation
 import CRabbitMQ
 import DequeModule
 
@@ -108,16 +109,15 @@ struct IncomingMessage {
     let exchange: String
     let routingKey: String
     var properties = MessageProperties()
-    var bodySize = 0
-    var body: [UInt8] = []
-    var hasHeader = false
+    /// Set by the header frame.
+    var body: IncomingBody?
 }
 
 /// A message the broker returned as unroutable, until the confirm that follows it names its publish.
 struct ReturnedMessage {
     let exchange: String
     let routingKey: String
-    let body: [UInt8]
+    let body: Data
     let error: RabbitMQError
 
     func matches(_ message: OutgoingMessage?) -> Bool {

@@ -1,3 +1,4 @@
+import Foundation
 /// Identifies a request so that a cancelled task can withdraw it.
 typealias RequestID = UInt64
 
@@ -59,7 +60,7 @@ struct OutgoingMessage: Sendable {
     var routingKey: String
     var mandatory: Bool
     var properties: MessageProperties
-    var body: [UInt8]
+    var body: Data
 }
 
 /// How the application settles a delivery.

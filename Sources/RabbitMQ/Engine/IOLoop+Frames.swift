@@ -1,3 +1,4 @@
+import Foundation
 import CRabbitMQ
 import Logging
 import DequeModule
@@ -13,30 +14,29 @@ extension IOLoop {
                 channelMethod(frame.payload.method, on: channel)
             }
         case AMQP_FRAME_HEADER:
-            guard let channel = channels[Int(frame.channel)], var message = channel.incoming, !message.hasHeader else {
+            guard let channel = channels[Int(frame.channel)], var message = channel.incoming, message.body == nil else {
                 return
             }
             let header = frame.payload.properties
             message.properties = MessageProperties(header.decoded!.assumingMemoryBound(to: amqp_basic_properties_t.self).pointee)
-            message.bodySize = Int(header.body_size)
-            message.hasHeader = true
-            if message.bodySize == 0 {
+            let body = IncomingBody(size: Int(header.body_size), pool: bodies)
+            message.body = body
+            if body.isComplete {
                 channel.incoming = nil
-                complete(message, on: channel)
+                complete(message, body: body.data, on: channel)
             } else {
-                message.body.reserveCapacity(message.bodySize)
                 channel.incoming = message
             }
         case AMQP_FRAME_BODY:
-            guard let channel = channels[Int(frame.channel)], channel.incoming?.hasHeader == true else { return }
+            guard let channel = channels[Int(frame.channel)], channel.incoming?.body != nil else { return }
             let fragment = frame.payload.body_fragment
             guard fragment.len > 0, let bytes = fragment.bytes else { return }
-            // The body's one copy: out of librabbitmq's frame buffer into the delivery's array.
-            channel.incoming!.body.append(contentsOf: UnsafeRawBufferPointer(start: bytes, count: fragment.len))
-            if channel.incoming!.body.count >= channel.incoming!.bodySize {
+            // The body's one copy: out of librabbitmq's frame buffer.
+            channel.incoming!.body!.append(UnsafeRawBufferPointer(start: bytes, count: fragment.len))
+            if channel.incoming!.body!.isComplete {
                 let message = channel.incoming!
                 channel.incoming = nil
-                complete(message, on: channel)
+                complete(message, body: message.body!.data, on: channel)
             }
         default:
             break  // heartbeats: librabbitmq already recorded that the broker is alive
@@ -179,12 +179,12 @@ extension IOLoop {
     }
 
     /// A message is complete: hand it to its consumer, its get request, or its publisher (returns).
-    private func complete(_ message: IncomingMessage, on channel: ChannelState) {
+    private func complete(_ message: IncomingMessage, body: Data, on channel: ChannelState) {
         switch message.kind {
         case .deliver(let consumerTag):
             channel.acks.delivered(message.deliveryTag)
             let delivery = Delivery(
-                body: message.body, properties: message.properties, exchange: message.exchange,
+                body: body, properties: message.properties, exchange: message.exchange,
                 routingKey: message.routingKey, isRedelivered: message.isRedelivered,
                 deliveryTag: message.deliveryTag, consumerTag: consumerTag, link: channel.link)
             if let consumer = channel.consumers[consumerTag] {
@@ -201,18 +201,18 @@ extension IOLoop {
             channel.pending.removeFirst()
             if !noAck { channel.acks.delivered(message.deliveryTag) }
             request.succeed(.message(Delivery(
-                body: message.body, properties: message.properties, exchange: message.exchange,
+                body: body, properties: message.properties, exchange: message.exchange,
                 routingKey: message.routingKey, isRedelivered: message.isRedelivered,
                 deliveryTag: message.deliveryTag, consumerTag: nil, link: channel.link)), link: channel.link)
         case .returned(let code, let text):
-            matchReturn(message, code: code, text: text, on: channel)
+            matchReturn(message, body: body, code: code, text: text, on: channel)
         }
     }
 
     /// A basic.return carries no sequence number: the library's header names the publish. Without it (a message
     /// published before confirm mode), RabbitMQ's confirm of the returned publish comes right after the return, so
     /// keep the return until then.
-    private func matchReturn(_ message: IncomingMessage, code: UInt16, text: String, on channel: ChannelState) {
+    private func matchReturn(_ message: IncomingMessage, body: Data, code: UInt16, text: String, on channel: ChannelState) {
         guard channel.confirmMode else {
             logger.warning("a mandatory message was returned as unroutable; publish with confirms to be told which",
                            metadata: ["exchange": "\(message.exchange)", "routing_key": "\(message.routingKey)"])
@@ -227,7 +227,7 @@ extension IOLoop {
             return
         }
         channel.pendingReturns.append(ReturnedMessage(
-            exchange: message.exchange, routingKey: message.routingKey, body: message.body, error: error))
+            exchange: message.exchange, routingKey: message.routingKey, body: body, error: error))
     }
 
     /// Gives the pending returns to the publishes that the confirm for `tag` settles: the publish named by a single

@@ -1,4 +1,5 @@
 import CRabbitMQ
+import Foundation
 
 extension IOLoop {
     /// Publishes now, or holds the message back while the broker blocks the connection.

@@ -28,6 +28,8 @@ final class IOLoop {
     let writer: FrameWriter?
     /// How long a write may wait for the broker to take bytes before the connection is presumed dead.
     let writeTimeout: Duration
+    /// Memory for large incoming bodies, reused as the application releases them.
+    let bodies = BodyPool()
 
     var channels: [ChannelState?]
     private var nextChannelHint = 1
@@ -350,6 +352,7 @@ final class IOLoop {
         let now = ContinuousClock.now
         guard force || now - lastDeadlineCheck >= .milliseconds(5) else { return }
         lastDeadlineCheck = now
+        bodies.trim(now: now)
         if let closeDeadline, now >= closeDeadline {
             finish(RabbitMQError(.clientClosed, "the client closed the connection (the broker did not confirm in time)"))
             return

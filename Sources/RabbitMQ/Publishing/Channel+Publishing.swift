@@ -37,7 +37,7 @@ extension Channel {
     /// - Throws: ``RabbitMQError`` for an invalid name or an oversized body, a closed channel, or a timeout
     ///   waiting for room.
     public func publish(
-        _ body: [UInt8],
+        _ body: Data,
         to exchange: String = "",
         routingKey: String,
         properties: MessageProperties = MessageProperties(),
@@ -50,7 +50,7 @@ extension Channel {
     /// ``publish(_:to:routingKey:properties:mandatory:)`` reporting to `observability`: the request id of the
     /// current `ServiceContext`, a producer span whose context goes into the headers, the publish metrics.
     func publish(
-        _ body: [UInt8],
+        _ body: Data,
         to exchange: String,
         routingKey: String,
         properties: MessageProperties,
@@ -63,7 +63,7 @@ extension Channel {
     }
 
     /// Checks what a publish sends without contacting the broker: names, header keys, body size.
-    static func validatePublish(_ body: [UInt8], to exchange: String, routingKey: String,
+    static func validatePublish(_ body: Data, to exchange: String, routingKey: String,
                                 properties: MessageProperties) throws(RabbitMQError) {
         try NameValidation.validate(exchange, as: "exchange name", operation: "basic.publish")
         try NameValidation.validate(routingKey, as: "routing key", operation: "basic.publish")
@@ -78,11 +78,11 @@ extension Channel {
 
     /// The body and properties of `value` published as JSON (content type `application/json` unless set).
     static func jsonMessage(_ value: some Encodable, properties: MessageProperties, encoder: JSONEncoder)
-        throws(RabbitMQError) -> (body: [UInt8], properties: MessageProperties)
+        throws(RabbitMQError) -> (body: Data, properties: MessageProperties)
     {
-        let body: [UInt8]
+        let body: Data
         do {
-            body = Array(try encoder.encode(value))
+            body = try encoder.encode(value)
         } catch {
             throw RabbitMQError(.invalidArgument, "cannot encode the message as JSON: \(error)", operation: "basic.publish")
         }
@@ -93,7 +93,7 @@ extension Channel {
 
     /// Publishes a message ``validatePublish(_:to:routingKey:properties:)`` has accepted.
     func enqueuePublish(
-        _ body: [UInt8],
+        _ body: Data,
         to exchange: String,
         routingKey: String,
         properties: MessageProperties,
