@@ -40,6 +40,25 @@ struct BodyPoolTests {
         #expect(pool.retainedBytes == 0)
     }
 
+    @Test("A body the application changes or grows leaves the pool's memory intact, and its block comes back")
+    func anApplicationMayChangeItsBody() {
+        let pool = BodyPool()
+        var body: Data?
+        let address: UnsafeMutableRawPointer
+        do {
+            let block = pool.block(for: 1 << 20)
+            block.pointer.initializeMemory(as: UInt8.self, repeating: 7, count: 1 << 20)
+            (body, address) = (block.data(count: 1 << 20), block.pointer)
+        }
+        body![0] = 1
+        body!.append(contentsOf: [1, 2, 3])
+        #expect(body!.count == (1 << 20) + 3)
+        #expect(body![1] == 7 && body!.last == 3)
+        body = nil
+        #expect(pool.retainedBytes == 1 << 20)
+        #expect(pool.block(for: 1 << 20).pointer == address)
+    }
+
     @Test("A block too large to keep is freed when released")
     func largeBlocksAreNotKept() {
         let pool = BodyPool()

@@ -28,7 +28,8 @@ extension Channel {
     /// Await ``PublishConfirmation/wait()`` on the result, or ``waitForConfirms()`` for everything published.
     /// Messages are persistent unless `properties` says otherwise.
     /// - Parameters:
-    ///   - body: the message body, sent from this buffer without a copy on the Swift side.
+    ///   - body: the message body. Over 16 KiB it is written to the socket from this buffer; a smaller one is
+    ///     copied once, into the connection's write buffer.
     ///   - exchange: the exchange; `""` is the default exchange, which routes to the queue named `routingKey`.
     ///   - routingKey: the routing key.
     ///   - properties: headers and basic properties.
