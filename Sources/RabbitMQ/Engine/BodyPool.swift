@@ -122,6 +122,7 @@ final class BodyBlock: @unchecked Sendable {
 
     /// The first `count` bytes as a `Data` that owns this block until it is released.
     func data(count: Int) -> Data {
-        Data(bytesNoCopy: pointer, count: count, deallocator: .custom { [self] _, _ in _ = self })
+        // The deallocator holds the block: when the Data's storage goes, so does the block, back to the pool.
+        Data(bytesNoCopy: pointer, count: count, deallocator: .custom { _, _ in withExtendedLifetime(self) {} })
     }
 }
