@@ -73,7 +73,7 @@ extension IOLoop {
             brokerClosed(channel, code: close.reply_code, text: close.reply_text.string)
             return
         case AMQP_CHANNEL_CLOSE_OK_METHOD where channel.isClosing:
-            channels[Int(channel.number)] = nil
+            channels.remove(channel)
             return
         default:
             break
@@ -295,7 +295,7 @@ extension IOLoop {
     private func brokerClosed(_ channel: ChannelState, code: UInt16, text: String) {
         sendMethod(.channelCloseOk, on: channel)
         guard !channel.isClosing else {
-            channels[Int(channel.number)] = nil
+            channels.remove(channel)
             return
         }
         let operation = channel.pending.first?.method.name

@@ -31,7 +31,7 @@ final class IOLoop {
     /// Memory for large incoming bodies, reused as the application releases them.
     let bodies = BodyPool()
 
-    var channels: [ChannelState?]
+    var channels: ChannelTable
     private var nextChannelHint = 1
     var isBlocked = false
     /// Publishes held back while the broker blocks the connection, in order.
@@ -63,7 +63,7 @@ final class IOLoop {
         socket = amqp_get_sockfd(connection)
         writer = negotiated.usesTLS ? nil : FrameWriter(socket: socket, frameMax: negotiated.frameMax)
         writeTimeout = negotiated.heartbeatSeconds > 0 ? .seconds(2 * negotiated.heartbeatSeconds) : requestTimeout
-        channels = Array(repeating: nil, count: max(negotiated.channelMax, 1) + 1)
+        channels = ChannelTable(channelMax: negotiated.channelMax)
     }
 
     deinit {
@@ -216,14 +216,14 @@ final class IOLoop {
     private func openChannel(window: Int, _ continuation: CheckedContinuation<ChannelLink, any Error>) {
         guard let number = freeChannelNumber() else {
             continuation.resume(throwing: RabbitMQError(
-                .invalidArgument, "all \(channels.count - 1) channels of the connection are in use",
+                .invalidArgument, "all \(channels.highestNumber) channels of the connection are in use",
                 operation: "channel.open"))
             return
         }
         let link = ChannelLink(number: UInt16(number), commands: commands, windowCapacity: window)
         if isBlocked { link.window.setBlocked(true) }
         let channel = ChannelState(link: link)
-        channels[number] = channel
+        channels.insert(channel)
         let pending = PendingRequest(id: 0, method: .channelOpen, deadline: .now + requestTimeout,
                                      completion: .channelOpened(continuation))
         guard sendMethod(.channelOpen, on: channel) else {
@@ -234,7 +234,7 @@ final class IOLoop {
     }
 
     private func freeChannelNumber() -> Int? {
-        let limit = channels.count - 1
+        let limit = channels.highestNumber
         guard limit >= 1 else { return nil }
         for offset in 0..<limit {
             let number = (nextChannelHint - 1 + offset) % limit + 1
@@ -282,7 +282,7 @@ final class IOLoop {
     }
 
     private func abandon(_ id: RequestID, _ error: any Error) {
-        for case let channel? in channels where !channel.isClosing {
+        for channel in channels.all where !channel.isClosing {
             guard let index = channel.pending.firstIndex(where: { $0.id == id }) else { continue }
             let request = channel.pending.remove(at: index)
             request.fail(error)
@@ -304,7 +304,7 @@ final class IOLoop {
         } else {
             logger.info("broker unblocked the connection")
         }
-        for case let channel? in channels { channel.link.window.setBlocked(blocked) }
+        for channel in channels.all { channel.link.window.setBlocked(blocked) }
         onEvent(blocked ? .blocked(reason) : .unblocked)
         guard !blocked else { return }
         while !isBlocked, finalError == nil, let next = held.popFirst() {
@@ -357,7 +357,7 @@ final class IOLoop {
             finish(RabbitMQError(.clientClosed, "the client closed the connection (the broker did not confirm in time)"))
             return
         }
-        for case let channel? in channels {
+        for channel in channels.all {
             if !channel.isClosing, let head = channel.pending.first, head.deadline <= now {
                 let error = RabbitMQError(.timeout, "the broker did not answer \(head.method.name) within "
                                               + "\(requestTimeout)", operation: head.method.name)
@@ -391,7 +391,7 @@ final class IOLoop {
             guard let deadline else { return }
             next = next.map { min($0, deadline) } ?? deadline
         }
-        for case let channel? in channels {
+        for channel in channels.all {
             consider(channel.pending.first?.deadline)
             consider(channel.unconfirmed.first?.ticket.deadline)
         }
@@ -417,7 +417,7 @@ final class IOLoop {
         finalError = error
         // A recoverable channel's consumers outlive a lost connection: recovery re-registers their buffers.
         let connectionLost = error.code != .clientClosed
-        for case let channel? in channels {
+        for channel in channels.all {
             tearDown(channel, error, keepConsumers: connectionLost && channel.link.isRecoverable)
         }
         for entry in held { entry.ticket.complete(.failure(error)) }
@@ -451,8 +451,8 @@ final class IOLoop {
         channel.slotsToRelease = 0
         if keepNumberUntilCloseOk {
             channel.isClosing = true
-        } else if channels[Int(channel.number)] === channel {
-            channels[Int(channel.number)] = nil
+        } else {
+            channels.remove(channel)
         }
     }
 
