@@ -20,9 +20,9 @@ struct DeliveryBufferTests {
         let buffer = DeliveryBuffer()
         let waiting = Task { try await buffer.next() }
         try await Task.sleep(for: .milliseconds(100))  // the task is suspended in next() by now
-        var empty: [Delivery] = []
+        var empty: Deque<Delivery> = []
         buffer.push(&empty)
-        var batch = [delivery(tag: 1, link: link), delivery(tag: 2, link: link)]
+        var batch: Deque = [delivery(tag: 1, link: link), delivery(tag: 2, link: link)]
         buffer.push(&batch)
         #expect(batch.isEmpty)
         let received = try await waiting.value
@@ -33,8 +33,8 @@ struct DeliveryBufferTests {
     func bufferedDeliveriesComeInOneBatch() async throws {
         let link = ChannelLink(number: 1, commands: try CommandQueue(), windowCapacity: 1)
         let buffer = DeliveryBuffer()
-        var first = [delivery(tag: 1, link: link)]
-        var second = [delivery(tag: 2, link: link), delivery(tag: 3, link: link)]
+        var first: Deque = [delivery(tag: 1, link: link)]
+        var second: Deque = [delivery(tag: 2, link: link), delivery(tag: 3, link: link)]
         buffer.push(&first)
         buffer.push(&second)
         #expect(try await buffer.next().map(\.deliveryTag) == [1, 2, 3])
@@ -45,7 +45,7 @@ struct DeliveryBufferTests {
         let link = ChannelLink(number: 1, commands: try CommandQueue(), windowCapacity: 1)
         let buffer = DeliveryBuffer()
         buffer.finish(RabbitMQError(.consumerCancelled, "cancelled by the broker"))
-        var late = [delivery(tag: 1, link: link)]
+        var late: Deque = [delivery(tag: 1, link: link)]
         buffer.push(&late)
         #expect(late.isEmpty)
         await #expect(throws: RabbitMQError.self) { try await buffer.next() }

@@ -21,15 +21,19 @@ final class DeliveryBuffer: Sendable {
     /// An empty batch changes nothing: a waiting iterator resumed with nothing would end the sequence, as if the
     /// consumer had been cancelled (a lost connection empties the batch of its last pass, and the sequence must
     /// live on through recovery).
-    func push(_ batch: inout [Delivery]) {
+    func push(_ batch: inout Deque<Delivery>) {
         guard !batch.isEmpty else { return }
         let (waiter, taken) = state.withLock { state -> (CheckedContinuation<Deque<Delivery>, any Error>?, Deque<Delivery>) in
             guard !state.finished else {
                 batch.removeAll(keepingCapacity: true)
                 return (nil, [])
             }
-            state.buffered.append(contentsOf: batch)
-            batch.removeAll(keepingCapacity: true)
+            if state.buffered.isEmpty {
+                swap(&state.buffered, &batch)  // the usual case: no delivery is copied (a retain per field)
+            } else {
+                state.buffered.append(contentsOf: batch)
+                batch.removeAll(keepingCapacity: true)
+            }
             guard let waiter = state.waiter else { return (nil, []) }
             state.waiter = nil
             return (waiter, Self.takeAll(&state))

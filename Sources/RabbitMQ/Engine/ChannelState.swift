@@ -87,7 +87,7 @@ final class MandatoryPublish {
 /// A consumer's deliveries read in the current pass, not yet handed to its buffer.
 final class ConsumerState {
     let buffer: DeliveryBuffer
-    var batch: [Delivery] = []
+    var batch: Deque<Delivery> = []
     var isTouched = false
 
     init(buffer: DeliveryBuffer) {

@@ -14,18 +14,18 @@ extension IOLoop {
                 channelMethod(frame.payload.method, on: channel)
             }
         case AMQP_FRAME_HEADER:
-            guard let channel = channels[Int(frame.channel)], var message = channel.incoming, message.body == nil else {
+            // The message is changed in place and moved out with take(): copying it costs a retain per field.
+            guard let channel = channels[Int(frame.channel)], channel.incoming != nil, channel.incoming!.body == nil else {
                 return
             }
             let header = frame.payload.properties
-            message.properties = MessageProperties(header.decoded!.assumingMemoryBound(to: amqp_basic_properties_t.self).pointee)
+            channel.incoming!.properties = MessageProperties(
+                header.decoded!.assumingMemoryBound(to: amqp_basic_properties_t.self).pointee)
             let body = IncomingBody(size: Int(header.body_size), pool: bodies)
-            message.body = body
             if body.isComplete {
-                channel.incoming = nil
-                complete(message, body: body.data, on: channel)
+                complete(channel.incoming.take()!, body: body.data, on: channel)
             } else {
-                channel.incoming = message
+                channel.incoming!.body = body
             }
         case AMQP_FRAME_BODY:
             guard let channel = channels[Int(frame.channel)], channel.incoming?.body != nil else { return }
@@ -34,8 +34,7 @@ extension IOLoop {
             // The body's one copy: out of librabbitmq's frame buffer.
             channel.incoming!.body!.append(UnsafeRawBufferPointer(start: bytes, count: fragment.len))
             if channel.incoming!.body!.isComplete {
-                let message = channel.incoming!
-                channel.incoming = nil
+                let message = channel.incoming.take()!
                 complete(message, body: message.body!.data, on: channel)
             }
         default:
