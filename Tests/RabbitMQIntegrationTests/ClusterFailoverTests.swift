@@ -130,7 +130,7 @@ struct ClusterFailoverTests {
     {
         let declaring = try configuration(cluster, endpoints: [node], name: "failover declare")
         try await RecoveryHarness.withClient(declaring) { client in
-            try await client.declare(Queue(queue, arguments: QueueArguments(type: .quorum)))
+            _ = try await client.declare(Queue(queue, arguments: QueueArguments(type: .quorum)))
         }
         var leader: ClusterBroker.Node?
         _ = await RecoveryHarness.eventually(timeout: .seconds(10)) {

@@ -221,7 +221,7 @@ struct ConsumingTests {
                 #expect(error.code == .consumerCancelled)
                 #expect(try await TestBroker.queueStats(queue) == nil)
             } catch {
-                try? await client.deleteQueue(queue)
+                _ = try? await client.deleteQueue(queue)
                 throw error
             }
         }
@@ -634,7 +634,7 @@ struct ConsumingTests {
             try await client.deleteQueue(name)
             return result
         } catch {
-            try? await client.deleteQueue(name)
+            _ = try? await client.deleteQueue(name)
             throw error
         }
     }
