@@ -49,14 +49,9 @@ struct TLSTests {
     @Test("headers larger than a frame fail that publish over TLS too, not the connection")
     func oversizedHeaders() async throws {
         let configuration = try TLSBroker.configuration(name: TestBroker.uniqueName("tls-big-headers"))
-        let client = RabbitMQClient(configuration: configuration, logger: TestBroker.logger)
-        do {
+        try await RecoveryHarness.withClient(configuration) { client in
             try await PublishingTests.expectOversizedHeadersRefused(client)
-        } catch {
-            await client.close()
-            throw error
         }
-        await client.close()
     }
 
     @Test("a client certificate signed by the broker's CA is presented and accepted")
