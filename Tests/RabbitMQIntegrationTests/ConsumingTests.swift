@@ -1,6 +1,5 @@
 import Foundation
 import RabbitMQ
-import Synchronization
 import RabbitMQTestSupport
 import Testing
 

@@ -1,5 +1,4 @@
 import Foundation
-import Synchronization
 import Tracing
 
 // MARK: - A W3C trace-context test tracer

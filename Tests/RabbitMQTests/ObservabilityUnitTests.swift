@@ -3,7 +3,6 @@ import Foundation
 import Logging
 import MetricsTestKit
 @testable import RabbitMQ
-import Synchronization
 import Testing
 import RabbitMQTestSupport
 import Tracing

@@ -1,4 +1,5 @@
 import Foundation
+
 /// Identifies a request so that a cancelled task can withdraw it.
 typealias RequestID = UInt64
 
