@@ -66,7 +66,7 @@ struct ClusterBroker: Sendable {
     func rabbitmqctl(on node: Node, _ arguments: [String]) async throws -> String {
         let result = try await DedicatedBroker.run(TestBroker.rabbitmqctlPath, ["-n", node.name, "-q"] + arguments,
                                                    environment: nil)
-        guard result.status == 0 else { throw RabbitMQCtlError(arguments: arguments, status: result.status) }
+        guard result.status == 0 else { throw RabbitMQCtlError(arguments: arguments, status: result.status, output: result.output) }
         return result.output
     }
 

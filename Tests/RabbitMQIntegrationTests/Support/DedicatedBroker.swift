@@ -84,7 +84,7 @@ struct DedicatedBroker: Sendable {
         let result = try await Self.run(TestBroker.rabbitmqctlPath, ["-n", node, "-q"] + arguments,
                                         environment: nil)
         guard result.status == 0 else {
-            throw RabbitMQCtlError(arguments: arguments, status: result.status)
+            throw RabbitMQCtlError(arguments: arguments, status: result.status, output: result.output)
         }
         return result.output
     }

@@ -51,7 +51,7 @@ enum TLSBroker {
     static func rabbitmqctl(_ arguments: String...) async throws -> String {
         let result = try await DedicatedBroker.run(TestBroker.rabbitmqctlPath, ["-n", node, "-q"] + arguments,
                                                    environment: nil)
-        guard result.status == 0 else { throw RabbitMQCtlError(arguments: arguments, status: result.status) }
+        guard result.status == 0 else { throw RabbitMQCtlError(arguments: arguments, status: result.status, output: result.output) }
         return result.output
     }
 

@@ -75,20 +75,45 @@ enum TestBroker {
     }
 
     /// Runs the CLI and blocks the calling thread: only for failure messages, which cannot await.
+    ///
+    /// A listing is asked again when it lost a race with another test: `list_*` asks every queue process of
+    /// the node in turn, and when one exits meanwhile (the tests running alongside delete their queues all the
+    /// time) rabbitmqctl 3.10 fails with `{badrpc, {'EXIT', {normal, …}}}` instead of skipping it.
     static func runRabbitmqctl(_ arguments: [String]) throws -> String {
+        var attempt = 1
+        while true {
+            let (status, output, errors) = try runRabbitmqctlOnce(arguments)
+            if status == 0 { return output }
+            guard attempt < 5, arguments.first?.hasPrefix("list_") == true, errors.contains("badrpc") else {
+                throw RabbitMQCtlError(arguments: arguments, status: status, output: errors)
+            }
+            attempt += 1
+        }
+    }
+
+    private static func runRabbitmqctlOnce(_ arguments: [String]) throws
+        -> (status: Int32, output: String, errors: String)
+    {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: rabbitmqctlPath)
         process.arguments = ["-n", node, "-q"] + arguments
         let output = Pipe()
         process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
+        // A file, not a second pipe: with both read one after the other, a full error pipe would stall the CLI.
+        let errorsPath = FileManager.default.temporaryDirectory
+            .appendingPathComponent("rabbitmqctl-\(UUID().uuidString).err").path
+        guard FileManager.default.createFile(atPath: errorsPath, contents: nil),
+              let errorsFile = FileHandle(forWritingAtPath: errorsPath) else {
+            throw RabbitMQCtlError(arguments: arguments, status: -1, output: "cannot create \(errorsPath)")
+        }
+        defer { try? FileManager.default.removeItem(atPath: errorsPath) }
+        process.standardError = errorsFile
         try process.run()
         let data = output.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw RabbitMQCtlError(arguments: arguments, status: process.terminationStatus)
-        }
-        return String(decoding: data, as: UTF8.self)
+        try? errorsFile.close()
+        let errors = (try? String(contentsOfFile: errorsPath, encoding: .utf8)) ?? ""
+        return (process.terminationStatus, String(decoding: data, as: UTF8.self), errors)
     }
 
     /// Messages ready in `queue`, as the broker counts them.
@@ -122,7 +147,11 @@ enum TestBroker {
 struct RabbitMQCtlError: Error, CustomStringConvertible {
     let arguments: [String]
     let status: Int32
-    var description: String { "rabbitmqctl \(arguments.joined(separator: " ")) exited with \(status)" }
+    /// What the CLI printed about the failure.
+    let output: String
+    var description: String {
+        "rabbitmqctl \(arguments.joined(separator: " ")) exited with \(status): \(output.prefix(2_000))"
+    }
 }
 
 extension TestBroker {
