@@ -79,16 +79,24 @@ struct RedeliveryTests {
                 let gaps = zip(times.dropFirst(), times).map { $0 - $1 }
                 let measured = gaps.map { String(format: "%.1f", milliseconds($0)) }.joined(separator: " / ")
                 print("retry delays measured (ms), expected 100 / 200 / 400: \(measured)")
-                // The tier's TTL is a lower bound; on top come the confirmed republish, the broker's expiry
-                // check (it expires only the head of a queue, on a timer) and the delivery back to the worker.
+                // The tier's TTL is a lower bound. On top come the confirmed republish, the broker's expiry check
+                // (it expires only the head of a queue, on a timer) and the delivery back to the worker: the upper
+                // bound only catches a delay gone wrong, not a busy machine; the tiers are checked below.
                 for (gap, expected) in zip(gaps, [100, 200, 400]) {
-                    #expect(gap >= .milliseconds(expected - 10) && gap <= .milliseconds(expected + 250),
+                    #expect(gap >= .milliseconds(expected - 10) && gap <= .milliseconds(expected + 2_000),
                             "gap \(gap), expected \(expected) ms")
                 }
 
                 #expect(try await settlesWithOnlyParked(client, retry, 1))
                 let parked = try await client.parkedMessages(in: retry)
                 try #require(parked.count == 1)
+                // The broker's own record of the retries: the message expired once from each tier. Compared as a
+                // set: RabbitMQ 3.10 puts the newest entry first but reorders the older ones of a republished message.
+                let expiries = parked[0].delivery.deaths.filter { $0.reason == .expired }
+                #expect(expiries.count == 3, "\(parked[0].delivery.deaths)")
+                let tiers = [100, 200, 400].map { retry.tierName(for: .milliseconds($0)) }
+                #expect(Set(expiries.map(\.queue)) == Set(tiers))
+                #expect(expiries.allSatisfy { $0.count == 1 }, "\(expiries)")
                 #expect(parked[0].delivery.bodyString == "always fails")
                 #expect(parked[0].delivery.properties.messageID == "order-17")
                 #expect(parked[0].reason == "failed 4 attempts; last: downstream unavailable")
