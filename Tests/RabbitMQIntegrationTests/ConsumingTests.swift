@@ -57,6 +57,27 @@ struct ConsumingTests {
         }
     }
 
+    /// Acks right after deliveries may wait for the I/O thread's next wake. When no delivery follows, they must
+    /// still go out, with the consumer open and nothing else happening on the connection (that they go out
+    /// within a millisecond is the design's, and the benchmark's, to show: a test cannot time it reliably).
+    @Test func theLastAcksReachTheBrokerWhileTheConsumerStaysOpen() async throws {
+        try await TestBroker.withClient { client in
+            try await Self.withQueue(client, "con.lastacks") { queue in
+                try await Self.fill(client, queue, count: 25)
+                let consumer = try await client.consume(queue, prefetch: 100)
+                var iterator = consumer.makeAsyncIterator()
+                for _ in 0..<25 {
+                    let delivery = try #require(try await iterator.next())
+                    try await delivery.ack()
+                }
+                #expect(try await TestBroker.eventually {
+                    try await TestBroker.queueStats(queue).map { $0 == (0, 0, 1) } ?? false
+                }, "\(Self.stats(queue))")
+                await consumer.cancel()
+            }
+        }
+    }
+
     @Test func everyMessageIsConsumedExactlyOnce() async throws {
         let count = 2000
         try await TestBroker.withClient { client in

@@ -19,6 +19,9 @@ final class ChannelState {
     var consumers: [String: ConsumerState] = [:]
     var acks = AckCoalescer()
     var hasPendingAcks = false
+    /// The smallest non-zero prefetch set on the channel, 0 while none is: the broker stops delivering on the
+    /// channel (or to one of its consumers) once that many deliveries are unsettled.
+    var prefetchLimit: UInt16 = 0
     /// The message being assembled from a method, a header and body frames.
     var incoming: IncomingMessage?
     /// channel.close sent after a failure; the number stays taken until close-ok.
@@ -29,6 +32,12 @@ final class ChannelState {
 
     init(link: ChannelLink) {
         self.link = link
+    }
+
+    /// Whether the broker may still send deliveries without waiting for acks: no prefetch is set, or at most
+    /// half of it is unsettled.
+    var brokerMaySendMore: Bool {
+        prefetchLimit == 0 || acks.unsettledCount * 2 <= Int(prefetchLimit)
     }
 }
 

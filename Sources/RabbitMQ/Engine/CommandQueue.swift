@@ -3,12 +3,14 @@ import Synchronization
 /// The queue through which tasks hand commands to a connection's I/O thread.
 ///
 /// Submitting takes a lock and appends; it signals the thread's wake-up descriptor only when the thread is
-/// asleep in `poll()` and has not been signalled yet, so a busy thread is never woken per command.
+/// asleep in `poll()` and has not been signalled yet, so a busy thread is never woken per command. Settlements
+/// do not signal at all while the thread sleeps in a short poll that lets them wait (see `IOLoop.sleep()`).
 final class CommandQueue: Sendable {
     private struct State {
         var commands: [EngineCommand] = []
         var sleeping = false
         var signalled = false
+        var acksMayWait = false
         var terminal: RabbitMQError?
     }
 
@@ -25,7 +27,9 @@ final class CommandQueue: Sendable {
         let shouldSignal = try state.withLock { state throws(RabbitMQError) -> Bool in
             if let terminal = state.terminal { throw terminal }
             state.commands.append(command)
-            guard state.sleeping, !state.signalled else { return false }
+            guard state.sleeping, !state.signalled, !(state.acksMayWait && command.mayWaitForTheNextWake) else {
+                return false
+            }
             state.signalled = true
             return true
         }
@@ -38,10 +42,13 @@ final class CommandQueue: Sendable {
     }
 
     /// Marks the thread asleep unless commands are waiting; returns whether it may poll.
-    func prepareToSleep() -> Bool {
+    /// - Parameter acksMayWait: settlements submitted during this sleep do not wake the thread; it must then
+    ///   poll briefly.
+    func prepareToSleep(acksMayWait: Bool) -> Bool {
         state.withLock { state in
             guard state.commands.isEmpty else { return false }
             state.sleeping = true
+            state.acksMayWait = acksMayWait
             return true
         }
     }
@@ -50,6 +57,7 @@ final class CommandQueue: Sendable {
     func didWake() {
         let wasSignalled = state.withLock { state in
             state.sleeping = false
+            state.acksMayWait = false
             defer { state.signalled = false }
             return state.signalled
         }

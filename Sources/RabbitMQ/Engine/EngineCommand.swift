@@ -20,6 +20,12 @@ enum EngineCommand: Sendable {
     case registerConsumer(ChannelLink, consumerTag: String, DeliveryBuffer)
     /// Close the connection with the AMQP handshake, then stop the thread.
     case closeConnection(CheckedContinuation<Void, Never>?)
+
+    /// Whether the command may wait for the I/O thread's next wake rather than wake it, when the thread allows
+    /// that (``CommandQueue/prepareToSleep(acksMayWait:)``): settlements, which nobody awaits.
+    var mayWaitForTheNextWake: Bool {
+        if case .settle = self { true } else { false }
+    }
 }
 
 /// A method waiting for the broker's reply.
