@@ -59,15 +59,7 @@ struct ClusterBroker: Sendable {
     /// Runs `rabbitmqctl -n NODE -q args…` and returns its standard output.
     @discardableResult
     func rabbitmqctl(on node: Node, _ arguments: String...) async throws -> String {
-        try await rabbitmqctl(on: node, arguments)
-    }
-
-    @discardableResult
-    func rabbitmqctl(on node: Node, _ arguments: [String]) async throws -> String {
-        let result = try await DedicatedBroker.run(TestBroker.rabbitmqctlPath, ["-n", node.name, "-q"] + arguments,
-                                                   environment: nil)
-        guard result.status == 0 else { throw RabbitMQCtlError(arguments: arguments, status: result.status, output: result.output) }
-        return result.output
+        try await DedicatedBroker.rabbitmqctl(node: node.name, arguments)
     }
 
     /// Whether `node`'s Erlang VM runs (`broker.sh status`).

@@ -81,12 +81,20 @@ struct DedicatedBroker: Sendable {
     /// Runs `rabbitmqctl -n NODE -q args…` against this node and returns its standard output.
     @discardableResult
     func rabbitmqctl(_ arguments: String...) async throws -> String {
-        let result = try await Self.run(TestBroker.rabbitmqctlPath, ["-n", node, "-q"] + arguments,
-                                        environment: nil)
-        guard result.status == 0 else {
-            throw RabbitMQCtlError(arguments: arguments, status: result.status, output: result.output)
+        try await Self.rabbitmqctl(node: node, arguments)
+    }
+
+    /// Runs `rabbitmqctl -n node -q args…` and returns its output; a listing that lost a race with a queue or
+    /// connection going away is run again (``RabbitMQCtlError/isListingRace``).
+    static func rabbitmqctl(node: String, _ arguments: [String]) async throws -> String {
+        var attempt = 1
+        while true {
+            let result = try await run(TestBroker.rabbitmqctlPath, ["-n", node, "-q"] + arguments, environment: nil)
+            if result.status == 0 { return result.output }
+            let error = RabbitMQCtlError(arguments: arguments, status: result.status, output: result.output)
+            guard attempt < RabbitMQCtlError.attempts, error.isListingRace else { throw error }
+            attempt += 1
         }
-        return result.output
     }
 
     /// Ready and unacknowledged messages of `queue` on this node, or `nil` when it does not exist.

@@ -49,10 +49,7 @@ enum TLSBroker {
     /// that is awaited, not waited for on a thread of the cooperative pool.
     @discardableResult
     static func rabbitmqctl(_ arguments: String...) async throws -> String {
-        let result = try await DedicatedBroker.run(TestBroker.rabbitmqctlPath, ["-n", node, "-q"] + arguments,
-                                                   environment: nil)
-        guard result.status == 0 else { throw RabbitMQCtlError(arguments: arguments, status: result.status, output: result.output) }
-        return result.output
+        try await DedicatedBroker.rabbitmqctl(node: node, arguments)
     }
 
     /// The TLS node's view of the connections named `name`: whether each uses TLS (`ssl`) and the subject of
