@@ -70,9 +70,7 @@ struct ConsumingTests {
                     let delivery = try #require(try await iterator.next())
                     try await delivery.ack()
                 }
-                #expect(try await TestBroker.eventually {
-                    try await TestBroker.queueStats(queue).map { $0 == (0, 0, 1) } ?? false
-                }, "\(Self.stats(queue))")
+                #expect(try await Self.isSettledWithItsConsumer(queue), "\(Self.stats(queue))")
                 await consumer.cancel()
             }
         }
