@@ -13,12 +13,15 @@
 # One node can be crashed and brought back with scripts/broker.sh kill|restart swiftrmq-c2;
 # it rejoins the cluster on restart.
 # Environment: CLUSTER_PORTS="5681 5682 5683" to use other AMQP ports (distribution
-# ports are AMQP port + 20000); BROKER_EXTRA_CONFIG is applied to every node.
+# ports are AMQP port + 20000); CLUSTER_NAME=swiftrmq-c names the nodes NAME1 … NAME3, so
+# that a second cluster (the chaos soak's) can run beside the tests' one;
+# BROKER_EXTRA_CONFIG is applied to every node.
 set -euo pipefail
 # shellcheck source=scripts/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-NAMES=(swiftrmq-c1 swiftrmq-c2 swiftrmq-c3)
+CLUSTER_NAME="${CLUSTER_NAME:-swiftrmq-c}"
+NAMES=("${CLUSTER_NAME}1" "${CLUSTER_NAME}2" "${CLUSTER_NAME}3")
 read -r -a PORTS <<<"${CLUSTER_PORTS:-5681 5682 5683}"
 [ "${#PORTS[@]}" -eq 3 ] || die "CLUSTER_PORTS must hold three ports"
 BROKER="$SCRIPTS/broker.sh"
