@@ -13,7 +13,7 @@ import Tracing
 private func publish(_ client: RabbitMQClient, _ observability: Observability, _ body: String, to exchange: String,
                      routingKey: String = "", properties: MessageProperties = MessageProperties(),
                      mandatory: Bool = false) async throws {
-    let channel = try await client.publisherChannel()
+    let channel = try await client.publisherChannel(until: .now + client.configuration.confirmTimeout)
     try await channel.publish(Data(body.utf8), to: exchange, routingKey: routingKey, properties: properties,
                               mandatory: mandatory, observability: observability).wait()
 }

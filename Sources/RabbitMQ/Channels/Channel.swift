@@ -83,9 +83,12 @@ public final class Channel: Sendable {
         }
     }
 
+    /// Sends `method` on the channel's open incarnation and waits for the reply: within the request timeout
+    /// in all, also while the connection is being recovered.
     func request(_ method: OutgoingMethod) async throws -> MethodReply {
-        let (link, engine) = try await activeSession(for: method.name, until: .now + manager.configuration.requestTimeout)
-        return try await engine.request(method, on: link)
+        let deadline = ContinuousClock.now + manager.configuration.requestTimeout
+        let (link, engine) = try await activeSession(for: method.name, until: deadline)
+        return try await engine.request(method, on: link, until: deadline)
     }
 
     func recordPrefetch(_ count: UInt16, global: Bool) {

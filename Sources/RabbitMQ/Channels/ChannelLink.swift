@@ -9,9 +9,10 @@ final class ChannelLink: Sendable {
     let number: UInt16
     let commands: CommandQueue
     let window: PublishWindow
-    private let closure = StateLock<RabbitMQError?>(nil)
+    private let closure = StateLock<(error: RabbitMQError, inFlight: RabbitMQError)?>(nil)
     private let open = Atomic<Bool>(true)
     private let recoverable = Atomic<Bool>(false)
+    private let nacking = Atomic<Bool>(false)
 
     init(number: UInt16, commands: CommandQueue, windowCapacity: Int) {
         self.number = number
@@ -29,19 +30,37 @@ final class ChannelLink: Sendable {
         set { recoverable.store(newValue, ordering: .releasing) }
     }
 
-    /// The error the channel closed with, or `nil` while it is open.
-    var closedError: RabbitMQError? { closure.withLock { $0 } }
+    /// Whether the broker nacked a run of publishes on the channel with no ack between them
+    /// (``IOLoop/nackRunBeforeRecycling``). A channel opened while a quorum queue's leader failed over can nack every
+    /// publish for as long as it lives, while a new channel works: the client replaces its shared confirm channel
+    /// once this is set. Set by the I/O thread.
+    var keepsNacking: Bool {
+        get { nacking.load(ordering: .acquiring) }
+        set { nacking.store(newValue, ordering: .releasing) }
+    }
 
-    /// Records that the channel closed (first error wins) and fails publishers waiting for room.
-    func markClosed(_ error: RabbitMQError) {
+    /// The error the channel closed with, or `nil` while it is open.
+    var closedError: RabbitMQError? { closure.withLock { $0?.error } }
+
+    /// What operations get that were under way or queued when the channel closed and did not cause it: the
+    /// closing error, or a collateral error naming it when the broker closed the channel because of another
+    /// operation.
+    var inFlightError: RabbitMQError {
+        closure.withLock { $0?.inFlight } ?? RabbitMQError(.clientClosed, "the channel is closed")
+    }
+
+    /// Records that the channel closed (first error wins) and fails publishers waiting for room with `inFlight`
+    /// (default: `error`); see ``inFlightError``.
+    func markClosed(_ error: RabbitMQError, inFlight: RabbitMQError? = nil) {
+        let inFlight = inFlight ?? error
         let first = closure.withLock { stored -> Bool in
             guard stored == nil else { return false }
-            stored = error
+            stored = (error, inFlight)
             return true
         }
         guard first else { return }
         open.store(false, ordering: .releasing)
-        window.close(error)
+        window.close(inFlight)
     }
 
     /// Throws the closing error if the channel is closed.

@@ -88,9 +88,50 @@ extension RabbitMQClient {
     ) async throws {
         // Checked once, before connecting, so bad input is reported as such.
         try Channel.validatePublish(body, to: exchange, routingKey: routingKey, properties: properties)
-        let channel = try await publisherChannel()
-        try await channel.enqueuePublish(body, to: exchange, routingKey: routingKey, properties: properties,
-                                         mandatory: mandatory, observability: manager.observability).wait()
+        // One deadline for the whole call: the exchange check, the channel (or recovery), room, the confirm.
+        let deadline = ContinuousClock.now + configuration.confirmTimeout
+        try await checkExchangeBeforePublishing(exchange, until: deadline)
+        var previous: Channel?
+        while true {
+            let channel = try await publisherChannel(until: deadline)
+            let confirmation: PublishConfirmation
+            do {
+                confirmation = try await channel.enqueuePublish(
+                    body, to: exchange, routingKey: routingKey, properties: properties, mandatory: mandatory,
+                    deadline: deadline, observability: manager.observability)
+            } catch let error as RabbitMQError where channel !== previous
+                && (error.isCollateral || !channel.isOpen && !manager.willRecover(from: channel.closeReason)) {
+                // The shared channel closed (the broker closed it because of another publish, say) before this
+                // publish was sent: send it on the channel that replaces it (once per channel: this cannot spin).
+                previous = channel
+                continue
+            }
+            do {
+                return try await confirmation.wait()
+            } catch let error as RabbitMQError where error.replyCode == 404 {
+                // The exchange was deleted since it was checked: check it again next time.
+                manager.exchanges.remove(exchange)
+                throw error
+            }
+        }
+    }
+
+    /// Makes sure `exchange` exists before the first publish to it through the shared confirm channel, so that a
+    /// publish to a missing exchange fails alone, on a pooled channel, rather than make the broker close the
+    /// channel every task publishes on.
+    /// - Throws: ``RabbitMQError/Code/channelClosed`` with reply code 404 when the exchange does not exist.
+    private func checkExchangeBeforePublishing(_ exchange: String, until deadline: ContinuousClock.Instant)
+        async throws
+    {
+        do {
+            try await manager.exchanges.ensureExists(exchange, until: deadline) { [self] in
+                try await withChannel { try await $0.checkExchange(exchange) }
+            }
+        } catch var error as RabbitMQError where error.replyCode == 404 {
+            error.operation = "basic.publish"
+            error.message = "cannot publish to exchange '\(exchange)': it does not exist"
+            throw error
+        }
     }
 
     /// Publishes `value` as JSON and returns once the broker has confirmed it.

@@ -113,12 +113,24 @@ public final class RabbitMQClient: Service, Sendable {
                                             + configuration.requestTimeout)
     }
 
-    func publisherChannel() async throws -> Channel {
-        try await publisher.get(isValid: { $0.isOpen || self.manager.willRecover(from: $0.closeReason) }) { [self] in
-            let channel = try await openChannel()
-            try await channel.enableConfirms()
-            return channel
-        }
+    /// The shared confirm channel of ``publish(_:to:routingKey:properties:mandatory:)``, waiting for it (a new
+    /// one, or recovery) until `deadline`. A channel the broker closed, or one that nacks every publish
+    /// (``ChannelLink/keepsNacking``), is replaced; the replaced one is closed once its publishes are settled.
+    func publisherChannel(until deadline: ContinuousClock.Instant) async throws -> Channel {
+        try await publisher.get(
+            until: deadline, operation: "basic.publish",
+            isValid: { $0.isOpen ? !$0.link.keepsNacking : self.manager.willRecover(from: $0.closeReason) },
+            retire: { channel in
+                Task {
+                    try? await channel.waitForConfirms()
+                    try? await channel.close()
+                }
+            },
+            create: { [self] in
+                let channel = try await openChannel()
+                try await channel.enableConfirms()
+                return channel
+            })
     }
 
     private func pooledChannel() async throws -> Channel {
@@ -141,12 +153,12 @@ public final class RabbitMQClient: Service, Sendable {
     }
 }
 
-/// A value created once on demand and shared: concurrent callers wait for the same creation, and a value that
-/// is no longer valid (a closed channel) is created afresh by the next caller.
+/// A value created once on demand and shared: concurrent callers wait for the same creation, each until its own
+/// deadline, and a value that is no longer valid (a closed channel) is created afresh by the next caller.
 final class SingleFlight<Value: Sendable>: Sendable {
     private enum State {
         case empty
-        case creating(Task<Value, any Error>)
+        case creating(SharedResult<Value>)
         case ready(Value)
         case closed
     }
@@ -158,33 +170,48 @@ final class SingleFlight<Value: Sendable>: Sendable {
         state.withLock { if case .ready(let value) = $0 { value } else { nil } }
     }
 
-    func get(isValid: (Value) -> Bool, create: @escaping @Sendable () async throws -> Value) async throws -> Value {
-        let task = try state.withLock { state throws(RabbitMQError) -> Task<Value, any Error> in
+    /// The valid value, or the one being created, waiting for it until `deadline`.
+    /// - Parameters:
+    ///   - retire: called with a value that is replaced because it is no longer valid.
+    ///   - create: runs in a task of its own, which a caller giving up at its deadline does not cancel.
+    func get(until deadline: ContinuousClock.Instant, operation: String, isValid: (Value) -> Bool,
+             retire: (Value) -> Void = { _ in },
+             create: @escaping @Sendable () async throws -> Value) async throws -> Value {
+        let (ready, creation, retired) = try state.withLock {
+            state throws(RabbitMQError) -> (Value?, SharedResult<Value>?, Value?) in
+            var retired: Value?
             switch state {
             case .ready(let value) where isValid(value):
-                return Task { value }
-            case .creating(let task):
-                return task
+                return (value, nil, nil)
+            case .creating(let creation):
+                return (nil, creation, nil)
             case .closed:
-                throw RabbitMQError(.clientClosed, "the client is closed")
-            default:
-                let task = Task { try await create() }
-                state = .creating(task)
-                return task
+                throw RabbitMQError(.clientClosed, "the client is closed", operation: operation)
+            case .ready(let value):
+                retired = value
+            case .empty:
+                break
             }
+            let creation = SharedResult<Value>()
+            state = .creating(creation)
+            Task { self.finish(creation, with: await Self.run(create)) }
+            return (nil, creation, retired)
         }
-        do {
-            let value = try await task.value
-            state.withLock { state in
-                if case .creating = state { state = .ready(value) }
-            }
-            return value
-        } catch {
-            state.withLock { state in
-                if case .creating = state { state = .empty }
-            }
-            throw error
+        if let ready { return ready }
+        if let retired { retire(retired) }
+        return try await creation!.value(until: deadline, operation: operation, awaited: "a new channel")
+    }
+
+    private static func run(_ create: @Sendable () async throws -> Value) async -> Result<Value, any Error> {
+        do { return .success(try await create()) } catch { return .failure(error) }
+    }
+
+    private func finish(_ creation: SharedResult<Value>, with outcome: Result<Value, any Error>) {
+        state.withLock { state in
+            guard case .creating(let current) = state, current === creation else { return }
+            if case .success(let value) = outcome { state = .ready(value) } else { state = .empty }
         }
+        creation.complete(outcome)
     }
 
     /// Refuses further creation and returns the current value, if any.

@@ -12,6 +12,8 @@ final class ChannelState {
     var confirmMode = false
     var nextPublishSequence: UInt64 = 1
     var unconfirmed: Deque<UnconfirmedPublish> = []
+    /// Publishes nacked since the last ack (see ``ChannelLink/keepsNacking``).
+    var nacksInARow = 0
     /// basic.return messages waiting for the confirm that follows them and names their publish.
     var pendingReturns: [ReturnedMessage] = []
     /// Window slots freed in this pass, released in one call at its end.

@@ -76,8 +76,9 @@ final class ConnectionEngine: Sendable {
     /// Whether the connection has ended.
     var isClosed: Bool { commands.terminalError != nil }
 
-    /// The error the connection ended with, once it has.
-    var closedError: RabbitMQError? { commands.terminalError }
+    /// The error the connection ended with, once it has (the other operation's, when the broker closed it
+    /// because of one).
+    var closedError: RabbitMQError? { commands.terminalError.map { $0.cause ?? $0 } }
 
     /// Opens a channel whose publish window allows `window` messages in flight.
     func openChannel(window: Int) async throws -> ChannelLink {
@@ -90,13 +91,15 @@ final class ConnectionEngine: Sendable {
         }
     }
 
-    /// Sends `method` on the channel and waits for the broker's reply, at most ``requestTimeout``.
-    /// Cancelling the task withdraws the request and closes the channel.
-    func request(_ method: OutgoingMethod, on link: ChannelLink) async throws -> MethodReply {
+    /// Sends `method` on the channel and waits for the broker's reply until `deadline` (default: in
+    /// ``requestTimeout``). Cancelling the task withdraws the request and closes the channel.
+    func request(_ method: OutgoingMethod, on link: ChannelLink, until deadline: ContinuousClock.Instant? = nil)
+        async throws -> MethodReply
+    {
         try link.checkOpen(method.name)
         try Task.checkCancellation()
         let id = requestIDs.add(1, ordering: .relaxed).newValue
-        let deadline = ContinuousClock.now + requestTimeout
+        let deadline = deadline ?? ContinuousClock.now + requestTimeout
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<MethodReply, any Error>) in
                 do throws(RabbitMQError) {

@@ -50,8 +50,9 @@ extension IOLoop {
             let text = close.reply_text.string
             sendMethod(.connectionCloseOk, on: nil)
             logger.warning("broker closed the connection", metadata: ["code": "\(code)", "text": "\(text)"])
-            finish(RabbitMQError(.connectionClosed, "the broker closed the connection", replyCode: code,
-                                 replyText: text))
+            let failed = Self.methodNumber(classID: close.class_id, methodID: close.method_id)
+            finish(RabbitMQError(.connectionClosed, "the broker closed the connection", operation: failed.name,
+                                 replyCode: code, replyText: text), causedBy: failed.number)
         case AMQP_CONNECTION_CLOSE_OK_METHOD:
             finish(RabbitMQError(.clientClosed, "the client closed the connection"))
         case AMQP_CONNECTION_BLOCKED_METHOD:
@@ -69,7 +70,8 @@ extension IOLoop {
         switch method.id {
         case AMQP_CHANNEL_CLOSE_METHOD:
             let close = decoded!.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
-            brokerClosed(channel, code: close.reply_code, text: close.reply_text.string)
+            brokerClosed(channel, code: close.reply_code, text: close.reply_text.string,
+                         method: Self.methodNumber(classID: close.class_id, methodID: close.method_id).number)
             return
         case AMQP_CHANNEL_CLOSE_OK_METHOD where channel.isClosing:
             channels.remove(channel)
@@ -262,6 +264,16 @@ extension IOLoop {
     /// basic.ack / basic.nack for publishes up to (or exactly) `tag`.
     private func confirm(_ tag: UInt64, multiple: Bool, nacked: Bool, on channel: ChannelState) {
         attachReturns(to: tag, multiple: multiple, on: channel)
+        if !nacked {
+            channel.nacksInARow = 0
+        } else {
+            channel.nacksInARow += 1
+            if channel.nacksInARow == Self.nackRunBeforeRecycling {
+                logger.warning("the broker nacked \(Self.nackRunBeforeRecycling) publishes in a row on a channel",
+                               metadata: ["channel": "\(channel.number)"])
+                channel.link.keepsNacking = true
+            }
+        }
         func resolve(_ publish: UnconfirmedPublish) {
             let outcome: Result<Void, RabbitMQError>
             if nacked {
@@ -291,21 +303,62 @@ extension IOLoop {
         while channel.unconfirmed.first?.isResolved == true { channel.unconfirmed.removeFirst() }
     }
 
-    private func brokerClosed(_ channel: ChannelState, code: UInt16, text: String) {
+    /// The broker closed the channel because of `method`. The error is charged to what sent it: the oldest request
+    /// if it sent that method, or for a publish to a missing exchange, the unconfirmed publishes to that exchange.
+    /// Every other operation under way on the channel gets a collateral error; when nothing can be charged (an
+    /// oversized message: which one is unknown), every operation gets the error.
+    /// Nacks in a row (confirms, a multiple one counting once) after which a channel ``ChannelLink/keepsNacking``.
+    static let nackRunBeforeRecycling = 10
+
+    private func brokerClosed(_ channel: ChannelState, code: UInt16, text: String, method: amqp_method_number_t?) {
         sendMethod(.channelCloseOk, on: channel)
         guard !channel.isClosing else {
             channels.remove(channel)
             return
         }
-        let operation = channel.pending.first?.method.name
         let tooLarge = code == 406 && text.contains("message size")
+        let isPublish = method == AMQP_BASIC_PUBLISH_METHOD
         let error = RabbitMQError(
             tooLarge ? .messageTooLarge : .channelClosed,
             tooLarge ? "the message is larger than the broker's maximum message size"
                 : "the broker closed channel \(channel.number)",
-            operation: operation, replyCode: code, replyText: text)
+            operation: isPublish ? "basic.publish" : channel.pending.first?.method.name, replyCode: code,
+            replyText: text)
         logger.debug("broker closed a channel", metadata: ["channel": "\(channel.number)", "error": "\(error)"])
-        tearDown(channel, error)
+        var culprit: PendingRequest?
+        if let method, channel.pending.first?.method.number == method { culprit = channel.pending.removeFirst() }
+        var chargedPublishes: [PublishTicket] = []
+        if isPublish, let exchange = Self.missingExchange(named: text) {
+            chargedPublishes = channel.unconfirmed.filter { !$0.isResolved && $0.ticket.exchange == exchange }
+                .map(\.ticket)
+        }
+        let charged = culprit != nil || !chargedPublishes.isEmpty
+        let others = charged ? RabbitMQError.collateral(
+            .channelClosed, "the broker closed channel \(channel.number) because another operation "
+                + "(\(error.operation ?? "unknown")) failed", cause: error) : error
+        // Closed first: a caller told of its failure must not find the channel open.
+        channel.link.markClosed(error, inFlight: others)
+        for ticket in chargedPublishes { ticket.complete(.failure(error)) }
+        culprit?.fail(error)
+        tearDown(channel, others)
+    }
+
+    /// The exchange a 404 names: RabbitMQ says `NOT_FOUND - no exchange 'orders' in vhost '/'`.
+    static func missingExchange(named text: String) -> String? {
+        guard let start = text.range(of: "no exchange '"),
+              let end = text.range(of: "' in vhost", range: start.upperBound..<text.endIndex) else { return nil }
+        return String(text[start.upperBound..<end.lowerBound])
+    }
+
+    /// The method a channel.close or connection.close names as the one that failed, if any.
+    static func methodNumber(classID: UInt16, methodID: UInt16) -> (number: amqp_method_number_t?, name: String?) {
+        guard classID != 0 else { return (nil, nil) }
+        let number = amqp_method_number_t(classID) << 16 | amqp_method_number_t(methodID)
+        guard let constant = amqp_method_name(number) else { return (number, nil) }
+        // AMQP_CHANNEL_CLOSE_OK_METHOD is channel.close-ok.
+        let words = String(cString: constant).lowercased().split(separator: "_").dropFirst().dropLast()
+        guard let first = words.first else { return (number, nil) }
+        return (number, first + "." + words.dropFirst().joined(separator: "-"))
     }
 
     private func endConsumer(_ tag: String, on channel: ChannelState, error: RabbitMQError?) {

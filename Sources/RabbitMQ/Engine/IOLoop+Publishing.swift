@@ -5,8 +5,7 @@ extension IOLoop {
     /// Publishes now, or holds the message back while the broker blocks the connection.
     func publish(_ publish: OutgoingPublish) {
         guard let channel = openState(of: publish.link) else {
-            publish.ticket.complete(.failure(
-                publish.link.closedError ?? RabbitMQError(.clientClosed, "the channel is closed")))
+            publish.ticket.complete(.failure(publish.link.inFlightError))
             return
         }
         if isBlocked || !held.isEmpty {

@@ -82,10 +82,13 @@ final class IOLoop {
             if finalError != nil { break }
             commands.takeAll(into: &batch)
             let hadCommands = !batch.isEmpty
-            for command in batch where finalError == nil { handle(command) }
-            if let error = finalError {
-                for command in batch { reject(command, error) }
+            var handled = 0
+            while handled < batch.count, finalError == nil {
+                handle(batch[handled])
+                handled += 1
             }
+            // Only the commands the connection's end left unhandled: a handled one already has its outcome.
+            for command in batch[handled...] { reject(command, rejection) }
             batch.removeAll(keepingCapacity: true)
             flushAcks()
             flushWrites()
@@ -94,7 +97,7 @@ final class IOLoop {
             if !hadCommands, drainedAll, finalError == nil { sleep() }
         }
         let error = finalError ?? RabbitMQError(.clientClosed, "the connection was closed")
-        for command in commands.terminate(with: error) { reject(command, error) }
+        for command in commands.terminate(with: error) { reject(command, rejection) }
         for waiter in closeWaiters { waiter.resume() }
         closeWaiters.removeAll()
         return error
@@ -200,7 +203,7 @@ final class IOLoop {
             settle(settlement, on: link)
         case .registerConsumer(let link, let tag, let buffer):
             guard let channel = openState(of: link) else {
-                buffer.finish(link.closedError ?? RabbitMQError(.clientClosed, "the channel is closed"))
+                buffer.finish(link.inFlightError)
                 return
             }
             channel.consumers[tag] = ConsumerState(buffer: buffer)
@@ -265,7 +268,7 @@ final class IOLoop {
     private func send(_ request: Request) {
         let pending = PendingRequest(request)
         guard let channel = openState(of: request.link) else {
-            pending.fail(request.link.closedError ?? RabbitMQError(.clientClosed, "the channel is closed"))
+            pending.fail(request.link.inFlightError)
             return
         }
         guard sendMethod(request.method, on: channel) else {
@@ -327,7 +330,7 @@ final class IOLoop {
         guard !blocked else { return }
         while !isBlocked, finalError == nil, let next = held.popFirst() {
             guard let channel = openState(of: next.link) else {
-                next.ticket.complete(.failure(next.link.closedError ?? RabbitMQError(.clientClosed, "channel closed")))
+                next.ticket.complete(.failure(next.link.inFlightError))
                 continue
             }
             // Timed out while held back: the publisher was told it failed, so it must not go out now.
@@ -429,18 +432,41 @@ final class IOLoop {
         sendMethod(.connectionClose(replyCode: 200, replyText: "client closed the connection"), on: nil)
     }
 
-    /// The broker acknowledged our connection.close, or closed the connection itself.
-    func finish(_ error: RabbitMQError) {
+    /// What commands get once the connection has ended: the error it ended with, or the collateral error of
+    /// operations that did not cause the broker to close it.
+    private var rejection: RabbitMQError {
+        commands.terminalError ?? finalError ?? RabbitMQError(.clientClosed, "the connection was closed")
+    }
+
+    /// The broker acknowledged our connection.close, or closed the connection itself, because of `method` when it
+    /// names one.
+    ///
+    /// The error is charged to the request that sent `method` (the oldest one on its channel; with several
+    /// channels sending the same method at that moment, each of them); every other operation fails with a
+    /// collateral error. The command queue refuses new commands before any waiter is resumed, so that a caller
+    /// told of the failure is never handed this connection again.
+    func finish(_ error: RabbitMQError, causedBy method: amqp_method_number_t? = nil) {
         guard finalError == nil else { return }
         finalError = error
+        var culprits: [PendingRequest] = []
+        if let method, !error.isRetryable {
+            for channel in channels.all where !channel.isClosing && channel.pending.first?.method.number == method {
+                culprits.append(channel.pending.removeFirst())
+            }
+        }
+        let others = culprits.isEmpty ? error : RabbitMQError.collateral(
+            error.code, "the broker closed the connection because another operation (\(culprits[0].method.name)) "
+                + "failed", cause: error)
+        for command in commands.terminate(with: others) { reject(command, others) }
         // A recoverable channel's consumers outlive a lost connection: recovery re-registers their buffers.
         let connectionLost = error.code != .clientClosed
         for channel in channels.all {
-            tearDown(channel, error, keepConsumers: connectionLost && channel.link.isRecoverable)
+            tearDown(channel, others, keepConsumers: connectionLost && channel.link.isRecoverable)
         }
-        for entry in held { entry.ticket.complete(.failure(error)) }
+        for request in culprits { request.fail(error) }
+        for entry in held { entry.ticket.complete(.failure(others)) }
         held.removeAll()
-        for entry in awaitingWrite { entry.ticket.complete(.failure(error)) }
+        for entry in awaitingWrite { entry.ticket.complete(.failure(others)) }
         awaitingWrite.removeAll()
         flushBatches()
     }

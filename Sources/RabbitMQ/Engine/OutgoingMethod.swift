@@ -55,6 +55,35 @@ enum OutgoingMethod: Sendable {
         }
     }
 
+    /// The method's number (class and method id), as a broker's channel.close or connection.close names the
+    /// method that failed.
+    var number: amqp_method_number_t {
+        switch self {
+        case .channelOpen: AMQP_CHANNEL_OPEN_METHOD
+        case .channelClose: AMQP_CHANNEL_CLOSE_METHOD
+        case .channelCloseOk: AMQP_CHANNEL_CLOSE_OK_METHOD
+        case .channelFlowOk: AMQP_CHANNEL_FLOW_OK_METHOD
+        case .connectionClose: AMQP_CONNECTION_CLOSE_METHOD
+        case .connectionCloseOk: AMQP_CONNECTION_CLOSE_OK_METHOD
+        case .exchangeDeclare: AMQP_EXCHANGE_DECLARE_METHOD
+        case .exchangeDelete: AMQP_EXCHANGE_DELETE_METHOD
+        case .exchangeBind: AMQP_EXCHANGE_BIND_METHOD
+        case .exchangeUnbind: AMQP_EXCHANGE_UNBIND_METHOD
+        case .queueDeclare: AMQP_QUEUE_DECLARE_METHOD
+        case .queueBind: AMQP_QUEUE_BIND_METHOD
+        case .queueUnbind: AMQP_QUEUE_UNBIND_METHOD
+        case .queuePurge: AMQP_QUEUE_PURGE_METHOD
+        case .queueDelete: AMQP_QUEUE_DELETE_METHOD
+        case .basicQos: AMQP_BASIC_QOS_METHOD
+        case .basicConsume: AMQP_BASIC_CONSUME_METHOD
+        case .basicCancel: AMQP_BASIC_CANCEL_METHOD
+        case .basicCancelOk: AMQP_BASIC_CANCEL_OK_METHOD
+        case .basicGet: AMQP_BASIC_GET_METHOD
+        case .basicRecover: AMQP_BASIC_RECOVER_METHOD
+        case .confirmSelect: AMQP_CONFIRM_SELECT_METHOD
+        }
+    }
+
     /// The replies that answer this method, or empty when it has none.
     var replies: [amqp_method_number_t] {
         switch self {

@@ -3,6 +3,11 @@
 /// Switch on ``code`` to handle a kind of failure; ``isRetryable`` says whether trying the same thing again
 /// later can succeed (a lost connection, a timeout) or not (a wrong password, a missing queue, bad input).
 /// ``description`` never contains a password; ``debugDescription`` adds where the error was raised.
+///
+/// A fault is charged to the operation that caused it. An operation that fails only because another one made the
+/// broker close the channel or connection they shared (a publish to a missing exchange on the shared confirm
+/// channel, a declaration the broker answers by closing the connection) gets a *collateral* error: retryable,
+/// without a reply code, with the other operation's error as its ``cause``.
 public struct RabbitMQError: Error, Sendable, CustomStringConvertible, CustomDebugStringConvertible {
     /// What kind of failure this is. New codes may be added, so a `switch` needs a `default`.
     public struct Code: Hashable, Sendable, CustomStringConvertible {
@@ -59,6 +64,16 @@ public struct RabbitMQError: Error, Sendable, CustomStringConvertible, CustomDeb
     public var replyText: String?
     /// Whether trying again later can succeed.
     public var isRetryable: Bool
+    /// For a collateral error, the failure of the other operation that closed the channel or connection this
+    /// operation was using (with that operation's code and reply code); `nil` otherwise.
+    public var cause: RabbitMQError? {
+        get { causeBox?.error }
+        set { causeBox = newValue.map(CauseBox.init) }
+    }
+    /// Whether the operation failed only because another operation's fault closed the channel or connection it
+    /// shared (see ``cause``). Such an error is always retryable: the operation itself was fine.
+    public var isCollateral: Bool { causeBox != nil }
+    private var causeBox: CauseBox?
     /// Where the error was raised.
     public var file: String
     /// Where the error was raised.
@@ -92,7 +107,16 @@ public struct RabbitMQError: Error, Sendable, CustomStringConvertible, CustomDeb
         if let replyCode {
             text += " [\(replyCode)\(replyText.map { " \($0)" } ?? "")]"
         }
+        if let cause { text += "; caused by \(cause)" }
         return text
+    }
+
+    /// The error of an operation that failed only because `cause` closed the channel or connection it shared:
+    /// `code`, retryable, no reply code.
+    static func collateral(_ code: Code, _ message: String, cause: RabbitMQError) -> RabbitMQError {
+        var error = RabbitMQError(code, message, isRetryable: true)
+        error.cause = cause
+        return error
     }
 
     public var debugDescription: String {
@@ -112,5 +136,14 @@ public struct RabbitMQError: Error, Sendable, CustomStringConvertible, CustomDeb
         default:
             return false
         }
+    }
+}
+
+/// Holds a collateral error's cause: a struct cannot hold a value of its own type directly.
+private final class CauseBox: Sendable {
+    let error: RabbitMQError
+
+    init(_ error: RabbitMQError) {
+        self.error = error
     }
 }

@@ -60,7 +60,8 @@ extension Channel {
     ) async throws -> PublishConfirmation {
         try Self.validatePublish(body, to: exchange, routingKey: routingKey, properties: properties)
         return try await enqueuePublish(body, to: exchange, routingKey: routingKey, properties: properties,
-                                        mandatory: mandatory, observability: observability)
+                                        mandatory: mandatory, deadline: .now + manager.configuration.confirmTimeout,
+                                        observability: observability)
     }
 
     /// Checks what a publish sends without contacting the broker: names, header keys, body size.
@@ -92,19 +93,20 @@ extension Channel {
         return (body, properties)
     }
 
-    /// Publishes a message ``validatePublish(_:to:routingKey:properties:)`` has accepted.
+    /// Publishes a message ``validatePublish(_:to:routingKey:properties:)`` has accepted; it must be sent and
+    /// confirmed by `deadline`.
     func enqueuePublish(
         _ body: Data,
         to exchange: String,
         routingKey: String,
         properties: MessageProperties,
         mandatory: Bool,
+        deadline: ContinuousClock.Instant,
         observability: Observability
     ) async throws -> PublishConfirmation {
         var properties = properties
         if properties.deliveryMode == nil { properties.deliveryMode = .persistent }
         let span = observability.willPublish(exchange: exchange, routingKey: routingKey, properties: &properties)
-        let deadline = ContinuousClock.now + manager.configuration.confirmTimeout
         let link: ChannelLink
         do {
             link = try await acquirePublishSlot(until: deadline)
@@ -113,7 +115,7 @@ extension Channel {
             throw error
         }
         let instruments = observability.exchange(exchange)
-        let ticket = PublishTicket(deadline: deadline, instruments: instruments,
+        let ticket = PublishTicket(deadline: deadline, exchange: exchange, instruments: instruments,
                                    started: instruments == nil ? nil : .now, span: span)
         let message = OutgoingMessage(exchange: exchange, routingKey: routingKey, mandatory: mandatory,
                                       properties: properties, body: body)

@@ -11,6 +11,8 @@ final class PublishTicket: Sendable {
     private let state = StateLock(State())
     /// When the publish must be confirmed by; the I/O thread fails it after that.
     let deadline: ContinuousClock.Instant
+    /// The exchange published to: a broker's 404 for a missing exchange is charged to the publishes to it.
+    let exchange: String
     /// The exchange's metric handles, `nil` without metrics.
     private let instruments: ExchangeInstruments?
     /// When the message was handed to the I/O thread, for the confirm latency (only read with metrics).
@@ -18,9 +20,10 @@ final class PublishTicket: Sendable {
     /// The producer span, ended with the outcome; `nil` without tracing.
     private let span: (any Span)?
 
-    init(deadline: ContinuousClock.Instant, instruments: ExchangeInstruments? = nil,
+    init(deadline: ContinuousClock.Instant, exchange: String = "", instruments: ExchangeInstruments? = nil,
          started: ContinuousClock.Instant? = nil, span: (any Span)? = nil) {
         self.deadline = deadline
+        self.exchange = exchange
         self.instruments = instruments
         self.started = started ?? deadline
         self.span = span

@@ -7,10 +7,38 @@ import Synchronization
 final class ConnectionManager: Sendable {
     private enum State {
         case idle
-        case connecting(Task<ConnectionEngine, any Error>)
+        case connecting(Attempt)
         case connected(ConnectionEngine)
-        case recovering(Task<ConnectionEngine, any Error>)
+        case recovering(Attempt)
         case closed
+    }
+
+    /// A first connection or a recovery under way: the task doing it, and its outcome, which callers wait for
+    /// each until their own deadline (never for the task, which may sleep between attempts for a long time).
+    private struct Attempt {
+        let task: Task<ConnectionEngine, any Error>
+        let result: SharedResult<ConnectionEngine>
+
+        init(_ work: @escaping @Sendable () async throws -> ConnectionEngine) {
+            let result = SharedResult<ConnectionEngine>()
+            self.result = result
+            task = Task {
+                do {
+                    let engine = try await work()
+                    result.complete(.success(engine))
+                    return engine
+                } catch {
+                    result.complete(.failure(error))
+                    throw error
+                }
+            }
+        }
+    }
+
+    /// What a caller of ``engine(until:operation:)`` gets: the live connection, or an attempt to wait for.
+    private enum Availability {
+        case now(ConnectionEngine)
+        case later(Attempt)
     }
 
     private struct WeakChannel {
@@ -20,6 +48,8 @@ final class ConnectionManager: Sendable {
     let configuration: RabbitMQClient.Configuration
     let logger: Logger
     let recorder = TopologyRecorder()
+    /// The exchanges known to exist on the broker, for ``RabbitMQClient``'s publishes.
+    let exchanges = KnownExchanges()
     /// Metrics, tracing and logging of the client, shared by its channels across reconnections.
     let observability: Observability
     private let state = StateLock<State>(.idle)
@@ -35,29 +65,34 @@ final class ConnectionManager: Sendable {
 
     // MARK: Connection
 
-    /// The live connection: connecting, or waiting for recovery, until `deadline` if one is given.
-    func engine(until deadline: ContinuousClock.Instant? = nil, operation: String = "connect") async throws
+    /// The live connection: connecting, or waiting for recovery, until `deadline` at the latest, whatever the
+    /// connection attempt or the recovery is doing then.
+    func engine(until deadline: ContinuousClock.Instant, operation: String = "connect") async throws
         -> ConnectionEngine
     {
-        let task = try state.withLock { state throws(RabbitMQError) -> Task<ConnectionEngine, any Error> in
+        let availability = try state.withLock { state throws(RabbitMQError) -> Availability in
             switch state {
             case .connected(let engine) where !engine.isClosed:
-                return Task { engine }
+                return .now(engine)
             case .connected(let engine):
                 // The connection ended and the I/O thread's notice has not arrived yet.
-                return startRecoveryOrReconnect(&state, after: engine.closedError)
-            case .connecting(let task), .recovering(let task):
-                return task
+                return .later(startRecoveryOrReconnect(&state, after: engine.closedError))
+            case .connecting(let attempt), .recovering(let attempt):
+                return .later(attempt)
             case .idle:
-                let task = Task { try await self.connectFirstTime() }
-                state = .connecting(task)
-                return task
+                let attempt = Attempt { try await self.connectFirstTime() }
+                state = .connecting(attempt)
+                return .later(attempt)
             case .closed:
                 throw RabbitMQError(.clientClosed, "the client is closed", operation: operation)
             }
         }
-        guard let deadline else { return try await task.value }
-        return try await withDeadline(deadline, operation: operation) { try await task.value }
+        switch availability {
+        case .now(let engine):
+            return engine
+        case .later(let attempt):
+            return try await attempt.result.value(until: deadline, operation: operation, awaited: "the connection")
+        }
     }
 
     /// Whether a channel closed with `error` will be brought back by recovery.
@@ -73,7 +108,7 @@ final class ConnectionManager: Sendable {
             defer { state = .closed }
             switch state {
             case .connected(let engine): return (engine, nil)
-            case .connecting(let task), .recovering(let task): return (nil, task)
+            case .connecting(let attempt), .recovering(let attempt): return (nil, attempt.task)
             case .idle, .closed: return (nil, nil)
             }
         }
@@ -151,21 +186,19 @@ final class ConnectionManager: Sendable {
     /// Leaves the `connected` state of a connection that ended. Called with the state locked, by whichever
     /// notices first (the I/O thread's notice, or a caller finding the engine closed), so once per connection:
     /// the `connectionLost` event is emitted here, before any `reconnecting`.
-    private func startRecoveryOrReconnect(_ state: inout State, after error: RabbitMQError?)
-        -> Task<ConnectionEngine, any Error>
-    {
+    private func startRecoveryOrReconnect(_ state: inout State, after error: RabbitMQError?) -> Attempt {
         let error = error ?? RabbitMQError(.connectionLost, "the connection ended")
         emit(.connectionLost(error))
         guard configuration.recovery.isEnabled else {
             for channel in liveChannels() { channel.failConsumers(error) }
-            let task = Task { try await self.connectFirstTime() }
-            state = .connecting(task)
-            return task
+            let attempt = Attempt { try await self.connectFirstTime() }
+            state = .connecting(attempt)
+            return attempt
         }
         logger.warning("connection lost; recovering", metadata: ["error": "\(error)"])
-        let task = Task { try await self.recover(after: error) }
-        state = .recovering(task)
-        return task
+        let attempt = Attempt { try await self.recover(after: error) }
+        state = .recovering(attempt)
+        return attempt
     }
 
     private func recover(after error: RabbitMQError) async throws -> ConnectionEngine {
@@ -213,6 +246,8 @@ final class ConnectionManager: Sendable {
 
     /// Declares the recorded topology again and re-opens every channel the application still uses.
     private func restore(on engine: ConnectionEngine) async throws {
+        // The broker may have lost exchanges while the connection was down; the recorded ones are declared again.
+        exchanges.removeAll()
         let link = try await engine.openChannel(window: 1)
         let channel = Channel(link: link, engine: engine, manager: self)
         try await recorder.redeclare(on: channel)

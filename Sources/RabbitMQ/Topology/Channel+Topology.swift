@@ -10,6 +10,7 @@ extension Channel {
         _ = try await request(.exchangeDeclare(
             name: exchange.name, type: exchange.type.rawValue, passive: false, durable: exchange.durable,
             autoDelete: exchange.autoDelete, internal: exchange.isInternal, arguments: exchange.declareArguments))
+        manager.exchanges.add(exchange.name)
         if recording { manager.recorder.record(exchange) }
     }
 
@@ -59,6 +60,7 @@ extension Channel {
         try NameValidation.validate(name, as: "exchange name", operation: "exchange.declare")
         _ = try await request(.exchangeDeclare(name: name, type: "", passive: true, durable: false, autoDelete: false,
                                                internal: false, arguments: [:]))
+        manager.exchanges.add(name)
     }
 
     /// Binds a queue or an exchange to a source exchange.
@@ -112,6 +114,7 @@ extension Channel {
     public func deleteExchange(_ name: String, ifUnused: Bool = false) async throws {
         try NameValidation.validateEntityName(name, as: "exchange name", operation: "exchange.delete")
         _ = try await request(.exchangeDelete(name: name, ifUnused: ifUnused))
+        manager.exchanges.remove(name)
         manager.recorder.forgetExchange(name)
     }
 
