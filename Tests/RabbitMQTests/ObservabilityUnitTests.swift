@@ -86,6 +86,12 @@ struct ObservabilityUnitTests {
 
         observability.recordRecovery()
         #expect(try metrics.expectCounter("rabbitmq.recoveries").totalValue == 1)
+
+        #expect(try metrics.expectCounter("rabbitmq.settlements.stale").totalValue == 0)
+        observability.recordStaleSettlement(.ack(deliveryTag: 3, multiple: false), channel: 1,
+                                            closedWith: RabbitMQError(.connectionLost, "lost"))
+        observability.recordStaleSettlement(.reject(deliveryTag: 4, requeue: true), channel: 1, closedWith: nil)
+        #expect(try metrics.expectCounter("rabbitmq.settlements.stale").totalValue == 2)
     }
 
     @Test func dimensionValuesAreBounded() throws {
