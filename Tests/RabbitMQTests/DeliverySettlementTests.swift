@@ -35,7 +35,8 @@ struct DeliverySettlementTests {
         await #expect { try await first.nack(requeue: true) } throws: { Self.isAlreadySettled($0) }
         try await second.reject(requeue: false)
         await #expect { try await second.ack() } throws: { Self.isAlreadySettled($0) }
-        #expect(Self.submitted(queue) == [.ack(deliveryTag: 1, multiple: false), .reject(deliveryTag: 2, requeue: false)])
+        #expect(Self.submitted(queue) == [.ack(deliveryTag: 1, multiple: false),
+                                          .reject(deliveryTag: 2, requeue: false)])
     }
 
     @Test func aMultipleSettlementCoversTheEarlierDeliveries() async throws {
