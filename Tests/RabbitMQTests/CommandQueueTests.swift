@@ -15,7 +15,7 @@ struct CommandQueueTests {
     }
 
     private func ack(_ tag: UInt64, _ queue: CommandQueue) -> EngineCommand {
-        .settle(ChannelLink(number: 1, commands: queue, windowCapacity: 1), .ack(deliveryTag: tag, multiple: false))
+        .settle(ChannelLink.unserved(commands: queue), .ack(deliveryTag: tag, multiple: false))
     }
 
     private func otherCommand() -> EngineCommand {
@@ -45,7 +45,7 @@ struct CommandQueueTests {
 
         #expect(queue.prepareToSleep(acksMayWait: true))
         try queue.submit(ack(1, queue))
-        try queue.submit(.settle(ChannelLink(number: 1, commands: queue, windowCapacity: 1),
+        try queue.submit(.settle(ChannelLink.unserved(commands: queue),
                                  .reject(deliveryTag: 2, requeue: false)))
         #expect(!wakes(queue), "settlements wait for the thread's short poll to end")
         try queue.submit(otherCommand())

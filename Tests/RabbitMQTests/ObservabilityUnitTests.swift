@@ -16,7 +16,7 @@ struct ObservabilityUnitTests {
     }
 
     private static func makeDelivery(properties: MessageProperties, exchange: String = "orders") throws -> Delivery {
-        let link = ChannelLink(number: 1, commands: try CommandQueue(), windowCapacity: 10)
+        let link = ChannelLink.unserved(commands: try CommandQueue(), windowCapacity: 10)
         return Delivery(body: Data("body".utf8), properties: properties, exchange: exchange,
                         routingKey: "order.placed", isRedelivered: false, deliveryTag: 7, consumerTag: "tag",
                         link: link)
@@ -86,6 +86,12 @@ struct ObservabilityUnitTests {
 
         observability.recordRecovery()
         #expect(try metrics.expectCounter("rabbitmq.recoveries").totalValue == 1)
+
+        #expect(try metrics.expectCounter("rabbitmq.settlements.stale").totalValue == 0)
+        observability.recordStaleSettlement(.ack(deliveryTag: 3, multiple: false), channel: 1,
+                                            closedWith: RabbitMQError(.connectionLost, "lost"))
+        observability.recordStaleSettlement(.reject(deliveryTag: 4, requeue: true), channel: 1, closedWith: nil)
+        #expect(try metrics.expectCounter("rabbitmq.settlements.stale").totalValue == 2)
     }
 
     @Test func dimensionValuesAreBounded() throws {

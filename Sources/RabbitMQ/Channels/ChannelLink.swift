@@ -1,23 +1,27 @@
 import Synchronization
 
 /// What tasks share with the I/O thread about one open channel: its number, whether it is still open,
-/// its publish window, and the queue to send commands through.
+/// its publish window, which of its deliveries are settled, and the queue to send commands through.
 ///
-/// A channel number is reused after a channel closes; a link is not, so a stale delivery's ack can be
-/// recognised and refused.
+/// A channel number is reused after a channel closes; a link is not, so a stale delivery's settlement can be
+/// recognised and dropped rather than sent on the channel that reuses the number.
 final class ChannelLink: Sendable {
     let number: UInt16
     let commands: CommandQueue
     let window: PublishWindow
+    /// Where a settlement that comes too late is counted and logged.
+    let observability: Observability
     private let closure = StateLock<(error: RabbitMQError, inFlight: RabbitMQError)?>(nil)
     private let open = Atomic<Bool>(true)
     private let recoverable = Atomic<Bool>(false)
     private let nacking = Atomic<Bool>(false)
+    private let settled = StateLock(SettledTags())
 
-    init(number: UInt16, commands: CommandQueue, windowCapacity: Int) {
+    init(number: UInt16, commands: CommandQueue, windowCapacity: Int, observability: Observability) {
         self.number = number
         self.commands = commands
         self.window = PublishWindow(capacity: windowCapacity)
+        self.observability = observability
     }
 
     /// Whether the channel is open, cheaply.
@@ -69,6 +73,18 @@ final class ChannelLink: Sendable {
         var error = closedError ?? RabbitMQError(.clientClosed, "the channel is closed")
         error.operation = operation
         throw error
+    }
+
+    /// Marks the deliveries `settlement` covers settled, once: the first settlement of a delivery wins.
+    /// - Returns: `false`, changing nothing, if its delivery was settled already.
+    func markSettled(_ settlement: Settlement) -> Bool {
+        settled.withLock { $0.insert(settlement.deliveryTag, multiple: settlement.isMultiple) }
+    }
+
+    /// Drops a settlement that came after the channel closed, counting and logging it: the broker has already
+    /// requeued the delivery, and the channel number may belong to another channel by now.
+    func dropStaleSettlement(_ settlement: Settlement) {
+        observability.recordStaleSettlement(settlement, channel: number, closedWith: closedError)
     }
 
     /// Hands a command to the I/O thread.

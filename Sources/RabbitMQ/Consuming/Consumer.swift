@@ -11,8 +11,11 @@ import Synchronization
 /// }
 /// ```
 /// Deliveries cross from the connection's I/O thread in batches, and at most the prefetch count of them is
-/// ever buffered. Leaving the loop, cancelling its task or calling ``cancel()`` cancels the consumer at the
-/// broker; unacknowledged deliveries go back to the queue when its channel closes. The sequence ends with
+/// ever buffered. A delivery is handed out only while its channel is open, so that it can be settled: once the
+/// channel closes or the connection is lost, what it buffered is dropped (the broker requeues it), and after
+/// recovery the sequence goes on with the recovered channel's deliveries. Leaving the loop, cancelling its task or
+/// calling ``cancel()`` cancels the consumer at the broker; unacknowledged deliveries go back to the queue when
+/// its channel closes. The sequence ends with
 /// ``RabbitMQError/Code/consumerCancelled`` if the broker cancels the consumer (its queue was deleted), and
 /// with the channel's or connection's error if either fails.
 public struct Consumer: AsyncSequence, Sendable {
@@ -24,7 +27,7 @@ public struct Consumer: AsyncSequence, Sendable {
 
     /// Stops the consumer at the broker; the sequence ends after the deliveries already received.
     /// For a consumer opened by ``RabbitMQClient/consume(_:prefetch:options:)`` this also closes its channel,
-    /// which returns unacknowledged deliveries to the queue.
+    /// which returns unacknowledged deliveries to the queue; the deliveries it buffered are then dropped.
     public func cancel() async {
         await core.cancel()
     }
@@ -42,20 +45,31 @@ public struct Consumer: AsyncSequence, Sendable {
             self.core = core
         }
 
+        /// The next delivery that can still be settled. Deliveries whose channel has closed since they were
+        /// received (the connection was lost, the channel or the client closed) are dropped, not handed out: the
+        /// broker requeues them, and after recovery the sequence goes on with the new channel's deliveries.
         public mutating func next() async throws -> Delivery? {
-            if batch.isEmpty {
-                batch = try await core.buffer.next()
+            while true {
+                if batch.isEmpty {
+                    batch = try await core.buffer.next()
+                    if batch.isEmpty { return nil }  // the sequence ended
+                }
+                guard var delivery = batch.popFirstSettleable() else { continue }
+                if core.acknowledgesAutomatically {
+                    do {
+                        guard try delivery.settle(.ack(deliveryTag: delivery.deliveryTag, multiple: false),
+                                                  "basic.ack") else { continue }  // its channel just closed
+                        core.instruments?.recordAcked()
+                    } catch {
+                        // Covered by an earlier multiple settlement of the channel: nothing left to acknowledge.
+                    }
+                }
+                if let instruments = core.instruments {
+                    delivery.instruments = instruments
+                    instruments.recordDelivered()
+                }
+                return delivery
             }
-            guard var delivery = batch.popFirst() else { return nil }
-            if let instruments = core.instruments {
-                delivery.instruments = instruments
-                instruments.recordDelivered()
-            }
-            if core.acknowledgesAutomatically {
-                try delivery.link.submit(.settle(delivery.link, .ack(deliveryTag: delivery.deliveryTag, multiple: false)))
-                core.instruments?.recordAcked()
-            }
-            return delivery
         }
     }
 }

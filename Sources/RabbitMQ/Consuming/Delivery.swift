@@ -2,9 +2,15 @@ import Foundation
 
 /// A message delivered by the broker, to a consumer or by ``Channel/get(from:acknowledgement:)``.
 ///
-/// Settle it exactly once with ``ack()``, ``nack(requeue:)`` or ``reject(requeue:)``, unless it was received
-/// with automatic acknowledgement. Settling is cheap: it is queued for the connection's I/O thread, which
-/// merges the acks of many deliveries into one frame where it can.
+/// Settle it exactly once with ``ack(multiple:)``, ``nack(requeue:multiple:)`` or ``reject(requeue:)``, unless it
+/// was received with automatic acknowledgement. Settling is cheap: it is queued for the connection's I/O thread,
+/// which merges the acks of many deliveries into one frame where it can.
+///
+/// Settling a delivery whose channel has closed since (the connection was lost and recovered, the broker or the
+/// application closed the channel, the client was closed) does nothing and does not throw: the broker requeued the
+/// message when the channel closed and delivers it again. Such settlements are logged at debug and counted in the
+/// `rabbitmq.settlements.stale` metric. Settling a delivery a second time throws
+/// ``RabbitMQError/Code/alreadySettled``.
 public struct Delivery: Sendable {
     /// The message body, copied once out of the connection's frame buffers.
     ///
@@ -45,11 +51,11 @@ public struct Delivery: Sendable {
 
     /// Tells the broker the message was processed; it is removed from the queue.
     /// - Parameter multiple: also acknowledge every earlier unsettled delivery on the same channel.
-    /// - Throws: ``RabbitMQError`` with ``RabbitMQError/Code/channelClosed`` (or the channel's closing code)
-    ///   when its channel has closed: the broker has already requeued the message, and acking it on another
-    ///   channel would be wrong.
+    /// - Throws: ``RabbitMQError`` with ``RabbitMQError/Code/alreadySettled`` if the delivery was settled before
+    ///   (or covered by an earlier `multiple` settlement, or acknowledged automatically); the first settlement
+    ///   stands. Does nothing if its channel has closed: the broker has requeued the message.
     public func ack(multiple: Bool = false) async throws {
-        try settle(.ack(deliveryTag: deliveryTag, multiple: multiple), "basic.ack")
+        guard try settle(.ack(deliveryTag: deliveryTag, multiple: multiple), "basic.ack") else { return }
         instruments?.recordAcked()
     }
 
@@ -57,20 +63,43 @@ public struct Delivery: Sendable {
     /// - Parameters:
     ///   - requeue: put it back in the queue (`true`, the default) or drop or dead-letter it (`false`).
     ///   - multiple: also settle every earlier unsettled delivery on the same channel.
+    /// - Throws: ``RabbitMQError`` with ``RabbitMQError/Code/alreadySettled`` if the delivery was settled before;
+    ///   the first settlement stands. Does nothing if its channel has closed: the broker has requeued the message.
     public func nack(requeue: Bool = true, multiple: Bool = false) async throws {
-        try settle(.nack(deliveryTag: deliveryTag, multiple: multiple, requeue: requeue), "basic.nack")
+        guard try settle(.nack(deliveryTag: deliveryTag, multiple: multiple, requeue: requeue), "basic.nack") else {
+            return
+        }
         instruments?.recordRejected()
     }
 
     /// Rejects the message: requeue it, or (with `requeue: false`) drop it or route it to the queue's
     /// dead-letter exchange.
+    /// - Throws: ``RabbitMQError`` with ``RabbitMQError/Code/alreadySettled`` if the delivery was settled before;
+    ///   the first settlement stands. Does nothing if its channel has closed: the broker has requeued the message.
     public func reject(requeue: Bool = true) async throws {
-        try settle(.reject(deliveryTag: deliveryTag, requeue: requeue), "basic.reject")
+        guard try settle(.reject(deliveryTag: deliveryTag, requeue: requeue), "basic.reject") else { return }
         instruments?.recordRejected()
     }
 
-    private func settle(_ settlement: Settlement, _ operation: String) throws {
-        try link.checkOpen(operation)
-        try link.submit(.settle(link, settlement))
+    /// Whether its channel is still open, so that it can still be settled (one atomic load).
+    var canBeSettled: Bool { link.isOpen }
+
+    /// Records the settlement, once, and hands it to the I/O thread.
+    /// - Returns: `false` if its channel has closed: the settlement is dropped (the broker has requeued the
+    ///   delivery).
+    /// - Throws: ``RabbitMQError/Code/alreadySettled`` if the delivery was settled before.
+    func settle(_ settlement: Settlement, _ operation: String) throws(RabbitMQError) -> Bool {
+        guard link.markSettled(settlement) else {
+            throw RabbitMQError(
+                .alreadySettled, "delivery \(deliveryTag) of channel \(link.number) was already settled (acked, "
+                    + "nacked or rejected, covered by an earlier multiple settlement, or acknowledged automatically)",
+                operation: operation)
+        }
+        // The I/O thread drops it as well if the channel closes before the settlement gets there.
+        guard link.isOpen, (try? link.submit(.settle(link, settlement))) != nil else {
+            link.dropStaleSettlement(settlement)
+            return false
+        }
+        return true
     }
 }

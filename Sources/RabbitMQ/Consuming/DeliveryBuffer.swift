@@ -41,7 +41,8 @@ final class DeliveryBuffer: Sendable {
         waiter?.resume(returning: taken)
     }
 
-    /// Ends the stream after what is buffered, with `error` if it failed.
+    /// Ends the stream after what is buffered, with `error` if it failed. (What is buffered from a channel that
+    /// closed was dropped by ``drop(deliveriesOf:)``, and the consumer skips any such delivery it still holds.)
     func finish(_ error: RabbitMQError?) {
         let waiter = state.withLock { state -> CheckedContinuation<Deque<Delivery>, any Error>? in
             guard !state.finished else { return nil }
@@ -89,9 +90,26 @@ final class DeliveryBuffer: Sendable {
         waiter?.resume(returning: [])
     }
 
+    /// Drops the buffered deliveries of the channel `link` refers to, which has closed: they can no longer be
+    /// settled, and the broker requeues them. Deliveries of a channel re-opened by recovery stay.
+    func drop(deliveriesOf link: ChannelLink) {
+        state.withLock { state in state.buffered.removeAll { $0.link === link } }
+    }
+
     private static func takeAll(_ state: inout State) -> Deque<Delivery> {
         var batch: Deque<Delivery> = []
         swap(&batch, &state.buffered)
         return batch
+    }
+}
+
+extension Deque<Delivery> {
+    /// Removes and returns the first delivery that can still be settled, dropping those before it whose channel
+    /// has closed (the broker requeues them); `nil` once none is left. One atomic load per delivery.
+    mutating func popFirstSettleable() -> Delivery? {
+        while let delivery = popFirst() {
+            if delivery.canBeSettled { return delivery }
+        }
+        return nil
     }
 }

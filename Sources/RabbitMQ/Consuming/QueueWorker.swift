@@ -229,6 +229,9 @@ public final class QueueWorker: Service, Sendable {
     /// Handles one delivery: deduplication, then the handler in the delivery's context (its trace continued in a
     /// consumer span, its request id), then the settlement.
     private func handle(_ delivery: Delivery, _ run: Run) async {
+        // Its channel closed while it waited for a free handler (the client was closed, the connection lost): the
+        // broker has requeued it, so it must not run now.
+        guard delivery.canBeSettled else { return }
         let key = configuration.deduplicator.flatMap { $0.key(delivery) }
         if let key, let store = configuration.deduplicator?.store {
             do {

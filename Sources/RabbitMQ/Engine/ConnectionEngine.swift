@@ -31,13 +31,15 @@ final class ConnectionEngine: Sendable {
     static func connect(_ configuration: RabbitMQClient.Configuration,
                         endpoint: RabbitMQClient.Configuration.Endpoint,
                         logger: Logger,
+                        observability: Observability,
                         onEvent: @escaping EngineEventHandler) async throws -> ConnectionEngine {
         let commands = try CommandQueue()
         let parameters = ConnectionParameters(configuration, endpoint: endpoint)
         let negotiated = try await withCheckedThrowingContinuation {
             (continuation: CheckedContinuation<NegotiatedParameters, any Error>) in
             let thread = Thread {
-                runConnection(parameters, commands: commands, logger: logger, onEvent: onEvent) { result in
+                runConnection(parameters, commands: commands, logger: logger, observability: observability,
+                              onEvent: onEvent) { result in
                     continuation.resume(with: result)
                 }
             }
@@ -54,7 +56,7 @@ final class ConnectionEngine: Sendable {
 
     /// The body of the I/O thread: connect, report, then serve until the connection ends.
     private static func runConnection(_ parameters: ConnectionParameters, commands: CommandQueue, logger: Logger,
-                                      onEvent: @escaping EngineEventHandler,
+                                      observability: Observability, onEvent: @escaping EngineEventHandler,
                                       connected: (Result<NegotiatedParameters, RabbitMQError>) -> Void) {
         let arena = CArena()
         let loop: IOLoop
@@ -62,6 +64,7 @@ final class ConnectionEngine: Sendable {
             let (connection, negotiated) = try openConnection(parameters, arena: arena)
             loop = IOLoop(connection: connection, negotiated: negotiated, commands: commands,
                           requestTimeout: parameters.requestTimeout, arena: arena, logger: logger,
+                          observability: observability,
                           onEvent: { event in onEvent(event, ObjectIdentifier(commands)) })
         } catch {
             _ = commands.terminate(with: error)

@@ -75,6 +75,21 @@ enum Settlement: Sendable, Equatable {
     case ack(deliveryTag: UInt64, multiple: Bool)
     case nack(deliveryTag: UInt64, multiple: Bool, requeue: Bool)
     case reject(deliveryTag: UInt64, requeue: Bool)
+
+    /// The delivery settled (the newest one, for a multiple settlement).
+    var deliveryTag: UInt64 {
+        switch self {
+        case .ack(let tag, _), .nack(let tag, _, _), .reject(let tag, _): tag
+        }
+    }
+
+    /// Whether it also settles every earlier unsettled delivery of the channel.
+    var isMultiple: Bool {
+        switch self {
+        case .ack(_, let multiple), .nack(_, let multiple, _): multiple
+        case .reject: false
+        }
+    }
 }
 
 /// What a connection's I/O thread reports on its own, to whoever manages the connection.

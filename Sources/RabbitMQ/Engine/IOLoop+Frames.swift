@@ -193,14 +193,19 @@ extension IOLoop {
                 touch(consumer)
             } else {
                 // Its consumer is gone (cancelled while this was in flight): give the message back.
-                _ = channel.acks.settle(.reject(deliveryTag: message.deliveryTag, requeue: true)) { frame in
-                    sendSettlementFrame(frame, on: channel)
-                }
+                let settlement = Settlement.reject(deliveryTag: message.deliveryTag, requeue: true)
+                _ = channel.link.markSettled(settlement)
+                _ = channel.acks.settle(settlement) { frame in sendSettlementFrame(frame, on: channel) }
             }
         case .got:
             guard let request = channel.pending.first, case .basicGet(_, let noAck) = request.method else { return }
             channel.pending.removeFirst()
-            if !noAck { channel.acks.delivered(message.deliveryTag) }
+            if noAck {
+                // Settled by the broker already: settling it again is the application's mistake.
+                _ = channel.link.markSettled(.ack(deliveryTag: message.deliveryTag, multiple: false))
+            } else {
+                channel.acks.delivered(message.deliveryTag)
+            }
             request.succeed(.message(Delivery(
                 body: body, properties: message.properties, exchange: message.exchange,
                 routingKey: message.routingKey, isRedelivered: message.isRedelivered,

@@ -23,6 +23,8 @@ final class IOLoop {
     let negotiated: NegotiatedParameters
     let requestTimeout: Duration
     let onEvent: @Sendable (EngineEvent) -> Void
+    /// The client's metrics and logs, which every channel's stale settlements go to.
+    let observability: Observability
     private let socket: Int32
     /// Encodes publishes and settlements and writes them once per pass; `nil` over TLS (librabbitmq writes them).
     let writer: FrameWriter?
@@ -56,8 +58,10 @@ final class IOLoop {
     private static let ackDelayMilliseconds: Int32 = 1
 
     init(connection: amqp_connection_state_t, negotiated: NegotiatedParameters, commands: CommandQueue,
-         requestTimeout: Duration, arena: CArena, logger: Logger, onEvent: @escaping @Sendable (EngineEvent) -> Void) {
+         requestTimeout: Duration, arena: CArena, logger: Logger, observability: Observability,
+         onEvent: @escaping @Sendable (EngineEvent) -> Void) {
         self.onEvent = onEvent
+        self.observability = observability
         self.connection = connection
         self.negotiated = negotiated
         self.commands = commands
@@ -239,7 +243,8 @@ final class IOLoop {
                 operation: "channel.open"))
             return
         }
-        let link = ChannelLink(number: UInt16(number), commands: commands, windowCapacity: window)
+        let link = ChannelLink(number: UInt16(number), commands: commands, windowCapacity: window,
+                               observability: observability)
         if isBlocked { link.window.setBlocked(true) }
         let channel = ChannelState(link: link)
         channels.insert(channel)
@@ -345,7 +350,11 @@ final class IOLoop {
     // MARK: Settling deliveries
 
     private func settle(_ settlement: Settlement, on link: ChannelLink) {
-        guard let channel = openState(of: link) else { return }
+        guard let channel = openState(of: link) else {
+            // The channel closed after the task queued this: the broker has requeued the delivery.
+            link.dropStaleSettlement(settlement)
+            return
+        }
         let accepted = channel.acks.settle(settlement) { frame in sendSettlementFrame(frame, on: channel) }
         if !accepted {
             logger.warning("ignored a settlement for a delivery that is unknown or already settled",
@@ -487,7 +496,10 @@ final class IOLoop {
             publish.ticket.complete(.failure(error))
         }
         for consumer in channel.consumers.values {
+            // Deliveries not handed out yet can no longer be settled: drop them (the broker requeues them). A
+            // consumer kept for recovery then gets only the recovered channel's deliveries.
             consumer.batch.removeAll()
+            consumer.buffer.drop(deliveriesOf: channel.link)
             if !keepConsumers { consumer.buffer.finish(error) }
         }
         channel.consumers.removeAll()

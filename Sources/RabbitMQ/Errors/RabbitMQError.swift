@@ -46,6 +46,11 @@ public struct RabbitMQError: Error, Sendable, CustomStringConvertible, CustomDeb
         public static let messageTooLarge = Code("messageTooLarge")
         /// The broker cancelled a consumer, for example because its queue was deleted.
         public static let consumerCancelled = Code("consumerCancelled")
+        /// A delivery was settled (acked, nacked or rejected) a second time: by two calls, by an earlier
+        /// `multiple` settlement that covered it, or after automatic acknowledgement. A programming error, never
+        /// retryable; the first settlement stands. (Settling a delivery whose channel has closed is not an error:
+        /// the broker has already requeued it, so that settlement does nothing.)
+        public static let alreadySettled = Code("alreadySettled")
         /// The TLS handshake or certificate verification failed.
         public static let tlsFailure = Code("tlsFailure")
         /// The broker or the library broke the protocol; the connection is closed.

@@ -19,6 +19,7 @@ final class Observability: Sendable {
     private let exchanges = StateLock<[String: ExchangeInstruments]>([:])
     private let queues = StateLock<[String: QueueInstruments]>([:])
     private let recoveries: Counter?
+    private let staleSettlements: Counter?
 
     /// The most exchanges and queues that get a dimension value of their own; later ones share
     /// ``overflowDimension``, so that generated names cannot grow the metrics without bound.
@@ -35,11 +36,25 @@ final class Observability: Sendable {
         self.tracer = tracer is NoOpTracer ? nil : tracer
         self.logger = logger
         recoveries = self.factory.map { Counter(label: "rabbitmq.recoveries", dimensions: [], factory: $0) }
+        staleSettlements = self.factory.map {
+            Counter(label: "rabbitmq.settlements.stale", dimensions: [], factory: $0)
+        }
     }
 
     /// Counts one connection recovery (`rabbitmq.recoveries`); called by connection recovery.
     func recordRecovery() {
         recoveries?.increment()
+    }
+
+    /// Counts (`rabbitmq.settlements.stale`) and logs at debug a settlement dropped because the delivery's channel
+    /// had closed (`closedWith` says why): the broker requeued the delivery when the channel closed.
+    func recordStaleSettlement(_ settlement: Settlement, channel: UInt16, closedWith reason: RabbitMQError?) {
+        staleSettlements?.increment()
+        logger.debug("dropped the settlement of a delivery whose channel has closed; the broker requeued it",
+                     metadata: [LogMetadataKey.channel: "\(channel)",
+                                LogMetadataKey.deliveryTag: "\(settlement.deliveryTag)",
+                                "settlement": "\(settlement)",
+                                LogMetadataKey.error: "\(reason.map { "\($0)" } ?? "closed")"])
     }
 
     /// The cached publishing handles of `exchange`, or `nil` without metrics.

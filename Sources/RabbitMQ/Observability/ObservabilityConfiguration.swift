@@ -5,9 +5,10 @@ import Tracing
 ///
 /// Metrics (swift-metrics) are counters `rabbitmq.published`, `rabbitmq.confirmed`, `rabbitmq.nacked`,
 /// `rabbitmq.returned` (dimension `exchange`), `rabbitmq.delivered`, `rabbitmq.acked`, `rabbitmq.rejected`,
-/// `rabbitmq.retried`, `rabbitmq.parked`, `rabbitmq.deduplicated` (dimension `queue`) and `rabbitmq.recoveries`,
-/// and timers `rabbitmq.confirm.latency` (dimension `exchange`) and `rabbitmq.handler.duration` (dimensions
-/// `queue` and `outcome`). The default exchange is reported as `amq.default`.
+/// `rabbitmq.retried`, `rabbitmq.parked`, `rabbitmq.deduplicated` (dimension `queue`), `rabbitmq.recoveries` and
+/// `rabbitmq.settlements.stale` (settlements of deliveries whose channel had closed, which do nothing), and timers
+/// `rabbitmq.confirm.latency` (dimension `exchange`) and `rabbitmq.handler.duration` (dimensions `queue` and
+/// `outcome`). The default exchange is reported as `amq.default`.
 ///
 /// Traces (swift-distributed-tracing): each publish runs in a producer span `"<exchange> publish"` whose context
 /// travels in the message headers (W3C `traceparent` and `tracestate` with an OpenTelemetry tracer);

@@ -1,0 +1,76 @@
+import Foundation
+import MetricsTestKit
+@testable import RabbitMQ
+import Testing
+
+/// Settling a delivery in the settling task: once only, and a no-op once its channel has closed.
+@Suite("Delivery settlement")
+struct DeliverySettlementTests {
+    private static func delivery(_ tag: UInt64, on link: ChannelLink) -> Delivery {
+        Delivery(body: Data("m\(tag)".utf8), properties: MessageProperties(), exchange: "", routingKey: "q",
+                 isRedelivered: false, deliveryTag: tag, consumerTag: "c", link: link)
+    }
+
+    /// The settlements the test's link handed to its (unserved) command queue.
+    private static func submitted(_ queue: CommandQueue) -> [Settlement] {
+        var batch: [EngineCommand] = []
+        queue.takeAll(into: &batch)
+        return batch.compactMap { command in
+            if case .settle(_, let settlement) = command { settlement } else { nil }
+        }
+    }
+
+    private static func isAlreadySettled(_ error: any Error) -> Bool {
+        guard let error = error as? RabbitMQError else { return false }
+        return error.code == .alreadySettled && !error.isRetryable
+    }
+
+    @Test func theFirstSettlementGoesOutAndASecondThrows() async throws {
+        let queue = try CommandQueue()
+        let link = ChannelLink.unserved(commands: queue)
+        let first = Self.delivery(1, on: link)
+        let second = Self.delivery(2, on: link)
+        try await first.ack()
+        await #expect { try await first.ack() } throws: { Self.isAlreadySettled($0) }
+        await #expect { try await first.nack(requeue: true) } throws: { Self.isAlreadySettled($0) }
+        try await second.reject(requeue: false)
+        await #expect { try await second.ack() } throws: { Self.isAlreadySettled($0) }
+        #expect(Self.submitted(queue) == [.ack(deliveryTag: 1, multiple: false),
+                                          .reject(deliveryTag: 2, requeue: false)])
+    }
+
+    @Test func aMultipleSettlementCoversTheEarlierDeliveries() async throws {
+        let queue = try CommandQueue()
+        let link = ChannelLink.unserved(commands: queue)
+        let deliveries = (1...3).map { Self.delivery(UInt64($0), on: link) }
+        try await deliveries[1].nack(requeue: false, multiple: true)
+        await #expect { try await deliveries[0].ack() } throws: { Self.isAlreadySettled($0) }
+        try await deliveries[2].ack()
+        #expect(Self.submitted(queue) == [.nack(deliveryTag: 2, multiple: true, requeue: false),
+                                          .ack(deliveryTag: 3, multiple: false)])
+    }
+
+    @Test func settlingOnAClosedChannelDoesNothingAndIsCounted() async throws {
+        let queue = try CommandQueue()
+        let metrics = TestMetrics()
+        let link = ChannelLink.unserved(commands: queue, metrics: metrics)
+        let delivery = Self.delivery(1, on: link)
+        link.markClosed(RabbitMQError(.connectionLost, "lost"))
+        try await delivery.ack()
+        // Still settled once only.
+        await #expect { try await delivery.reject() } throws: { Self.isAlreadySettled($0) }
+        try await Self.delivery(2, on: link).nack()
+        #expect(Self.submitted(queue).isEmpty, "nothing goes to the I/O thread")
+        #expect(try metrics.expectCounter("rabbitmq.settlements.stale").totalValue == 2)
+    }
+
+    @Test func settlingAfterTheConnectionStoppedDoesNothingAndIsCounted() async throws {
+        let queue = try CommandQueue()
+        let metrics = TestMetrics()
+        let link = ChannelLink.unserved(commands: queue, metrics: metrics)
+        // The I/O thread stopped, and its channels are not marked closed yet.
+        _ = queue.terminate(with: RabbitMQError(.connectionLost, "lost"))
+        try await Self.delivery(1, on: link).ack()
+        #expect(try metrics.expectCounter("rabbitmq.settlements.stale").totalValue == 1)
+    }
+}
