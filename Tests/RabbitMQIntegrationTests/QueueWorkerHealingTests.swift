@@ -23,6 +23,16 @@ private final class WorkerEventLog: Sendable {
         all.compactMap { if case .consumerLost(let error) = $0 { error } else { nil } }
     }
 
+    /// Why subscription attempts failed, each time.
+    var subscribeFailures: [RabbitMQError] {
+        all.compactMap { if case .subscribeFailed(let error) = $0 { error } else { nil } }
+    }
+
+    /// How many times it announced a new subscription attempt after a wait.
+    var resubscribes: Int {
+        all.count { if case .resubscribing = $0 { true } else { false } }
+    }
+
     /// How many times it started consuming.
     var subscriptions: Int {
         all.count { if case .consuming = $0 { true } else { false } }
@@ -195,6 +205,42 @@ struct QueueWorkerHealingTests {
             #expect(worker.outcomes == [.acked: 20])
             #expect(try await drainedAtBroker(queue))
             try await client.deleteQueue(queue)
+        }
+    }
+
+    @Test func withoutItsTopologyAWorkerWaitsForItsQueueToComeBackAndStopsWhileWaiting() async throws {
+        try await TestBroker.withClient { client in
+            let queue = TestBroker.uniqueName("healing.waiting")
+            try await client.declare(Queue(queue))
+            let probe = WorkerProbe()
+            let recovery = RecoveryConfiguration(initialDelay: .milliseconds(50), maxDelay: .milliseconds(200))
+            let worker = QueueWorker(client: client, configuration: .init(queue: queue, recovery: recovery)) { delivery in
+                probe.enter(delivery)
+                probe.leave()
+            }
+            let events = WorkerEventLog(worker)
+            let run = WorkerRun(worker)
+            #expect(try await waitUntil { events.subscriptions == 1 })
+
+            // The queue goes; the worker does not own it, so it tries again (404) until someone declares it.
+            try await client.deleteQueue(queue)
+            #expect(try await waitUntil { events.subscribeFailures.count >= 2 })
+            #expect(events.subscribeFailures.allSatisfy { $0.replyCode == 404 })
+            #expect(!run.hasEnded)
+            try await client.declare(Queue(queue))
+            #expect(try await waitUntil(timeout: .seconds(60)) { events.subscriptions == 2 })
+            try await publishNumbered(client, count: 5, to: queue)
+            #expect(try await waitUntil { probe.finished == 5 })
+
+            // Lost again, then stopped while it waits to subscribe again: run() returns without an error.
+            let waitsBefore = events.resubscribes
+            try await client.deleteQueue(queue)
+            #expect(try await waitUntil { events.losses.count == 2 && events.resubscribes > waitsBefore })
+            worker.stop()
+            try await run.task.value
+            #expect(events.stoppedCleanly)
+            #expect(events.losses.map(\.code) == [.consumerCancelled, .consumerCancelled])
+            #expect(worker.outcomes == [.acked: 5])
         }
     }
 
