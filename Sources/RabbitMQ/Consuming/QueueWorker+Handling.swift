@@ -20,12 +20,14 @@ extension QueueWorker {
     }
 
     /// Handles one delivery: deduplication, then the handler in the delivery's context (its trace continued in a
-    /// consumer span, its request id), then the settlement.
-    func handle(_ delivery: Delivery, _ run: Run, watchdog: HandlerWatchdog) async {
+    /// consumer span, its request id), then the settlement, unless the handler timed out meanwhile (`pool` settled
+    /// the delivery without it, through ``settleTimedOut(_:_:)``).
+    func handle(_ delivery: Delivery, _ run: Run, pool: HandlerPool, id: UInt64) async {
         let key = configuration.deduplicator.flatMap { $0.key(delivery) }
         if let key, let store = configuration.deduplicator?.store {
             do {
                 guard try await store.claim(key) else {
+                    guard pool.handlerReturned(id) else { return }
                     try await delivery.ack()
                     run.instruments?.recordDeduplicated()
                     record(.duplicate, delivery, run)
@@ -37,52 +39,63 @@ extension QueueWorker {
             }
         }
         guard let context = observability.context(for: delivery) else {
-            await process(delivery, key: key, span: nil, run, watchdog)
+            await process(delivery, key: key, span: nil, run, pool, id)
             return
         }
         let span = observability.startProcessSpan(delivery, queue: configuration.queue, context: context)
         await ServiceContext.withValue(span?.context ?? context) {
-            await process(delivery, key: key, span: span, run, watchdog)
+            await process(delivery, key: key, span: span, run, pool, id)
         }
         span?.end()
     }
 
-    private func process(_ delivery: Delivery, key: String?, span: (any Span)?, _ run: Run,
-                         _ watchdog: HandlerWatchdog) async {
+    private func process(_ delivery: Delivery, key: String?, span: (any Span)?, _ run: Run, _ pool: HandlerPool,
+                         _ id: UInt64) async {
         // The handler's duration is read only for metrics or debug logs.
         let started = run.timesHandlers ? ContinuousClock.now : nil
-        let verdict = await watchdog.run { try await self.handler(delivery) }
-        let duration = started.map { ContinuousClock.now - $0 }
-        let failure: any Error
-        switch verdict {
-        case .finished(.success):
-            // The work is done: remember it even if the ack cannot be sent, so that the redelivery the broker
-            // makes after a lost channel is recognised as a duplicate instead of being processed again.
-            if let key { try? await configuration.deduplicator?.store.commit(key) }
-            do {
-                try await delivery.ack()
-                record(.acked, delivery, run, duration: duration)
-            } catch {
-                run.logger.warning("handled a delivery but could not ack it; the broker will redeliver it",
-                                   metadata: [LogMetadataKey.error: "\(error)"])
-            }
+        do {
+            try await handler(delivery)
+        } catch {
+            let duration = started.map { ContinuousClock.now - $0 }
+            span?.fail(error)
+            guard pool.handlerReturned(id) else { return }
+            if let key { try? await configuration.deduplicator?.store.release(key) }
+            // A handler cancelled by the drain timeout leaves its delivery to be requeued by the channel close.
+            guard !Task.isCancelled else { return }
+            await fail(delivery, error, duration: duration, run)
             return
-        case .finished(.failure(let error)):
-            failure = error
-        case .timedOut:
-            failure = RabbitMQError(.timeout, "the handler ran longer than the worker's handler timeout "
-                                        + "(\(configuration.handlerTimeout)) and was cancelled", operation: "handler")
-            run.instruments?.recordHandlerTimeout()
-            broadcaster.emit(.handlerTimedOut(messageID: delivery.properties.messageID))
-            run.logger.warning("handler timed out; its attempt fails as retryable", metadata: [
-                LogMetadataKey.deliveryTag: "\(delivery.deliveryTag)",
-                LogMetadataKey.messageID: "\(delivery.properties.messageID ?? "")"])
         }
-        span?.fail(failure)
-        if let key { try? await configuration.deduplicator?.store.release(key) }
-        // A handler cancelled by the drain timeout leaves its delivery to be requeued by the channel close.
+        let duration = started.map { ContinuousClock.now - $0 }
+        // Past its timeout the delivery was settled as a failed attempt; what the handler did is not recorded.
+        guard pool.handlerReturned(id) else { return }
+        // The work is done: remember it even if the ack cannot be sent, so that the redelivery the broker makes
+        // after a lost channel is recognised as a duplicate instead of being processed again.
+        if let key { try? await configuration.deduplicator?.store.commit(key) }
+        do {
+            try await delivery.ack()
+            record(.acked, delivery, run, duration: duration)
+        } catch {
+            run.logger.warning("handled a delivery but could not ack it; the broker will redeliver it",
+                               metadata: [LogMetadataKey.error: "\(error)"])
+        }
+    }
+
+    /// Settles the delivery of a handler that ran past ``Configuration/handlerTimeout`` (and was cancelled) as a
+    /// failed attempt, with a retryable ``RabbitMQError/Code/timeout``.
+    func settleTimedOut(_ delivery: Delivery, _ run: Run) async {
+        let error = RabbitMQError(.timeout, "the handler ran longer than the worker's handler timeout "
+                                      + "(\(configuration.handlerTimeout)) and was cancelled", operation: "handler")
+        run.instruments?.recordHandlerTimeout()
+        broadcaster.emit(.handlerTimedOut(messageID: delivery.properties.messageID))
+        run.logger.warning("handler timed out; its attempt fails as retryable", metadata: [
+            LogMetadataKey.deliveryTag: "\(delivery.deliveryTag)",
+            LogMetadataKey.messageID: "\(delivery.properties.messageID ?? "")"])
+        if let key = configuration.deduplicator.flatMap({ $0.key(delivery) }) {
+            try? await configuration.deduplicator?.store.release(key)
+        }
+        // Cancelled by the drain timeout: the channel's close requeues it.
         guard !Task.isCancelled else { return }
-        await fail(delivery, failure, duration: duration, run)
+        await fail(delivery, error, duration: run.timesHandlers ? configuration.handlerTimeout : nil, run)
     }
 
     private func fail(_ delivery: Delivery, _ error: any Error, duration: Duration?, _ run: Run) async {

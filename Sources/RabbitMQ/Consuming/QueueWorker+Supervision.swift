@@ -1,38 +1,25 @@
 import Logging
 
 extension QueueWorker {
-    /// How a child task of the worker's task group ended.
-    enum ChildEnd: Sendable {
-        /// A handler ended (its delivery settled, or left to the channel's close).
-        case handler
-        /// The drain timeout passed.
-        case drainTimer
-        /// The handler watchdog stopped.
-        case watchdog
-    }
-
     /// Subscribes, runs handlers for the deliveries, and subscribes again after losing the consumer, until
     /// stopped or an error that ends the worker; then drains: waits for running handlers, at most the drain
     /// timeout, then cancels them.
     func supervise() async throws {
-        let watchdog = HandlerWatchdog(timeout: configuration.handlerTimeout)
-        let failure = await withTaskGroup(of: ChildEnd.self) { group -> (any Error)? in
-            group.addTask {
-                await watchdog.watch()
-                return .watchdog
-            }
-            var running = 0
-            let failure = await consumeWhileHealthy(&group, running: &running, watchdog: watchdog)
-            if running > 0 { await drain(&group, running: running) }
-            group.cancelAll()  // the watchdog
+        let pool = HandlerPool(limit: configuration.concurrency, timeout: configuration.handlerTimeout)
+        let watch = Task { await pool.watch() }
+        defer { watch.cancel() }
+        let failure = await withTaskCancellationHandler {
+            let failure = await consumeWhileHealthy(pool)
+            await drain(pool)
             return failure
+        } onCancel: {
+            pool.cancelAll()
         }
         if let failure { throw failure }
     }
 
     /// The subscription loop: returns the error that ends the worker, or `nil` once it is stopped.
-    private func consumeWhileHealthy(_ group: inout TaskGroup<ChildEnd>, running: inout Int,
-                                     watchdog: HandlerWatchdog) async -> (any Error)? {
+    private func consumeWhileHealthy(_ pool: HandlerPool) async -> (any Error)? {
         var attempt = 0  // since the worker last consumed for a while
         var lastError: RabbitMQError?
         var hasConsumed = false
@@ -68,7 +55,7 @@ extension QueueWorker {
                                                        "prefetch": "\(configuration.prefetch)"])
             broadcaster.emit(.consuming(channel: subscription.channel.number))
             let run = Run(logger: logger, instruments: observability.queue(configuration.queue))
-            let loss = await consume(subscription, run, watchdog: watchdog, into: &group, running: &running)
+            let loss = await consume(subscription, run, pool)
             await subscription.consumerEnded()
             guard let loss, !isStopping else { break }
             guard let error = loss as? RabbitMQError else { return loss }  // the task was cancelled
@@ -104,20 +91,14 @@ extension QueueWorker {
 
     /// Runs a handler for each delivery, at most ``Configuration/concurrency`` at once (counting those of earlier
     /// subscriptions still running), until the consumer ends; returns its error, or `nil` when it was stopped.
-    private func consume(_ subscription: WorkerSubscription, _ run: Run, watchdog: HandlerWatchdog,
-                         into group: inout TaskGroup<ChildEnd>, running: inout Int) async -> (any Error)? {
+    private func consume(_ subscription: WorkerSubscription, _ run: Run, _ pool: HandlerPool) async -> (any Error)? {
         do {
             for try await delivery in subscription.consumer {
-                while running >= configuration.concurrency, let ended = await group.next() {
-                    if case .handler = ended { running -= 1 }
-                }
+                await pool.waitForSlot()
                 subscription.handlerStarted()
-                group.addTask {
-                    await self.handle(delivery, run, watchdog: watchdog)
-                    await subscription.handlerEnded()
-                    return .handler
-                }
-                running += 1
+                pool.start({ id in await self.handle(delivery, run, pool: pool, id: id) },
+                           onTimeout: { await self.settleTimedOut(delivery, run) },
+                           whenDone: { await subscription.handlerEnded() })
             }
             return nil
         } catch {
@@ -138,28 +119,14 @@ extension QueueWorker {
         return enter(.subscribing) && !Task.isCancelled
     }
 
-    /// Waits for the `running` handlers, at most the drain timeout, then cancels them: a cancelled handler's
-    /// delivery is not settled, and returns to the queue when its channel closes.
-    private func drain(_ group: inout TaskGroup<ChildEnd>, running: Int) async {
-        var running = running
-        let timeout = configuration.drainTimeout
-        group.addTask {
-            try? await Task.sleep(for: timeout)
-            return .drainTimer
-        }
-        while running > 0, let ended = await group.next() {
-            switch ended {
-            case .handler:
-                running -= 1
-            case .drainTimer:
-                logger.warning("drain timeout: cancelling running handlers; their deliveries return to the queue",
-                               metadata: ["running": "\(running)"])
-                // Also stops the watchdog, which lets go of handlers that ignore cancellation.
-                group.cancelAll()
-            case .watchdog:
-                break
-            }
-        }
+    /// Waits for running handlers, at most the drain timeout, then cancels them: a cancelled handler's delivery is
+    /// not settled, and returns to the queue when its channel closes. A handler that ignores the cancellation is let
+    /// go at its handler timeout.
+    private func drain(_ pool: HandlerPool) async {
+        guard await !pool.waitUntilIdle(timeout: configuration.drainTimeout) else { return }
+        logger.warning("drain timeout: cancelling running handlers; their deliveries return to the queue")
+        pool.cancelAll()
+        _ = await pool.waitUntilIdle()
     }
 
     /// Whether `error` ends the worker rather than a new subscription: access refused (403), the client closed,
