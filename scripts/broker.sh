@@ -17,6 +17,8 @@
 #
 # Environment:
 #   BROKER_EXTRA_CONFIG   extra rabbitmq.conf lines (key = value), appended to the defaults
+#   BROKER_ADVANCED_CONFIG  the node's advanced.config (Erlang terms), for settings rabbitmq.conf
+#                         lacks, such as [{rabbit, [{channel_tick_interval, 1000}]}].
 #   BROKER_DIR            where node folders go (default: <project>/.broker)
 #   BROKER_STARTED_LIST   if set, a file to which 'start' and 'restart' append NAME, so
 #                         that scripts/test.sh can stop every node a test run started
@@ -209,6 +211,9 @@ start)
             printf '# BROKER_EXTRA_CONFIG\n%s\n' "$BROKER_EXTRA_CONFIG"
         fi
     } >"$dir/rabbitmq.conf"
+    if [ -n "${BROKER_ADVANCED_CONFIG:-}" ]; then
+        printf '%s\n' "$BROKER_ADVANCED_CONFIG" >"$dir/advanced.config"
+    fi
     launch
     ;;
 restart)

@@ -2,7 +2,6 @@ import Foundation
 import Logging
 import ServiceLifecycle
 import Synchronization
-import Tracing
 
 /// Consumes a queue with an async handler per delivery: the form worker services use.
 ///
@@ -17,7 +16,20 @@ import Tracing
 /// (``FailureClassifier``): with ``Configuration/retry`` set, a retryable failure is republished (with
 /// confirms) to the retry tier for its next attempt and only then acked, and a permanent failure, or the last
 /// attempt, is parked with the reason in its headers. Without it, a retryable failure is requeued and a
-/// permanent one rejected (dead-lettered if the queue has a dead-letter exchange).
+/// permanent one rejected (dead-lettered if the queue has a dead-letter exchange). A handler that runs longer
+/// than ``Configuration/handlerTimeout`` is cancelled and its attempt fails as retryable.
+///
+/// **It heals itself.** When the broker closes the worker's channel (406 after a delivery stayed unacknowledged
+/// past the broker's `consumer_timeout`), cancels its consumer (its queue was deleted or failed over), or
+/// connection recovery cannot bring the consumer back, the worker logs it at error level, counts it
+/// (`rabbitmq.consumer.lost`), reports it in ``events()``, and subscribes again after a backoff
+/// (``Configuration/recovery``) on a new channel, declaring first the topology it owns: the queues of
+/// ``Configuration/retry`` and ``Configuration/topology``, so that a deleted queue comes back. Handlers already
+/// running carry on; their settlements on the dead channel change nothing at the broker, which has already
+/// returned their messages to the queue. ``run()`` ends only on ``stop()``, a graceful shutdown, the cancellation
+/// of its task, or an error retrying cannot fix: access refused (403), the client closed, an invalid
+/// configuration, or, on the first subscription, any error that is not retryable (a queue that does not exist
+/// and that the worker does not declare, say).
 ///
 /// Stopping (``stop()``, or a graceful shutdown of the `ServiceGroup` running it) takes no new deliveries,
 /// lets running handlers finish within ``Configuration/drainTimeout``, then closes the channel: every
@@ -33,17 +45,37 @@ public final class QueueWorker: Service, Sendable {
         public var concurrency: Int
         /// How long stopping waits for running handlers before cancelling them. Default 30 s.
         public var drainTimeout: Duration
-        /// Delayed retries and parking; `nil` for none. Default `nil`.
+        /// Delayed retries and parking; `nil` for none. The worker declares its queues before each subscription.
+        /// Default `nil`.
         public var retry: RetryTopology?
         /// Which failures are worth retrying. Default: by ``ClassifiedError``, else retry.
         public var classifier: FailureClassifier
         /// Suppresses duplicate deliveries; `nil` for none. Default `nil`.
         public var deduplicator: Deduplicator?
+        /// How long one handler may run. Past it the handler is cancelled and its attempt fails with a retryable
+        /// ``RabbitMQError/Code/timeout`` (through ``classifier``): the message goes to its retry tier, or back
+        /// to the queue without ``retry``. The broker closes the channel of a consumer that keeps a delivery
+        /// unacknowledged longer than its `consumer_timeout` (30 minutes by default), which ends every other
+        /// handler's chance to ack: keep this well below it. The delivery is settled at the timeout even if the
+        /// handler ignores the cancellation; such a handler runs on unobserved, no longer counted in
+        /// ``concurrency``, and what it returns is ignored. Default 5 minutes.
+        public var handlerTimeout: Duration
+        /// How the worker subscribes again after losing its consumer, or after a failed subscription: the wait
+        /// before attempt *n* (counted since the worker last consumed for at least `maxDelay`), and when to give
+        /// up (`maxAttempts`, then ``QueueWorker/run()`` throws the last error). With `isEnabled` false the first
+        /// loss ends ``QueueWorker/run()``. Default ``RecoveryConfiguration/init(isEnabled:initialDelay:maxDelay:multiplier:jitter:maxAttempts:)``'s
+        /// defaults: 100 ms doubling up to 10 s, 20% jitter, never giving up.
+        public var recovery: RecoveryConfiguration
+        /// The exchanges, queues and bindings the worker owns, declared (with ``retry``'s queues) before each
+        /// subscription, so that its queue and bindings come back if they are deleted. Default `nil`: nothing
+        /// beyond ``retry``'s queues.
+        public var topology: Topology?
 
         /// Creates settings; every argument but the queue has its documented default.
         public init(queue: String, prefetch: UInt16 = 50, concurrency: Int = 8, drainTimeout: Duration = .seconds(30),
                     retry: RetryTopology? = nil, classifier: FailureClassifier = FailureClassifier(),
-                    deduplicator: Deduplicator? = nil) {
+                    deduplicator: Deduplicator? = nil, handlerTimeout: Duration = .seconds(300),
+                    recovery: RecoveryConfiguration = RecoveryConfiguration(), topology: Topology? = nil) {
             self.queue = queue
             self.prefetch = prefetch
             self.concurrency = concurrency
@@ -51,6 +83,25 @@ public final class QueueWorker: Service, Sendable {
             self.retry = retry
             self.classifier = classifier
             self.deduplicator = deduplicator
+            self.handlerTimeout = handlerTimeout
+            self.recovery = recovery
+            self.topology = topology
+        }
+
+        /// What the worker declares before each subscription: ``retry``'s queues, then ``topology``.
+        var ownedTopology: Topology {
+            (retry?.topology ?? Topology()).merging(topology ?? Topology())
+        }
+
+        func validate() throws {
+            try retry?.policy.validate()
+            guard concurrency >= 1, prefetch >= 1 else {
+                throw RabbitMQError(.invalidArgument, "concurrency and prefetch must be at least 1")
+            }
+            guard handlerTimeout > .zero else {
+                throw RabbitMQError(.invalidArgument, "the handler timeout must be positive")
+            }
+            try ownedTopology.validate()
         }
     }
 
@@ -73,9 +124,19 @@ public final class QueueWorker: Service, Sendable {
         case duplicate
     }
 
+    /// What the worker is doing while it runs, for ``stop()`` to interrupt.
+    enum Activity {
+        /// Opening a channel, declaring, starting the consumer.
+        case subscribing
+        /// Consuming.
+        case consuming(ConsumerCore)
+        /// Waiting before subscribing again.
+        case pausing(Task<Void, Never>)
+    }
+
     private enum RunState {
         case idle
-        case running(ConsumerCore?)
+        case running(Activity)
         case stopping
         case finished
     }
@@ -83,9 +144,10 @@ public final class QueueWorker: Service, Sendable {
     /// The worker's settings.
     public let configuration: Configuration
     let client: RabbitMQClient
-    private let handler: Handler
-    private let logger: Logger
-    private let observability: Observability
+    let handler: Handler
+    let logger: Logger
+    let observability: Observability
+    let broadcaster = EventBroadcaster<Event>()
     private let state = StateLock<RunState>(.idle)
     private let counters = StateLock<[Outcome: Int]>([:])
 
@@ -104,17 +166,29 @@ public final class QueueWorker: Service, Sendable {
     /// How many deliveries ended in each outcome so far.
     public var outcomes: [Outcome: Int] { counters.withLock { $0 } }
 
-    /// Consumes until ``stop()`` or a graceful shutdown, then drains. May be called once.
-    /// - Throws: the consumer's failure (a lost connection, a deleted queue) after draining.
+    /// A stream of what happens to the worker's consumer: consuming, lost, resubscribing, handler timeouts, and
+    /// finally ``Event/stopped(_:)``, after which the stream ends. Each call makes a new stream, which keeps the
+    /// latest 100 events if not read.
+    public func events() -> AsyncStream<Event> {
+        broadcaster.subscribe()
+    }
+
+    /// Consumes until ``stop()``, a graceful shutdown or the task's cancellation, then drains; subscribes again
+    /// on its own after losing its consumer. May be called once.
+    /// - Throws: ``RabbitMQError`` that retrying cannot fix (access refused, the client closed, an invalid
+    ///   configuration, a missing queue at the start), or the last one once ``Configuration/recovery`` gives up;
+    ///   `CancellationError` when its task is cancelled.
     public func run() async throws {
-        try configuration.retry?.policy.validate()
-        guard configuration.concurrency >= 1, configuration.prefetch >= 1 else {
-            throw RabbitMQError(.invalidArgument, "concurrency and prefetch must be at least 1")
+        do {
+            try configuration.validate()
+        } catch {
+            finishEvents(error)
+            throw error
         }
         let start = state.withLock { state -> Bool? in
             switch state {
             case .idle:
-                state = .running(nil)
+                state = .running(.subscribing)
                 return true
             case .stopping:
                 return false  // stopped before it ran: nothing to do
@@ -123,22 +197,34 @@ public final class QueueWorker: Service, Sendable {
             }
         }
         guard let start else { throw RabbitMQError(.invalidArgument, "a QueueWorker runs once") }
-        guard start else { return }
-        defer { state.withLock { $0 = .finished } }
-        try await withGracefulShutdownHandler {
-            try await consume()
-        } onGracefulShutdown: {
-            self.stop()
+        guard start else {
+            state.withLock { $0 = .finished }
+            finishEvents(nil)
+            return
         }
+        var failure: (any Error)?
+        do {
+            try await withGracefulShutdownHandler {
+                try await supervise()
+            } onGracefulShutdown: {
+                self.stop()
+            }
+        } catch {
+            failure = error
+        }
+        state.withLock { $0 = .finished }
+        logger.info("worker stopped", metadata: ["outcomes": "\(outcomes)"])
+        finishEvents(failure)
+        if let failure { throw failure }
     }
 
     /// Stops taking deliveries; ``run()`` returns once running handlers have finished.
     public func stop() {
-        let consumer = state.withLock { state -> ConsumerCore? in
+        let activity = state.withLock { state -> Activity? in
             switch state {
-            case .running(let consumer):
+            case .running(let activity):
                 state = .stopping
-                return consumer
+                return activity
             case .idle:
                 state = .stopping
                 return nil
@@ -146,218 +232,34 @@ public final class QueueWorker: Service, Sendable {
                 return nil
             }
         }
-        consumer?.stopDeliveries()
-    }
-
-    private func consume() async throws {
-        let channel = try await client.openChannel()
-        var failure: (any Error)?
-        do {
-            try await channel.setPrefetch(configuration.prefetch)
-            let consumer = try await channel.consume(configuration.queue)
-            let stopNow = state.withLock { state -> Bool in
-                guard case .running = state else { return true }
-                state = .running(consumer.core)
-                return false
-            }
-            if stopNow { consumer.core.stopDeliveries() }
-            var logger = logger
-            logger[metadataKey: LogMetadataKey.channel] = "\(channel.number)"
-            logger.info("worker started", metadata: ["concurrency": "\(configuration.concurrency)",
-                                                     "prefetch": "\(configuration.prefetch)"])
-            let run = Run(logger: logger, instruments: observability.queue(configuration.queue))
-            failure = await process(consumer, run)
-        } catch {
-            failure = error
-        }
-        try? await channel.close()
-        logger.info("worker stopped", metadata: ["outcomes": "\(outcomes)"])
-        if let failure { throw failure }
-    }
-
-    /// What the handling of every delivery of one run shares.
-    private struct Run: Sendable {
-        /// The worker's logger with the channel number.
-        let logger: Logger
-        /// The queue's metric handles; `nil` without metrics.
-        let instruments: QueueInstruments?
-        /// Whether handlers are timed: for the metrics, or for debug logs.
-        let timesHandlers: Bool
-
-        init(logger: Logger, instruments: QueueInstruments?) {
-            self.logger = logger
-            self.instruments = instruments
-            timesHandlers = instruments != nil || logger.logLevel <= .debug
+        switch activity {
+        case .consuming(let consumer): consumer.stopDeliveries()
+        case .pausing(let pause): pause.cancel()
+        case .subscribing, nil: break
         }
     }
 
-    /// Runs handlers for the consumer's deliveries until it ends, then waits for them (bounded).
-    private func process(_ consumer: Consumer, _ run: Run) async -> (any Error)? {
-        await withTaskGroup(of: Bool.self) { group -> (any Error)? in
-            var running = 0
-            var failure: (any Error)?
-            do {
-                for try await delivery in consumer {
-                    if running >= configuration.concurrency, await group.next() != nil { running -= 1 }
-                    group.addTask { await self.handle(delivery, run); return true }
-                    running += 1
-                }
-            } catch {
-                failure = error
-            }
-            guard running > 0 else { return failure }
-            let timeout = configuration.drainTimeout
-            group.addTask {
-                try? await Task.sleep(for: timeout)
-                return false
-            }
-            while let finishedHandler = await group.next() {
-                if finishedHandler {
-                    running -= 1
-                    if running == 0 { group.cancelAll() }
-                } else if running > 0 {
-                    run.logger.warning(
-                        "drain timeout: cancelling running handlers; their deliveries return to the queue",
-                        metadata: ["running": "\(running)"])
-                    group.cancelAll()
-                }
-            }
-            return failure
+    /// Records what the worker does now; `false` (and nothing recorded) once it is stopping.
+    func enter(_ activity: Activity) -> Bool {
+        state.withLock { state in
+            guard case .running = state else { return false }
+            state = .running(activity)
+            return true
         }
     }
 
-    /// Handles one delivery: deduplication, then the handler in the delivery's context (its trace continued in a
-    /// consumer span, its request id), then the settlement.
-    private func handle(_ delivery: Delivery, _ run: Run) async {
-        // Its channel closed while it waited for a free handler (the client was closed, the connection lost): the
-        // broker has requeued it, so it must not run now.
-        guard delivery.canBeSettled else { return }
-        let key = configuration.deduplicator.flatMap { $0.key(delivery) }
-        if let key, let store = configuration.deduplicator?.store {
-            do {
-                guard try await store.claim(key) else {
-                    try await delivery.ack()
-                    run.instruments?.recordDeduplicated()
-                    record(.duplicate, delivery, run)
-                    return
-                }
-            } catch {
-                run.logger.warning("deduplication store failed; processing the delivery",
-                                   metadata: [LogMetadataKey.error: "\(error)"])
-            }
-        }
-        guard let context = observability.context(for: delivery) else {
-            await process(delivery, key: key, span: nil, run)
-            return
-        }
-        let span = observability.startProcessSpan(delivery, queue: configuration.queue, context: context)
-        await ServiceContext.withValue(span?.context ?? context) {
-            await process(delivery, key: key, span: span, run)
-        }
-        span?.end()
+    /// Whether ``stop()`` has been called (or a graceful shutdown started).
+    var isStopping: Bool {
+        state.withLock { if case .running = $0 { false } else { true } }
     }
 
-    private func process(_ delivery: Delivery, key: String?, span: (any Span)?, _ run: Run) async {
-        // The handler's duration is read only for metrics or debug logs.
-        let started = run.timesHandlers ? ContinuousClock.now : nil
-        do {
-            try await handler(delivery)
-        } catch {
-            let duration = started.map { ContinuousClock.now - $0 }
-            span?.fail(error)
-            if let key { try? await configuration.deduplicator?.store.release(key) }
-            // A handler cancelled by the drain timeout leaves its delivery to be requeued by the channel close.
-            guard !Task.isCancelled else { return }
-            await fail(delivery, error, duration: duration, run)
-            return
-        }
-        let duration = started.map { ContinuousClock.now - $0 }
-        // The work is done: remember it even if the ack cannot be sent, so that the redelivery the broker makes
-        // after a lost channel is recognised as a duplicate instead of being processed again.
-        if let key { try? await configuration.deduplicator?.store.commit(key) }
-        do {
-            try await delivery.ack()
-            record(.acked, delivery, run, duration: duration)
-        } catch {
-            run.logger.warning("handled a delivery but could not ack it; the broker will redeliver it",
-                               metadata: [LogMetadataKey.error: "\(error)"])
-        }
-    }
-
-    private func fail(_ delivery: Delivery, _ error: any Error, duration: Duration?, _ run: Run) async {
-        let disposition = configuration.classifier.disposition(of: error)
-        guard let retry = configuration.retry else {
-            let requeue = disposition == .retry
-            do {
-                try await delivery.nack(requeue: requeue)
-                record(requeue ? .requeued : .rejected, delivery, run, duration: duration, error: error)
-            } catch {
-                run.logger.warning("cannot settle a failed delivery", metadata: [
-                    LogMetadataKey.deliveryTag: "\(delivery.deliveryTag)", LogMetadataKey.error: "\(error)"])
-            }
-            return
-        }
-        let attempt = RetryTopology.attempts(of: delivery) + 1
-        var properties = delivery.properties
-        properties.headers[RetryTopology.attemptHeader] = .int64(Int64(attempt))
-        if properties.headers[RetryTopology.firstFailureHeader] == nil {
-            properties.headers[RetryTopology.firstFailureHeader] = .timestamp(Date())
-        }
-        properties.headers[RetryTopology.lastErrorHeader] = .string(String(describing: error).prefix(1000).description)
-        // The next attempt continues this attempt's trace (the publish below may replace it with its own span).
-        observability.injectCurrentContext(into: &properties.headers)
-        let target: String
-        let outcome: Outcome
-        if disposition == .retry, attempt < retry.policy.maxAttempts {
-            let delay = retry.policy.delay(afterAttempt: attempt)
-            target = retry.tierName(for: delay)
-            properties.expiration = retry.policy.jittered(delay)
-            outcome = .retried
-        } else {
-            target = retry.parkingLotName
-            properties.expiration = nil
-            properties.headers[RetryTopology.parkedReasonHeader] = .string(
-                disposition == .park ? "not retryable: \(error)" : "failed \(attempt) attempts; last: \(error)")
-            properties.headers[RetryTopology.parkedAtHeader] = .timestamp(Date())
-            outcome = .parked
-        }
-        // Publish first, confirmed, then ack: a crash in between gives a duplicate, never a loss.
-        do {
-            try await client.publish(delivery.body, to: "", routingKey: target, properties: properties)
-        } catch let publishError {
-            run.logger.error("cannot move a failed delivery; requeueing it", metadata: [
-                LogMetadataKey.deliveryTag: "\(delivery.deliveryTag)", "target": "\(target)",
-                LogMetadataKey.error: "\(publishError)"])
-            try? await delivery.nack(requeue: true)
-            return
-        }
-        if outcome == .retried { run.instruments?.recordRetried() } else { run.instruments?.recordParked() }
-        record(outcome, delivery, run, duration: duration, error: error)
-        do {
-            try await delivery.ack()
-        } catch {
-            // Moved, but the original's channel is gone: the broker redelivers it, a duplicate of the moved copy.
-            run.logger.warning("moved a failed delivery but could not ack the original", metadata: [
-                LogMetadataKey.deliveryTag: "\(delivery.deliveryTag)", LogMetadataKey.error: "\(error)"])
-        }
-    }
-
-    /// Counts the outcome, times the handler by outcome, and logs both at debug.
-    private func record(_ outcome: Outcome, _ delivery: Delivery, _ run: Run, duration: Duration? = nil,
-                        error: (any Error)? = nil) {
+    /// Counts an outcome.
+    func count(_ outcome: Outcome) {
         counters.withLock { $0[outcome, default: 0] += 1 }
-        if let duration { run.instruments?.recordHandler(duration, outcome: outcome) }
-        guard run.logger.logLevel <= .debug else { return }
-        var metadata: Logger.Metadata = [
-            LogMetadataKey.outcome: "\(outcome.rawValue)",
-            LogMetadataKey.deliveryTag: "\(delivery.deliveryTag)",
-            LogMetadataKey.exchange: "\(delivery.exchange)",
-            LogMetadataKey.routingKey: "\(delivery.routingKey)",
-        ]
-        if let duration { metadata[LogMetadataKey.duration] = "\(duration)" }
-        if let id = delivery.properties.messageID { metadata[LogMetadataKey.messageID] = "\(id)" }
-        if let id = delivery.requestID { metadata[LogMetadataKey.requestID] = "\(id)" }
-        if let error { metadata[LogMetadataKey.error] = "\(error)" }
-        run.logger.debug("delivery handled", metadata: metadata)
+    }
+
+    private func finishEvents(_ failure: (any Error)?) {
+        broadcaster.emit(.stopped(failure as? RabbitMQError))
+        broadcaster.finish()
     }
 }

@@ -205,6 +205,8 @@ final class QueueInstruments: Sendable {
     private let retried: Counter
     private let parked: Counter
     private let deduplicated: Counter
+    private let consumersLost: Counter
+    private let handlerTimeouts: Counter
     private let handlerDurations: [QueueWorker.Outcome: Timer]
 
     init(queue: String, factory: any MetricsFactory) {
@@ -215,6 +217,8 @@ final class QueueInstruments: Sendable {
         retried = Counter(label: "rabbitmq.retried", dimensions: dimensions, factory: factory)
         parked = Counter(label: "rabbitmq.parked", dimensions: dimensions, factory: factory)
         deduplicated = Counter(label: "rabbitmq.deduplicated", dimensions: dimensions, factory: factory)
+        consumersLost = Counter(label: "rabbitmq.consumer.lost", dimensions: dimensions, factory: factory)
+        handlerTimeouts = Counter(label: "rabbitmq.handler.timeouts", dimensions: dimensions, factory: factory)
         var durations: [QueueWorker.Outcome: Timer] = [:]
         for outcome in [QueueWorker.Outcome.acked, .retried, .parked, .requeued, .rejected] {
             durations[outcome] = Timer(label: "rabbitmq.handler.duration",
@@ -235,6 +239,11 @@ final class QueueInstruments: Sendable {
     func recordParked() { parked.increment() }
     /// Counts a duplicate delivery acked without running the handler.
     func recordDeduplicated() { deduplicated.increment() }
+    /// Counts a worker's consumer lost without being stopped (channel closed or consumer cancelled by the broker,
+    /// or not brought back by connection recovery).
+    func recordConsumerLost() { consumersLost.increment() }
+    /// Counts a worker's handler cancelled at its timeout.
+    func recordHandlerTimeout() { handlerTimeouts.increment() }
 
     /// Records how long a handler ran, by the outcome of its delivery.
     func recordHandler(_ duration: Duration, outcome: QueueWorker.Outcome) {

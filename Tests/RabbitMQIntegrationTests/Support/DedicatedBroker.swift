@@ -51,12 +51,14 @@ struct DedicatedBroker: Sendable {
     ///   - name: the node's short name; distinct from every other node on the machine.
     ///   - port: its AMQP port (the Erlang distribution port is `port + 20000`).
     ///   - extraConfig: extra `rabbitmq.conf` lines (`key = value`), on top of broker.sh's defaults.
+    ///   - advancedConfig: the node's `advanced.config` (Erlang terms), for settings `rabbitmq.conf` lacks.
     ///   - body: the test's work.
-    static func with<T>(name: String, port: Int, extraConfig: String? = nil,
+    static func with<T>(name: String, port: Int, extraConfig: String? = nil, advancedConfig: String? = nil,
                         _ body: (DedicatedBroker) async throws -> T) async throws -> T {
         let broker = DedicatedBroker(name: name, node: "\(name)@localhost", port: port)
         var environment = ProcessInfo.processInfo.environment
         if let extraConfig { environment["BROKER_EXTRA_CONFIG"] = extraConfig }
+        if let advancedConfig { environment["BROKER_ADVANCED_CONFIG"] = advancedConfig }
         let result: T
         do {
             let start = try await run(script, ["start", name, String(port)], environment: environment)

@@ -1,0 +1,163 @@
+import Synchronization
+
+/// Runs a ``QueueWorker``'s handlers, each in a task of its own so that it can be cancelled alone, at most
+/// ``limit`` at once, and bounds how long each runs (``QueueWorker/Configuration/handlerTimeout``).
+///
+/// A handler that reaches its deadline is cancelled and loses its delivery: the pool runs its `onTimeout` work (the
+/// worker settles the delivery as a failed attempt) in a new task at once, without waiting for the handler to
+/// notice the cancellation. A handler that ignores cancellation is left to end on its own, no longer counted; what
+/// it does afterwards must not settle the delivery (``handlerReturned(_:)`` tells it so).
+///
+/// Costs per handler: one task and a few lock operations, as a task group child would; a continuation only while
+/// the pool is full (the consumer waits for a slot) or draining. One watching task per worker run sleeps until the
+/// oldest handler's deadline (handlers share one timeout, so no deadline comes before the oldest).
+final class HandlerPool: Sendable {
+    /// The work of one handler: its body, given its id, then what runs once it is over.
+    private struct Running {
+        /// When the handler times out; `nil` once it returned (its settlement is under way) or for timeout work.
+        var deadline: ContinuousClock.Instant?
+        var task: Task<Void, Never>?
+        let onTimeout: (@Sendable () async -> Void)?
+        let whenDone: @Sendable () async -> Void
+    }
+
+    private struct State {
+        var running: [UInt64: Running] = [:]
+        var nextID: UInt64 = 0
+        var isCancelled = false
+        var slotWaiter: CheckedContinuation<Void, Never>?
+        var idleWaiter: CheckedContinuation<Bool, Never>?
+    }
+
+    /// Handlers running at once, at most.
+    let limit: Int
+    /// The longest a handler may run.
+    let timeout: Duration
+    private let state = StateLock(State())
+
+    init(limit: Int, timeout: Duration) {
+        self.limit = limit
+        self.timeout = timeout
+    }
+
+    /// Returns once fewer than ``limit`` handlers run.
+    func waitForSlot() async {
+        guard state.withLock({ $0.running.count >= limit }) else { return }
+        await withCheckedContinuation { (waiter: CheckedContinuation<Void, Never>) in
+            let free = state.withLock { state -> Bool in
+                guard state.running.count >= limit else { return true }
+                state.slotWaiter = waiter
+                return false
+            }
+            if free { waiter.resume() }
+        }
+    }
+
+    /// Starts a handler: `work` (given the handler's id, for ``handlerReturned(_:)``), or `onTimeout` instead once
+    /// it reaches its deadline; then `whenDone`, once, after whichever of them settled the delivery.
+    func start(_ work: @escaping @Sendable (UInt64) async -> Void, onTimeout: @escaping @Sendable () async -> Void,
+               whenDone: @escaping @Sendable () async -> Void) {
+        start(deadline: .now + timeout, work, onTimeout: onTimeout, whenDone: whenDone)
+    }
+
+    private func start(deadline: ContinuousClock.Instant?, _ work: @escaping @Sendable (UInt64) async -> Void,
+                       onTimeout: (@Sendable () async -> Void)?, whenDone: @escaping @Sendable () async -> Void) {
+        let id = state.withLock { state in
+            state.nextID += 1
+            state.running[state.nextID] = Running(deadline: deadline, onTimeout: onTimeout, whenDone: whenDone)
+            return state.nextID
+        }
+        let task = Task {
+            await work(id)
+            await self.end(id)
+        }
+        let cancel = state.withLock { state -> Bool in
+            state.running[id]?.task = task
+            return state.isCancelled
+        }
+        if cancel { task.cancel() }
+    }
+
+    /// Called by a handler's work once the handler returned: `true` if it still owns its delivery and should settle
+    /// it, `false` if it timed out (the delivery was settled without it).
+    func handlerReturned(_ id: UInt64) -> Bool {
+        state.withLock { state in
+            guard state.running[id] != nil else { return false }
+            state.running[id]?.deadline = nil
+            return true
+        }
+    }
+
+    /// Cancels handlers at their deadlines until the calling task is cancelled.
+    func watch() async {
+        while !Task.isCancelled {
+            let wake = state.withLock { $0.running.values.compactMap(\.deadline).min() } ?? .now + timeout
+            try? await Task.sleep(until: wake, clock: .continuous)
+            let now = ContinuousClock.now
+            let overdue = state.withLock { state -> [Running] in
+                let ids = state.running.filter { $0.value.deadline.map { $0 <= now } ?? false }.keys
+                return ids.compactMap { state.running.removeValue(forKey: $0) }
+            }
+            for handler in overdue {
+                handler.task?.cancel()
+                // Not counted any more: its timeout work takes its place.
+                guard let onTimeout = handler.onTimeout else { continue }
+                start(deadline: nil, { _ in await onTimeout() }, onTimeout: nil, whenDone: handler.whenDone)
+            }
+            resumeWaiters()
+        }
+    }
+
+    /// Waits until no handler runs, or `timeout` passed; returns `false` on the timeout.
+    func waitUntilIdle(timeout: Duration? = nil) async -> Bool {
+        let timer = timeout.map { timeout in
+            Task {
+                do { try await Task.sleep(for: timeout) } catch { return }
+                self.answerIdleWaiter(false)
+            }
+        }
+        defer { timer?.cancel() }
+        return await withCheckedContinuation { (waiter: CheckedContinuation<Bool, Never>) in
+            let idle = state.withLock { state -> Bool in
+                guard !state.running.isEmpty else { return true }
+                state.idleWaiter = waiter
+                return false
+            }
+            if idle { waiter.resume(returning: true) }
+        }
+    }
+
+    /// Cancels every running handler, and those started afterwards.
+    func cancelAll() {
+        let tasks = state.withLock { state in
+            state.isCancelled = true
+            return state.running.values.compactMap(\.task)
+        }
+        for task in tasks { task.cancel() }
+    }
+
+    /// A handler's task ended: unless its deadline had taken its delivery, it is no longer counted.
+    private func end(_ id: UInt64) async {
+        guard let handler = state.withLock({ $0.running.removeValue(forKey: id) }) else { return }
+        await handler.whenDone()
+        resumeWaiters()
+    }
+
+    private func resumeWaiters() {
+        let (slot, idle) = state.withLock { state in
+            var slot: CheckedContinuation<Void, Never>?
+            var idle: CheckedContinuation<Bool, Never>?
+            if state.running.count < limit { swap(&slot, &state.slotWaiter) }
+            if state.running.isEmpty { swap(&idle, &state.idleWaiter) }
+            return (slot, idle)
+        }
+        slot?.resume()
+        idle?.resume(returning: true)
+    }
+
+    private func answerIdleWaiter(_ idle: Bool) {
+        var waiter: CheckedContinuation<Bool, Never>?
+        state.withLock { swap(&waiter, &$0.idleWaiter) }
+        waiter?.resume(returning: idle)
+    }
+}

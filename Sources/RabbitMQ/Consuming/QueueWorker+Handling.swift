@@ -1,0 +1,180 @@
+import Foundation
+import Logging
+import Tracing
+
+extension QueueWorker {
+    /// What the handling of every delivery of one subscription shares.
+    struct Run: Sendable {
+        /// The worker's logger with the channel number.
+        let logger: Logger
+        /// The queue's metric handles; `nil` without metrics.
+        let instruments: QueueInstruments?
+        /// Whether handlers are timed: for the metrics, or for debug logs.
+        let timesHandlers: Bool
+
+        init(logger: Logger, instruments: QueueInstruments?) {
+            self.logger = logger
+            self.instruments = instruments
+            timesHandlers = instruments != nil || logger.logLevel <= .debug
+        }
+    }
+
+    /// Handles one delivery: deduplication, then the handler in the delivery's context (its trace continued in a
+    /// consumer span, its request id), then the settlement, unless the handler timed out meanwhile (`pool` settled
+    /// the delivery without it, through ``settleTimedOut(_:_:)``).
+    func handle(_ delivery: Delivery, _ run: Run, pool: HandlerPool, id: UInt64) async {
+        // Its channel closed while it waited for a free handler (the client was closed, the connection lost): the
+        // broker has requeued it, so it must not run now.
+        guard delivery.canBeSettled else { return }
+        let key = configuration.deduplicator.flatMap { $0.key(delivery) }
+        if let key, let store = configuration.deduplicator?.store {
+            do {
+                guard try await store.claim(key) else {
+                    guard pool.handlerReturned(id) else { return }
+                    try await delivery.ack()
+                    run.instruments?.recordDeduplicated()
+                    record(.duplicate, delivery, run)
+                    return
+                }
+            } catch {
+                run.logger.warning("deduplication store failed; processing the delivery",
+                                   metadata: [LogMetadataKey.error: "\(error)"])
+            }
+        }
+        guard let context = observability.context(for: delivery) else {
+            await process(delivery, key: key, span: nil, run, pool, id)
+            return
+        }
+        let span = observability.startProcessSpan(delivery, queue: configuration.queue, context: context)
+        await ServiceContext.withValue(span?.context ?? context) {
+            await process(delivery, key: key, span: span, run, pool, id)
+        }
+        span?.end()
+    }
+
+    private func process(_ delivery: Delivery, key: String?, span: (any Span)?, _ run: Run, _ pool: HandlerPool,
+                         _ id: UInt64) async {
+        // The handler's duration is read only for metrics or debug logs.
+        let started = run.timesHandlers ? ContinuousClock.now : nil
+        do {
+            try await handler(delivery)
+        } catch {
+            let duration = started.map { ContinuousClock.now - $0 }
+            span?.fail(error)
+            guard pool.handlerReturned(id) else { return }
+            if let key { try? await configuration.deduplicator?.store.release(key) }
+            // A handler cancelled by the drain timeout leaves its delivery to be requeued by the channel close.
+            guard !Task.isCancelled else { return }
+            await fail(delivery, error, duration: duration, run)
+            return
+        }
+        let duration = started.map { ContinuousClock.now - $0 }
+        // Past its timeout the delivery was settled as a failed attempt; what the handler did is not recorded.
+        guard pool.handlerReturned(id) else { return }
+        // The work is done: remember it even if the ack cannot be sent, so that the redelivery the broker makes
+        // after a lost channel is recognised as a duplicate instead of being processed again.
+        if let key { try? await configuration.deduplicator?.store.commit(key) }
+        do {
+            try await delivery.ack()
+            record(.acked, delivery, run, duration: duration)
+        } catch {
+            run.logger.warning("handled a delivery but could not ack it; the broker will redeliver it",
+                               metadata: [LogMetadataKey.error: "\(error)"])
+        }
+    }
+
+    /// Settles the delivery of a handler that ran past ``Configuration/handlerTimeout`` (and was cancelled) as a
+    /// failed attempt, with a retryable ``RabbitMQError/Code/timeout``.
+    func settleTimedOut(_ delivery: Delivery, _ run: Run) async {
+        let error = RabbitMQError(.timeout, "the handler ran longer than the worker's handler timeout "
+                                      + "(\(configuration.handlerTimeout)) and was cancelled", operation: "handler")
+        run.instruments?.recordHandlerTimeout()
+        broadcaster.emit(.handlerTimedOut(messageID: delivery.properties.messageID))
+        run.logger.warning("handler timed out; its attempt fails as retryable", metadata: [
+            LogMetadataKey.deliveryTag: "\(delivery.deliveryTag)",
+            LogMetadataKey.messageID: "\(delivery.properties.messageID ?? "")"])
+        if let key = configuration.deduplicator.flatMap({ $0.key(delivery) }) {
+            try? await configuration.deduplicator?.store.release(key)
+        }
+        // Cancelled by the drain timeout: the channel's close requeues it.
+        guard !Task.isCancelled else { return }
+        await fail(delivery, error, duration: run.timesHandlers ? configuration.handlerTimeout : nil, run)
+    }
+
+    private func fail(_ delivery: Delivery, _ error: any Error, duration: Duration?, _ run: Run) async {
+        let disposition = configuration.classifier.disposition(of: error)
+        guard let retry = configuration.retry else {
+            let requeue = disposition == .retry
+            do {
+                try await delivery.nack(requeue: requeue)
+                record(requeue ? .requeued : .rejected, delivery, run, duration: duration, error: error)
+            } catch {
+                run.logger.warning("cannot settle a failed delivery", metadata: [
+                    LogMetadataKey.deliveryTag: "\(delivery.deliveryTag)", LogMetadataKey.error: "\(error)"])
+            }
+            return
+        }
+        let attempt = RetryTopology.attempts(of: delivery) + 1
+        var properties = delivery.properties
+        properties.headers[RetryTopology.attemptHeader] = .int64(Int64(attempt))
+        if properties.headers[RetryTopology.firstFailureHeader] == nil {
+            properties.headers[RetryTopology.firstFailureHeader] = .timestamp(Date())
+        }
+        properties.headers[RetryTopology.lastErrorHeader] = .string(String(describing: error).prefix(1000).description)
+        // The next attempt continues this attempt's trace (the publish below may replace it with its own span).
+        observability.injectCurrentContext(into: &properties.headers)
+        let target: String
+        let outcome: Outcome
+        if disposition == .retry, attempt < retry.policy.maxAttempts {
+            let delay = retry.policy.delay(afterAttempt: attempt)
+            target = retry.tierName(for: delay)
+            properties.expiration = retry.policy.jittered(delay)
+            outcome = .retried
+        } else {
+            target = retry.parkingLotName
+            properties.expiration = nil
+            properties.headers[RetryTopology.parkedReasonHeader] = .string(
+                disposition == .park ? "not retryable: \(error)" : "failed \(attempt) attempts; last: \(error)")
+            properties.headers[RetryTopology.parkedAtHeader] = .timestamp(Date())
+            outcome = .parked
+        }
+        // Publish first, confirmed, then ack: a crash in between gives a duplicate, never a loss.
+        do {
+            try await client.publish(delivery.body, to: "", routingKey: target, properties: properties)
+        } catch let publishError {
+            run.logger.error("cannot move a failed delivery; requeueing it", metadata: [
+                LogMetadataKey.deliveryTag: "\(delivery.deliveryTag)", "target": "\(target)",
+                LogMetadataKey.error: "\(publishError)"])
+            try? await delivery.nack(requeue: true)
+            return
+        }
+        if outcome == .retried { run.instruments?.recordRetried() } else { run.instruments?.recordParked() }
+        record(outcome, delivery, run, duration: duration, error: error)
+        do {
+            try await delivery.ack()
+        } catch {
+            // Moved, but the original's channel is gone: the broker redelivers it, a duplicate of the moved copy.
+            run.logger.warning("moved a failed delivery but could not ack the original", metadata: [
+                LogMetadataKey.deliveryTag: "\(delivery.deliveryTag)", LogMetadataKey.error: "\(error)"])
+        }
+    }
+
+    /// Counts the outcome, times the handler by outcome, and logs both at debug.
+    private func record(_ outcome: Outcome, _ delivery: Delivery, _ run: Run, duration: Duration? = nil,
+                        error: (any Error)? = nil) {
+        count(outcome)
+        if let duration { run.instruments?.recordHandler(duration, outcome: outcome) }
+        guard run.logger.logLevel <= .debug else { return }
+        var metadata: Logger.Metadata = [
+            LogMetadataKey.outcome: "\(outcome.rawValue)",
+            LogMetadataKey.deliveryTag: "\(delivery.deliveryTag)",
+            LogMetadataKey.exchange: "\(delivery.exchange)",
+            LogMetadataKey.routingKey: "\(delivery.routingKey)",
+        ]
+        if let duration { metadata[LogMetadataKey.duration] = "\(duration)" }
+        if let id = delivery.properties.messageID { metadata[LogMetadataKey.messageID] = "\(id)" }
+        if let id = delivery.requestID { metadata[LogMetadataKey.requestID] = "\(id)" }
+        if let error { metadata[LogMetadataKey.error] = "\(error)" }
+        run.logger.debug("delivery handled", metadata: metadata)
+    }
+}

@@ -1,0 +1,151 @@
+import Foundation
+import RabbitMQTestSupport
+import Testing
+
+@testable import RabbitMQ
+
+/// Holds a handler until opened, ignoring cancellation as a call that does not support it would.
+private final class Gate: Sendable {
+    private let state = Locked<(isOpen: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+
+    func wait() async {
+        await withCheckedContinuation { continuation in
+            let open = state.withLock { state in
+                if !state.isOpen { state.waiters.append(continuation) }
+                return state.isOpen
+            }
+            if open { continuation.resume() }
+        }
+    }
+
+    func open() {
+        let waiters = state.withLock { state in
+            state.isOpen = true
+            defer { state.waiters.removeAll() }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+}
+
+/// What happened to the handlers of a test, in order.
+private final class Journal: Sendable {
+    private let entries = Locked<[String]>([])
+    func note(_ entry: String) { entries.withLock { $0.append(entry) } }
+    var all: [String] { entries.withLock { $0 } }
+}
+
+/// Waits until `condition` holds, checking every 10 ms, at most 10 s (a hang guard).
+private func eventually(_ condition: () -> Bool) async throws -> Bool {
+    let deadline = ContinuousClock.now + .seconds(10)
+    while ContinuousClock.now < deadline {
+        if condition() { return true }
+        try await Task.sleep(for: .milliseconds(10))
+    }
+    return condition()
+}
+
+/// A pool with its watch running; cancel `watch` to end it.
+private func startPool(limit: Int, timeout: Duration) -> (HandlerPool, watch: Task<Void, Never>) {
+    let pool = HandlerPool(limit: limit, timeout: timeout)
+    return (pool, Task { await pool.watch() })
+}
+
+@Suite("Handler pool")
+struct HandlerPoolTests {
+    @Test func aHandlerThatEndsInTimeSettlesItsDeliveryItself() async throws {
+        let (pool, watch) = startPool(limit: 2, timeout: .seconds(60))
+        defer { watch.cancel() }
+        let journal = Journal()
+        pool.start({ id in
+            journal.note("work")
+            journal.note(pool.handlerReturned(id) ? "owns" : "lost")
+        }, onTimeout: { journal.note("timeout") }, whenDone: { journal.note("done") })
+        #expect(await pool.waitUntilIdle())
+        #expect(journal.all == ["work", "owns", "done"])
+    }
+
+    @Test func aHandlerPastItsDeadlineIsCancelledAndItsDeliverySettledWithoutIt() async throws {
+        let (pool, watch) = startPool(limit: 2, timeout: .milliseconds(100))
+        defer { watch.cancel() }
+        let journal = Journal()
+        pool.start({ id in
+            do {
+                try await Task.sleep(for: .seconds(60))
+            } catch {
+                journal.note(error is CancellationError ? "cancelled" : "failed")
+            }
+            journal.note(pool.handlerReturned(id) ? "owns" : "lost")
+        }, onTimeout: { journal.note("timeout") }, whenDone: { journal.note("done") })
+        #expect(try await eventually { journal.all.count == 4 })
+        #expect(Set(journal.all) == ["cancelled", "lost", "timeout", "done"])
+        #expect(journal.all.firstIndex(of: "timeout")! < journal.all.firstIndex(of: "done")!)
+        #expect(await pool.waitUntilIdle())
+    }
+
+    @Test func aHandlerIgnoringCancellationIsLetGoAtItsDeadlineAndFreesItsSlot() async throws {
+        let (pool, watch) = startPool(limit: 1, timeout: .milliseconds(100))
+        defer { watch.cancel() }
+        let journal = Journal()
+        let gate = Gate()
+        pool.start({ id in
+            await gate.wait()
+            journal.note(pool.handlerReturned(id) ? "owns" : "lost")
+        }, onTimeout: { journal.note("timeout") }, whenDone: { journal.note("done") })
+        // Settled and counted out at the deadline, while the handler still waits: the only slot is free again.
+        #expect(await pool.waitUntilIdle())
+        await pool.waitForSlot()
+        #expect(journal.all == ["timeout", "done"])
+        gate.open()
+        #expect(try await eventually { journal.all.count == 3 })
+        // What the handler does afterwards does not settle anything, nor end it twice.
+        #expect(journal.all == ["timeout", "done", "lost"])
+    }
+
+    @Test func noMoreThanTheLimitRunAtOnce() async throws {
+        let (pool, watch) = startPool(limit: 2, timeout: .seconds(60))
+        defer { watch.cancel() }
+        let gates = [Gate(), Gate(), Gate()]
+        let started = Locked(0)
+        let starter = Task {
+            for gate in gates {
+                await pool.waitForSlot()
+                pool.start({ _ in
+                    started.withLock { $0 += 1 }
+                    await gate.wait()
+                }, onTimeout: {}, whenDone: {})
+            }
+        }
+        #expect(try await eventually { started.withLock { $0 } == 2 })
+        try await Task.sleep(for: .milliseconds(50))
+        #expect(started.withLock { $0 } == 2)
+        gates[0].open()
+        #expect(try await eventually { started.withLock { $0 } == 3 })
+        await starter.value
+        gates[1].open()
+        gates[2].open()
+        #expect(await pool.waitUntilIdle())
+    }
+
+    @Test func drainingTimesOutThenCancelsTheHandlers() async throws {
+        let (pool, watch) = startPool(limit: 2, timeout: .seconds(60))
+        defer { watch.cancel() }
+        let journal = Journal()
+        pool.start({ id in
+            do {
+                try await Task.sleep(for: .seconds(60))
+            } catch {
+                journal.note(error is CancellationError ? "cancelled" : "failed")
+            }
+        }, onTimeout: { journal.note("timeout") }, whenDone: { journal.note("done") })
+        #expect(await !pool.waitUntilIdle(timeout: .milliseconds(100)))
+        pool.cancelAll()
+        #expect(await pool.waitUntilIdle())
+        #expect(journal.all == ["cancelled", "done"])
+        // Handlers started after cancelAll are cancelled too.
+        pool.start({ _ in journal.note(Task.isCancelled ? "born cancelled" : "running") }, onTimeout: {},
+                   whenDone: {})
+        #expect(await pool.waitUntilIdle())
+        #expect(journal.all.last == "born cancelled")
+    }
+}
