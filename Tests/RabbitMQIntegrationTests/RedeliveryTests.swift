@@ -34,7 +34,7 @@ private func holdsOnlyParked(_ retry: RetryTopology, _ parked: Int, _ counts: [S
 private func settlesWithOnlyParked(_ client: RabbitMQClient, _ retry: RetryTopology, _ parked: Int) async throws
     -> Bool
 {
-    let settled = try await waitUntil {
+    let settled = try await TestBroker.eventually {
         for queue in retry.topology.queues {
             let expected = queue.name == retry.parkingLotName ? parked : 0
             guard try await readyCount(client, queue.name) == expected else { return false }
@@ -212,7 +212,7 @@ struct RedeliveryTests {
                 var properties = MessageProperties()
                 properties.headers[RetryTopology.attemptHeader] = .int64(1)
                 try await client.publish(Data("A".utf8), routingKey: retry.queueName, properties: properties)
-                #expect(try await waitUntil { try await readyCount(client, longTier) == 1 })
+                #expect(try await TestBroker.eventually { try await readyCount(client, longTier) == 1 })
                 // B fails for the first time: it waits 100 ms.
                 try await client.publish(Data("B".utf8), routingKey: retry.queueName)
 
@@ -370,7 +370,7 @@ struct RedeliveryTests {
                                                properties: retried)
                 }
                 // Both copies are back in the work queue once the tier's TTL has passed.
-                #expect(try await waitUntil { try await readyCount(client, retry.queueName) == 2 })
+                #expect(try await TestBroker.eventually { try await readyCount(client, retry.queueName) == 2 })
 
                 let store = InMemoryDeduplicationStore()
                 let probe = WorkerProbe()
@@ -416,7 +416,7 @@ struct RedeliveryTests {
             try await client.publish(Data("invoice 7".utf8), routingKey: queue, properties: properties)
             #expect(try await TestBroker.eventually { first.outcomes[.acked] == 1 })
             let runSecond = Task { try await second.run() }
-            #expect(try await waitUntil { try await client.queueInfo(queue).consumerCount == 2 })
+            #expect(try await TestBroker.eventually { try await client.queueInfo(queue).consumerCount == 2 })
             // The same message again, twice, and one other message.
             try await client.publish(Data("invoice 7".utf8), routingKey: queue, properties: properties)
             try await client.publish(Data("invoice 7".utf8), routingKey: queue, properties: properties)
