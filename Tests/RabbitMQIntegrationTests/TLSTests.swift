@@ -171,14 +171,14 @@ struct TLSTests {
 
     @Test("amqps:// to a port nothing listens on fails with connectionRefused, as a plain connection does")
     func refusedPort() async throws {
-        try await TLSBroker.withRefusingPort { port in
-            var configuration = try TLSBroker.configuration(name: TestBroker.uniqueName("tls-refused"))
-            configuration.endpoints = [.init(host: "127.0.0.1", port: port)]
-            let client = RabbitMQClient(configuration: configuration, logger: TestBroker.logger)
-            let error = await #expect(throws: RabbitMQError.self) { try await client.connect() }
-            await client.close()
-            #expect(error?.code == .connectionRefused, "\(String(describing: error))")
-            #expect(error?.isRetryable == true)
-        }
+        let socket = try TestSocket(listening: false)
+        defer { socket.close() }
+        var configuration = try TLSBroker.configuration(name: TestBroker.uniqueName("tls-refused"))
+        configuration.endpoints = [.init(host: "127.0.0.1", port: socket.port)]
+        let client = RabbitMQClient(configuration: configuration, logger: TestBroker.logger)
+        let error = await #expect(throws: RabbitMQError.self) { try await client.connect() }
+        await client.close()
+        #expect(error?.code == .connectionRefused, "\(String(describing: error))")
+        #expect(error?.isRetryable == true)
     }
 }

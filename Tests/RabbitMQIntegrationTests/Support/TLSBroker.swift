@@ -1,10 +1,5 @@
 import Foundation
 import RabbitMQ
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
 /// The node with a TLS listener that `scripts/tls.sh start` runs (and `make test` starts), described by
 /// `RABBITMQ_TLS_URL`, `RABBITMQ_TLS_DIR` (its certificates) and `RABBITMQ_TLS_NODE`. The TLS tests are skipped
@@ -62,37 +57,5 @@ enum TLSBroker {
     /// Ready and unacknowledged messages and consumers of `queue` on the TLS node, or `nil` when it does not exist.
     static func queueStats(_ queue: String) async throws -> BrokerQueueCounts? {
         try await node.queueCounts(queue)
-    }
-
-    /// Runs `body` with a port of 127.0.0.1 that refuses connections: a socket is bound to it (so nothing else can
-    /// take it) but does not listen. The socket is closed afterwards.
-    static func withRefusingPort<T>(_ body: (Int) async throws -> T) async throws -> T {
-        #if os(Linux)
-        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        #else
-        let descriptor = socket(AF_INET, SOCK_STREAM, 0)
-        #endif
-        guard descriptor >= 0 else { throw RefusingPortError(step: "socket", code: errno) }
-        defer { _ = close(descriptor) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = 0
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, length) }
-        }
-        guard bound == 0 else { throw RefusingPortError(step: "bind", code: errno) }
-        let named = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }
-        }
-        guard named == 0 else { throw RefusingPortError(step: "getsockname", code: errno) }
-        return try await body(Int(UInt16(bigEndian: address.sin_port)))
-    }
-
-    struct RefusingPortError: Error, CustomStringConvertible {
-        let step: String
-        let code: Int32
-        var description: String { "\(step) failed with errno \(code)" }
     }
 }
