@@ -29,7 +29,13 @@ struct BrokerNode: Sendable, Hashable, CustomStringConvertible {
     func rabbitmqctl(_ arguments: [String]) async throws -> String {
         var attempt = 1
         while true {
+            let started = ContinuousClock.now
             let result = try await ChildProcess.run(TestBroker.rabbitmqctlPath, ["-n", name, "-q"] + arguments)
+            let elapsed = ContinuousClock.now - started
+            // A slow machine shows here first: a test that hits its hang guard can be read against these lines.
+            if elapsed > .seconds(5) {
+                print("rabbitmqctl -n \(name) \(arguments.joined(separator: " ")) took \(elapsed) (status \(result.status))")
+            }
             if result.status == 0 { return result.output }
             let error = RabbitMQCtlError(arguments: arguments, status: result.status, output: result.output)
             guard attempt < RabbitMQCtlError.attempts, error.isWorthRetrying else { throw error }
