@@ -6,6 +6,10 @@ import Testing
 /// Consumers, prefetch, settling and `basic.get` against a real broker, with every outcome counted at the broker.
 @Suite("Consuming")
 struct ConsumingTests {
+    /// How long a test's consuming part may take before it counts as hung. It includes `rabbitmqctl` runs, which
+    /// took 50 to 80 s each in a full run on a heavily loaded two-core machine; only a hang takes this long.
+    static let hangGuard: Duration = .seconds(600)
+
     // MARK: Prefetch and exactly-once
 
     @Test func cancellingAConsumerEndsAWaitingLoopWithoutAnError() async throws {
@@ -36,7 +40,7 @@ struct ConsumingTests {
             try await Self.withQueue(client, "con.prefetch") { queue in
                 try await Self.fill(client, queue, count: 200)
                 #expect(try await TestBroker.queueStats(queue)?.ready == 200)
-                let samples = try await TestBroker.withDeadline(.seconds(120)) { () -> [Int] in
+                let samples = try await TestBroker.withDeadline(Self.hangGuard) { () -> [Int] in
                     var received = 0
                     var samples: [Int] = []
                     for try await delivery in try await client.consume(queue, prefetch: 10) {
@@ -82,7 +86,7 @@ struct ConsumingTests {
             try await Self.withQueue(client, "con.once") { queue in
                 try await Self.fill(client, queue, count: count)
                 #expect(try await TestBroker.queueStats(queue)?.ready == count)
-                let bodies = try await TestBroker.withDeadline(.seconds(120)) { () -> [String] in
+                let bodies = try await TestBroker.withDeadline(Self.hangGuard) { () -> [String] in
                     var bodies: [String] = []
                     for try await delivery in try await client.consume(queue, prefetch: 50) {
                         bodies.append(delivery.bodyString)
@@ -111,7 +115,7 @@ struct ConsumingTests {
         try await TestBroker.withClient { client in
             try await Self.withQueue(client, "con.pooled") { queue in
                 for index in 0..<released + held { try await client.publish(body(index), routingKey: queue) }
-                let kept = try await TestBroker.withDeadline(.seconds(120)) { () -> [Delivery] in
+                let kept = try await TestBroker.withDeadline(Self.hangGuard) { () -> [Delivery] in
                     var iterator = try await client.consume(queue, prefetch: 10).makeAsyncIterator()
                     for index in 0..<released {
                         let delivery = try #require(try await iterator.next())
@@ -139,7 +143,7 @@ struct ConsumingTests {
         try await TestBroker.withClient { client in
             try await Self.withQueue(client, "con.nack") { queue in
                 try await Self.fill(client, queue, count: 1)
-                try await TestBroker.withDeadline(.seconds(120)) {
+                try await TestBroker.withDeadline(Self.hangGuard) {
                     let consumer = try await client.consume(queue, prefetch: 1)
                     var iterator = consumer.makeAsyncIterator()
                     let first = try #require(try await iterator.next())
@@ -166,7 +170,7 @@ struct ConsumingTests {
         try await TestBroker.withClient { client in
             try await Self.withQueue(client, "con.nackmulti") { queue in
                 try await Self.fill(client, queue, count: 5)
-                try await TestBroker.withDeadline(.seconds(120)) {
+                try await TestBroker.withDeadline(Self.hangGuard) {
                     let consumer = try await client.consume(queue, prefetch: 10)
                     var iterator = consumer.makeAsyncIterator()
                     let firstRound = try await Self.take(5, from: &iterator)
@@ -195,7 +199,7 @@ struct ConsumingTests {
         try await TestBroker.withClient { client in
             try await Self.withQueue(client, "con.ackmulti") { queue in
                 try await Self.fill(client, queue, count: 8)
-                try await TestBroker.withDeadline(.seconds(120)) {
+                try await TestBroker.withDeadline(Self.hangGuard) {
                     let consumer = try await client.consume(queue, prefetch: 10)
                     var iterator = consumer.makeAsyncIterator()
                     let deliveries = try await Self.take(8, from: &iterator)
@@ -218,7 +222,7 @@ struct ConsumingTests {
             try await client.declare(Queue(queue, durable: false))
             do {
                 try await Self.fill(client, queue, count: 3)
-                let outcome = try await TestBroker.withDeadline(.seconds(120)) { () -> (received: Int, error: (any Error)?) in
+                let outcome = try await TestBroker.withDeadline(Self.hangGuard) { () -> (received: Int, error: (any Error)?) in
                     let consumer = try await client.consume(queue, prefetch: 10)
                     var iterator = consumer.makeAsyncIterator()
                     var received = 0
@@ -249,7 +253,7 @@ struct ConsumingTests {
         try await TestBroker.withClient { client in
             try await Self.withQueue(client, "con.break") { queue in
                 try await Self.fill(client, queue, count: 20)
-                try await TestBroker.withDeadline(.seconds(120)) {
+                try await TestBroker.withDeadline(Self.hangGuard) {
                     var received = 0
                     for try await delivery in try await client.consume(queue, prefetch: 10) {
                         received += 1
@@ -304,7 +308,7 @@ struct ConsumingTests {
         try await TestBroker.withClient { client in
             try await Self.withQueue(client, "con.autoack") { queue in
                 try await Self.fill(client, queue, count: count)
-                let (bodies, samples) = try await TestBroker.withDeadline(.seconds(120)) { () -> ([String], [Int]) in
+                let (bodies, samples) = try await TestBroker.withDeadline(Self.hangGuard) { () -> ([String], [Int]) in
                     var bodies: [String] = []
                     var samples: [Int] = []
                     let options = ConsumeOptions(acknowledgement: .automatic)
@@ -343,7 +347,7 @@ struct ConsumingTests {
                 // The refusal closed only the second consumer's channel: the first is still consuming.
                 #expect(try await TestBroker.queueStats(queue)?.consumers == 1)
                 try await client.publish(Data("to the exclusive one".utf8), routingKey: queue)
-                try await TestBroker.withDeadline(.seconds(120)) {
+                try await TestBroker.withDeadline(Self.hangGuard) {
                     var iterator = exclusive.makeAsyncIterator()
                     let delivery = try #require(try await iterator.next())
                     #expect(delivery.bodyString == "to the exclusive one")
@@ -444,7 +448,7 @@ struct ConsumingTests {
         try await TestBroker.withClient { client in
             try await Self.withQueue(client, "con.stale") { queue in
                 try await Self.fill(client, queue, count: 1)
-                try await TestBroker.withDeadline(.seconds(120)) {
+                try await TestBroker.withDeadline(Self.hangGuard) {
                     let first = try await client.consume(queue, prefetch: 1)
                     var firstIterator = first.makeAsyncIterator()
                     let stale = try #require(try await firstIterator.next())
@@ -493,7 +497,7 @@ struct ConsumingTests {
         try await TestBroker.withClient { client in
             try await Self.withQueue(client, "con.closedchan") { queue in
                 try await Self.fill(client, queue, count: 3)
-                try await TestBroker.withDeadline(.seconds(120)) {
+                try await TestBroker.withDeadline(Self.hangGuard) {
                     let channel = try await client.openChannel()
                     try await channel.setPrefetch(3)
                     let consumer = try await channel.consume(queue)
@@ -580,7 +584,7 @@ struct ConsumingTests {
         try await TestBroker.withClient { client in
             try await Self.withQueue(client, "con.ackclose") { queue in
                 try await Self.fill(client, queue, count: count)
-                try await TestBroker.withDeadline(.seconds(120)) {
+                try await TestBroker.withDeadline(Self.hangGuard) {
                     let channel = try await client.openChannel()
                     try await channel.setPrefetch(UInt16(count))
                     let consumer = try await channel.consume(queue)
@@ -603,7 +607,7 @@ struct ConsumingTests {
                 try await Self.fill(admin, queue, count: count)
                 let client = try TestBroker.makeClient()
                 do {
-                    try await TestBroker.withDeadline(.seconds(120)) {
+                    try await TestBroker.withDeadline(Self.hangGuard) {
                         let consumer = try await client.consume(queue, prefetch: UInt16(count))
                         var iterator = consumer.makeAsyncIterator()
                         let deliveries = try await Self.take(count, from: &iterator)

@@ -30,7 +30,9 @@ struct BrokerNode: Sendable, Hashable, CustomStringConvertible {
         var attempt = 1
         while true {
             let started = ContinuousClock.now
-            let result = try await ChildProcess.run(TestBroker.rabbitmqctlPath, ["-n", name, "-q"] + arguments)
+            let result = try await Self.slots.run {
+                try await ChildProcess.run(TestBroker.rabbitmqctlPath, ["-n", name, "-q"] + arguments)
+            }
             let elapsed = ContinuousClock.now - started
             // A slow machine shows here first: a test that hits its hang guard can be read against these lines.
             if elapsed > .seconds(5) {
@@ -54,6 +56,10 @@ struct BrokerNode: Sendable, Hashable, CustomStringConvertible {
             return fields.count == columns.count ? fields.map(String.init) : nil
         }
     }
+
+    /// Each run boots an Erlang VM (about a second of CPU): at most a few at once, so that dozens of parallel
+    /// tests polling the broker do not starve each other, and the nodes, of the machine's two cores.
+    private static let slots = Slots(4)
 
     // MARK: Queues
 
@@ -125,5 +131,29 @@ struct RabbitMQCtlError: Error, CustomStringConvertible {
     ///   rabbitmqctl 3.10 fails with `{badrpc, {'EXIT', {normal, …}}}` instead of skipping it.
     var isWorthRetrying: Bool {
         status == 78 || (arguments.first?.hasPrefix("list_") == true && output.contains("badrpc"))
+    }
+}
+
+/// At most `count` bodies run at once; the others wait their turn, in order, without holding a thread.
+actor Slots {
+    private var free: Int
+    private var waiting: [CheckedContinuation<Void, Never>] = []
+
+    init(_ count: Int) {
+        free = count
+    }
+
+    func run<T: Sendable>(_ body: @Sendable () async throws -> T) async throws -> T {
+        if free > 0 {
+            free -= 1
+        } else {
+            await withCheckedContinuation { waiting.append($0) }
+        }
+        defer { release() }
+        return try await body()
+    }
+
+    private func release() {
+        if waiting.isEmpty { free += 1 } else { waiting.removeFirst().resume() }
     }
 }
