@@ -19,6 +19,8 @@
 #   LAT_RATE [5000] LAT_COUNT [50000]
 #                       Swift `latency` run (LAT_COUNT=0 skips it)
 #   MEM_COUNT [1000000] Swift consume of MEM_COUNT messages, max RSS compared with COUNT (0 skips it)
+#   CF_COUNT [20]       Swift `connect-failures` attempts: how fast a refused port and a silent peer fail
+#                       (0 skips it)
 #   RUN_TIMEOUT [900]   seconds before one benchmark process is killed
 #   SWIFT_BENCH         path of a ready rabbitmq-bench binary (no Swift build)
 #   SKIP_SWIFT=1        C baseline only
@@ -120,6 +122,7 @@ python3 "$ROOT/scripts/bench_report.py" \
     --large-size "${LARGE_SIZE:-1048576}" --large-window "${LARGE_WINDOW:-100}" \
     --large-prefetch "${LARGE_PREFETCH:-100}" \
     --lat-rate "${LAT_RATE:-5000}" --lat-count "${LAT_COUNT:-50000}" --mem-count "${MEM_COUNT:-1000000}" \
+    --cf-count "${CF_COUNT:-20}" \
     "${headers[@]}" || status=$?
 
 log "report written to ${BENCH_DIR#"$ROOT"/}/report.txt"

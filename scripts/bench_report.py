@@ -7,6 +7,7 @@ the same interface:
     BIN publish --url URL --queue Q --count N --size BYTES --window W   -> last line `pub msgs=N secs=S rate=R`
     BIN consume --url URL --queue Q --count N --prefetch P              -> last line `con msgs=N secs=S rate=R`
     BIN latency --url URL --queue Q --rate R --count N (Swift only)     -> last line `lat msgs=N p50us=X p99us=Y`
+    BIN connect-failures --count N (Swift only, no broker)              -> last line `cf n=N refused_p50ms=…`
 
 The rate is the program's own (timed section only); CPU (user + system) and max RSS are the process's
 own, from wait4(2). Every round runs publish A, publish B, consume A, consume B with one queue per
@@ -33,6 +34,9 @@ RESULT_RE = {
     "publish": re.compile(r"^pub msgs=(\d+) secs=([0-9.]+) rate=([0-9.]+)\s*$"),
     "consume": re.compile(r"^con msgs=(\d+) secs=([0-9.]+) rate=([0-9.]+)\s*$"),
     "latency": re.compile(r"^lat msgs=(\d+) p50us=([0-9.]+) p99us=([0-9.]+)\s*$"),
+    "connect-failures": re.compile(r"^cf n=(\d+) refused_p50ms=([0-9.]+) refused_maxms=([0-9.]+) "
+                                   r"silent_timeoutms=(\d+) silent_overshoot_p50ms=(-?[0-9.]+) "
+                                   r"silent_overshoot_maxms=(-?[0-9.]+)\s*$"),
 }
 
 
@@ -154,6 +158,10 @@ class Bench:
             if op == "latency":
                 rec["p50us"] = float(m.group(2))
                 rec["p99us"] = float(m.group(3))
+            elif op == "connect-failures":
+                for i, key in enumerate(["refused_p50ms", "refused_maxms", "silent_timeoutms",
+                                         "silent_overshoot_p50ms", "silent_overshoot_maxms"], start=2):
+                    rec[key] = float(m.group(i))
             else:
                 rec["secs"] = float(m.group(2))
                 rec["rate"] = float(m.group(3))
@@ -170,6 +178,10 @@ class Bench:
         if rec["ok"]:
             if op == "latency":
                 detail = f"p50={rec['p50us']:.0f}us p99={rec['p99us']:.0f}us"
+            elif op == "connect-failures":
+                detail = (f"refused p50={rec['refused_p50ms']:.1f}ms max={rec['refused_maxms']:.1f}ms, "
+                          f"silent overshoot p50={rec['silent_overshoot_p50ms']:.1f}ms "
+                          f"max={rec['silent_overshoot_maxms']:.1f}ms")
             else:
                 detail = (f"rate={rec['rate']:.0f}/s cpu={rec['cpu_us_per_msg']:.2f}us/msg "
                           f"rss={rec['rss_kib']}KiB")
@@ -215,6 +227,14 @@ class Bench:
         argv = [self.impls["swift"], "latency", "--url", a.url, "--queue", "bench-latency",
                 "--rate", str(a.lat_rate), "--count", str(a.lat_count)]
         self.one("latency", "latency", "swift", argv, a.lat_count, 1)
+
+    def connect_failures(self):
+        a = self.args
+        if "swift" not in self.impls or a.cf_count <= 0:
+            return
+        progress(f"connect-failures: {a.cf_count} attempts at a refusing port and at a silent peer")
+        argv = [self.impls["swift"], "connect-failures", "--count", str(a.cf_count)]
+        self.one("connect-failures", "connect-failures", "swift", argv, a.cf_count, 1)
 
     def memory(self):
         a = self.args
@@ -311,6 +331,26 @@ class Bench:
                 out.append(f"latency: not measured ({why})")
                 out.append("RESULT latency impl=swift status=unavailable")
 
+        if "swift" in self.impls and a.cf_count > 0:
+            out.append("")
+            out.append(f"== connection failures (Swift): {a.cf_count} attempts each ==")
+            cf = [r for r in self.records if r["op"] == "connect-failures"]
+            r = cf[-1] if cf else None
+            if r and r["ok"]:
+                out.append(f"refused port -> connectionRefused: p50 {r['refused_p50ms']:.1f} ms, "
+                           f"max {r['refused_maxms']:.1f} ms")
+                out.append(f"silent peer, {r['silent_timeoutms']:.0f} ms handshake timeout -> timeout: "
+                           f"p50 {r['silent_overshoot_p50ms']:.1f} ms, max {r['silent_overshoot_maxms']:.1f} ms "
+                           "after the timeout")
+                out.append(f"RESULT connect_failures impl=swift n={r['msgs']} refused_p50ms={r['refused_p50ms']:.1f} "
+                           f"refused_maxms={r['refused_maxms']:.1f} silent_timeoutms={r['silent_timeoutms']:.0f} "
+                           f"silent_overshoot_p50ms={r['silent_overshoot_p50ms']:.1f} "
+                           f"silent_overshoot_maxms={r['silent_overshoot_maxms']:.1f}")
+            else:
+                why = r.get("error", "not run") if r else "not run"
+                out.append(f"connection failures: not measured ({why})")
+                out.append("RESULT connect_failures impl=swift status=unavailable")
+
         if "swift" in self.impls and a.mem_count > 0:
             out.append("")
             out.append(f"== memory (Swift consume, {a.size} B messages, prefetch {a.prefetch}) ==")
@@ -363,6 +403,7 @@ def main():
     p.add_argument("--lat-rate", type=int, default=5000)
     p.add_argument("--lat-count", type=int, default=50000)
     p.add_argument("--mem-count", type=int, default=1000000)
+    p.add_argument("--cf-count", type=int, default=20)
     p.add_argument("--header", action="append", default=[], help="extra header line (repeatable)")
     a = p.parse_args()
 
@@ -376,6 +417,7 @@ def main():
     b.workload("small", a.rounds, a.count, a.size, a.window, a.prefetch)
     b.workload("large", a.large_rounds, a.large_count, a.large_size, a.large_window, a.large_prefetch)
     b.latency()
+    b.connect_failures()
     b.memory()
 
     try:

@@ -172,7 +172,7 @@ launch() {
     local spid=$! i
     register
     # The node writes its pid file early in its boot; fail fast if it dies before that.
-    for i in $(seq 1 600); do
+    for i in $(seq 1 1200); do
         [ -s "$pidfile" ] && break
         if ! kill -0 "$spid" 2>/dev/null; then
             printf 'ERROR: %s exited while starting.\n' "$node" >&2
@@ -181,10 +181,11 @@ launch() {
         sleep 0.1
     done
     if [ ! -s "$pidfile" ]; then
-        printf 'ERROR: %s wrote no pid file within 60 s.\n' "$node" >&2
+        printf 'ERROR: %s wrote no pid file within 120 s.\n' "$node" >&2
         show_logs; kill -KILL "$spid" 2>/dev/null || true; exit 1
     fi
-    if ! timeout 90 "$RABBITMQCTL" -n "$node" wait "$pidfile" --timeout 60 >"$dir/wait.log" 2>&1; then
+    # About 5 s on an idle machine; more than 60 s was seen on a heavily loaded one: the bound is a hang guard.
+    if ! timeout 330 "$RABBITMQCTL" -n "$node" wait "$pidfile" --timeout 300 >"$dir/wait.log" 2>&1; then
         printf 'ERROR: %s did not become ready (rabbitmqctl wait failed):\n' "$node" >&2
         cat "$dir/wait.log" >&2
         show_logs

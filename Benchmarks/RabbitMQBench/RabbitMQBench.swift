@@ -11,7 +11,7 @@ struct RabbitMQBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rabbitmq-bench",
         abstract: "Measures swift-rabbitmq against a RabbitMQ broker.",
-        subcommands: [Publish.self, Consume.self, Latency.self])
+        subcommands: [Publish.self, Consume.self, Latency.self, ConnectFailures.self])
 }
 
 struct ConnectionOptions: ParsableArguments {

@@ -71,7 +71,7 @@ struct ClusterFailoverTests {
                                                       limits: limits)
             }
         }
-        let underWay = await RecoveryHarness.eventually(timeout: .seconds(20)) {
+        let underWay = try await TestBroker.eventually(timeout: .seconds(20)) {
             ledger.confirmedCount >= 200 && consumed.total >= 100
         }
         var disruptError: (any Error)?
@@ -82,14 +82,14 @@ struct ClusterFailoverTests {
         let confirmedAtDisruption = ledger.confirmedCount
         var resumed = false
         if underWay, disruptError == nil {
-            resumed = await RecoveryHarness.eventually(timeout: .seconds(40)) {
+            resumed = try await TestBroker.eventually(timeout: .seconds(40)) {
                 ledger.confirmedCount >= confirmedAtDisruption + 300
             }
         }
         let consumers = (try? await cluster.consumers(on: queue, seenFrom: observer)) ?? []
         await publishers.stop()
         let confirmed = ledger.confirmedIDs
-        let everythingConsumed = await RecoveryHarness.eventually(timeout: .seconds(20)) {
+        let everythingConsumed = try await TestBroker.eventually(timeout: .seconds(20)) {
             confirmed.isSubset(of: consumed.ids)
         }
         let consumerEnded = consumed.endedWith
@@ -129,11 +129,11 @@ struct ClusterFailoverTests {
         async throws -> ClusterBroker.Node
     {
         let declaring = try configuration(cluster, endpoints: [node], name: "failover declare")
-        try await RecoveryHarness.withClient(declaring) { client in
+        try await TestBroker.withClient(configuration: declaring) { client in
             _ = try await client.declare(Queue(queue, arguments: QueueArguments(type: .quorum)))
         }
         var leader: ClusterBroker.Node?
-        _ = await RecoveryHarness.eventually(timeout: .seconds(10)) {
+        _ = try await TestBroker.eventually(timeout: .seconds(10)) {
             leader = await cluster.leader(of: queue, seenFrom: node)
             return leader != nil
         }
@@ -162,7 +162,7 @@ struct ClusterFailoverTests {
             try #require(leader != first, "the leader of \(queue) is on \(first)")
             let name = "failover node kill \(UUID().uuidString.prefix(8))"
             let configuration = try Self.configuration(cluster, endpoints: cluster.nodes, name: name)
-            try await RecoveryHarness.withClient(configuration) { client in
+            try await TestBroker.withClient(configuration: configuration) { client in
                 try await client.declare(Queue(queue, arguments: QueueArguments(type: .quorum)))
                 let ports = try await cluster.connectionPorts(named: name, seenFrom: observer)
                 #expect(ports == [first.endpoint.port], "the client is not connected to \(first) alone: \(ports)")
@@ -175,7 +175,7 @@ struct ClusterFailoverTests {
 
                 // Node 1 comes back and rejoins the cluster.
                 try await cluster.restart(first)
-                let rejoined = await RecoveryHarness.eventually(timeout: .seconds(60)) {
+                let rejoined = try await TestBroker.eventually(timeout: .seconds(60)) {
                     let seenByFirst = await cluster.runningNodeCount(seenFrom: first)
                     let seenByOther = await cluster.runningNodeCount(seenFrom: observer)
                     return seenByFirst == cluster.nodes.count && seenByOther == cluster.nodes.count
@@ -208,7 +208,7 @@ struct ClusterFailoverTests {
             let endpoints = [clientNode] + cluster.nodes.filter { $0 != clientNode }
             let name = "failover leader kill \(UUID().uuidString.prefix(8))"
             let configuration = try Self.configuration(cluster, endpoints: endpoints, name: name)
-            try await RecoveryHarness.withClient(configuration) { client in
+            try await TestBroker.withClient(configuration: configuration) { client in
                 try await client.declare(Queue(queue, arguments: QueueArguments(type: .quorum)))
                 let ports = try await cluster.connectionPorts(named: name, seenFrom: observer)
                 #expect(ports == [clientNode.endpoint.port], "the client is not connected to \(clientNode): \(ports)")

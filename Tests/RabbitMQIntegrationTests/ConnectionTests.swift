@@ -2,11 +2,6 @@ import Foundation
 import RabbitMQ
 import RabbitMQTestSupport
 import Testing
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
 @Suite("Connection errors")
 struct ConnectionTests {
@@ -32,12 +27,14 @@ struct ConnectionTests {
         }
     }
 
-    @Test("a wrong password fails with authenticationFailed (403), at once, without showing the password")
+    @Test("a wrong password fails with authenticationFailed (403), before the handshake timeout, without showing the password")
     func wrongPassword() async throws {
         let password = "wrong-\(UUID().uuidString)"
         var configuration = try TestBroker.configuration
         configuration.password = password
-        configuration.handshakeTimeout = .seconds(10)
+        // Refused by the broker, not by the handshake timeout running out: that would fail with `timeout`, and
+        // after 60 s, which the elapsed time is checked against (a hang guard a loaded machine cannot break).
+        configuration.handshakeTimeout = .seconds(60)
         let client = RabbitMQClient(configuration: configuration, logger: TestBroker.logger)
         defer { Task { await client.close() } }
         let start = ContinuousClock.now
@@ -46,8 +43,7 @@ struct ConnectionTests {
         #expect(error?.code == .authenticationFailed)
         #expect(error?.replyCode == 403)
         #expect(error?.isRetryable == false)
-        // Refused by the broker, not by the handshake timeout running out.
-        #expect(elapsed < .seconds(5), "took \(elapsed)")
+        #expect(elapsed < configuration.handshakeTimeout, "took \(elapsed)")
         if let error {
             #expect(!Self.mentions(error, password), "\(error.debugDescription)")
         }
@@ -66,34 +62,34 @@ struct ConnectionTests {
         #expect(error?.isRetryable == false)
     }
 
-    @Test("a port nothing listens on fails with connectionRefused in under a second")
+    /// How fast a refusal fails is measured by the benchmark (`RabbitMQBench connect-failures`); this checks what
+    /// it fails with, and that it does not wait for the connect timeout.
+    @Test("a port nothing listens on fails with connectionRefused, without waiting for the connect timeout")
     func closedPort() async throws {
         // A socket bound to a port but not listening holds the port (nobody else can take it) and refuses
         // connections to it.
-        let socket = try ConnectionTests.TestSocket(listening: false)
+        let socket = try TestSocket(listening: false)
         defer { socket.close() }
         var configuration = try TestBroker.configuration
         configuration.endpoints = [.init(host: "127.0.0.1", port: socket.port)]
-        configuration.connectTimeout = .seconds(10)
-        // A correctness bound: a refusal must not wait for the 10 s connect timeout. Other tests block the
-        // cooperative pool with rabbitmqctl calls, which can delay a resumption by a second or so; the best of
-        // three attempts is measured.
-        var best: Duration = .seconds(3600)
-        for _ in 0..<3 where best >= .seconds(1) {
-            let client = RabbitMQClient(configuration: configuration, logger: TestBroker.logger)
-            let start = ContinuousClock.now
-            let error = await #expect(throws: RabbitMQError.self) { try await client.connect() }
-            best = min(best, ContinuousClock.now - start)
-            await client.close()
-            #expect(error?.code == .connectionRefused, "\(String(describing: error))")
-            #expect(error?.isRetryable == true)
-        }
-        #expect(best < .seconds(1), "took \(best)")
+        // Waiting for the connect timeout would fail with `timeout`, after 60 s: the code tells a refusal from
+        // it, and the elapsed time is a hang guard no loaded machine reaches.
+        configuration.connectTimeout = .seconds(60)
+        let client = RabbitMQClient(configuration: configuration, logger: TestBroker.logger)
+        let start = ContinuousClock.now
+        let error = await #expect(throws: RabbitMQError.self) { try await client.connect() }
+        let elapsed = ContinuousClock.now - start
+        await client.close()
+        #expect(error?.code == .connectionRefused, "\(String(describing: error))")
+        #expect(error?.isRetryable == true)
+        #expect(elapsed < configuration.connectTimeout, "took \(elapsed)")
     }
 
+    /// How soon after the handshake timeout the failure comes is measured by the benchmark
+    /// (`RabbitMQBench connect-failures`); this checks what it fails with, and that the timeout did run out.
     @Test("a peer that accepts TCP and never speaks fails with timeout after the handshake timeout")
     func silentPeer() async throws {
-        let socket = try ConnectionTests.TestSocket(listening: true)
+        let socket = try TestSocket(listening: true)
         defer { socket.close() }
         var configuration = try TestBroker.configuration
         configuration.endpoints = [.init(host: "127.0.0.1", port: socket.port)]
@@ -101,13 +97,15 @@ struct ConnectionTests {
         let client = RabbitMQClient(configuration: configuration, logger: TestBroker.logger)
         defer { Task { await client.close() } }
         let start = ContinuousClock.now
+        // The deadline is a hang guard: without a handshake timeout the connection would wait forever.
         let error = await #expect(throws: RabbitMQError.self) {
-            try await ConnectionTests.withDeadline(.seconds(30)) { try await client.connect() }
+            try await TestBroker.withDeadline(.seconds(60)) { try await client.connect() }
         }
         let elapsed = ContinuousClock.now - start
         #expect(error?.code == .timeout, "\(String(describing: error))")
         #expect(error?.isRetryable == true)
-        #expect(elapsed >= .milliseconds(800) && elapsed < .seconds(5), "took \(elapsed)")
+        // Not before the timeout ran out (a lower bound: load only makes it later).
+        #expect(elapsed >= .milliseconds(800), "took \(elapsed)")
     }
 
     @Test("the connection name shows in rabbitmqctl list_connections")
@@ -127,7 +125,7 @@ struct ConnectionTests {
         let client = try TestBroker.makeClient { $0.connectionName = name }
         let queue = TestBroker.uniqueName("close")
         try await client.declare(Queue(queue, durable: false, exclusive: true))
-        try await ConnectionTests.withDeadline(.seconds(20)) {
+        try await TestBroker.withDeadline(.seconds(20)) {
             await client.close()
             await client.close()
             async let first: Void = client.close()
@@ -148,7 +146,7 @@ struct ConnectionTests {
         ]
         for (label, operation) in operations {
             let error = await #expect(throws: RabbitMQError.self, "\(label)") {
-                try await ConnectionTests.withDeadline(.seconds(10)) { try await operation() }
+                try await TestBroker.withDeadline(.seconds(10)) { try await operation() }
             }
             #expect(error?.code == .clientClosed, "\(label): \(String(describing: error))")
         }
@@ -199,7 +197,7 @@ struct ConnectionTests {
         }
         let finished = try await TestBroker.eventually(timeout: .seconds(30)) { outcomes.count == tasks }
         #expect(finished, "\(tasks - outcomes.count) of \(tasks) tasks never finished")
-        try await ConnectionTests.withDeadline(.seconds(20)) { await client.close() }
+        try await TestBroker.withDeadline(.seconds(20)) { await client.close() }
 
         var interrupted = 0
         for (index, error) in outcomes.snapshot() {
@@ -231,8 +229,7 @@ struct ConnectionTests {
 
     /// The broker's queues whose names start with `prefix`.
     static func queues(withPrefix prefix: String) async throws -> [String] {
-        try await TestBroker.rabbitmqctl("list_queues", "name", "--no-table-headers")
-            .split(separator: "\n").map(String.init).filter { $0.hasPrefix(prefix) }
+        try await BrokerNode.shared.queueCounts().keys.filter { $0.hasPrefix(prefix) }
     }
 }
 
@@ -321,7 +318,7 @@ struct ChannelErrorTests {
             let exchange = "\(prefix).exchange"
             try await client.declare(Exchange(exchange, type: .direct, durable: false))
             let count = 100
-            try await ConnectionTests.withDeadline(.seconds(90)) {
+            try await TestBroker.withDeadline(.seconds(90)) {
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     for index in 0..<count {
                         group.addTask {
@@ -370,96 +367,6 @@ extension ConnectionTests {
         /// The outcomes so far, by operation index.
         func snapshot() -> [(Int, (any Error)?)] {
             results.withLock { $0.sorted { $0.key < $1.key }.map { ($0.key, $0.value) } }
-        }
-    }
-
-    /// The error `withDeadline` throws when its body runs too long.
-    struct DeadlineExceeded: Error, CustomStringConvertible {
-        let limit: Duration
-        var description: String { "the operation did not finish within \(limit)" }
-    }
-
-    /// Runs `body` and fails with `DeadlineExceeded` if it has not finished after `limit`.
-    ///
-    /// The body runs in an unstructured task, so a body that ignores cancellation and never returns makes this
-    /// throw rather than hang the test.
-    static func withDeadline<T: Sendable>(
-        _ limit: Duration, _ body: @escaping @Sendable () async throws -> T
-    ) async throws -> T {
-        let outcome = Locked<Result<T, any Error>?>(nil)
-        let task = Task {
-            let result: Result<T, any Error>
-            do { result = .success(try await body()) } catch { result = .failure(error) }
-            outcome.withLock { $0 = result }
-        }
-        let deadline = ContinuousClock.now + limit
-        while ContinuousClock.now < deadline {
-            if let result = outcome.withLock({ $0 }) { return try result.get() }
-            try await Task.sleep(for: .milliseconds(10))
-        }
-        if let result = outcome.withLock({ $0 }) { return try result.get() }
-        task.cancel()
-        throw DeadlineExceeded(limit: limit)
-    }
-
-    /// A TCP socket on 127.0.0.1 with a port chosen by the kernel. Listening, it completes TCP handshakes (the
-    /// kernel's backlog) but never accepts nor writes: a peer that never speaks. Not listening, it refuses
-    /// connections while holding the port.
-    final class TestSocket: Sendable {
-        let descriptor: Int32
-        let port: Int
-
-        init(listening: Bool) throws {
-            #if os(Linux)
-            let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            #else
-            let descriptor = socket(AF_INET, SOCK_STREAM, 0)
-            #endif
-            guard descriptor >= 0 else { throw SocketError(step: "socket", code: errno) }
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = 0
-            address.sin_addr.s_addr = inet_addr("127.0.0.1")
-            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-            let bound = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, length) }
-            }
-            guard bound == 0 else {
-                Self.closeDescriptor(descriptor)
-                throw SocketError(step: "bind", code: errno)
-            }
-            if listening {
-                guard listen(descriptor, 16) == 0 else {
-                    Self.closeDescriptor(descriptor)
-                    throw SocketError(step: "listen", code: errno)
-                }
-            }
-            let named = withUnsafeMutablePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }
-            }
-            guard named == 0 else {
-                Self.closeDescriptor(descriptor)
-                throw SocketError(step: "getsockname", code: errno)
-            }
-            self.descriptor = descriptor
-            self.port = Int(UInt16(bigEndian: address.sin_port))
-        }
-
-        func close() {
-            Self.closeDescriptor(descriptor)
-        }
-
-        private static func closeDescriptor(_ descriptor: Int32) {
-            #if canImport(Glibc)
-            _ = Glibc.close(descriptor)
-            #else
-            _ = Darwin.close(descriptor)
-            #endif
-        }
-
-        struct SocketError: Error {
-            let step: String
-            let code: Int32
         }
     }
 }

@@ -6,6 +6,10 @@ import Testing
 /// Consumers, prefetch, settling and `basic.get` against a real broker, with every outcome counted at the broker.
 @Suite("Consuming")
 struct ConsumingTests {
+    /// How long a test's consuming part may take before it counts as hung. It includes `rabbitmqctl` runs, which
+    /// took 50 to 80 s each in a full run on a heavily loaded two-core machine; only a hang takes this long.
+    static let hangGuard: Duration = .seconds(600)
+
     // MARK: Prefetch and exactly-once
 
     @Test func cancellingAConsumerEndsAWaitingLoopWithoutAnError() async throws {
@@ -36,7 +40,7 @@ struct ConsumingTests {
             try await Self.withQueue(client, "con.prefetch") { queue in
                 try await Self.fill(client, queue, count: 200)
                 #expect(try await TestBroker.queueStats(queue)?.ready == 200)
-                let samples = try await Self.withTimeout { () -> [Int] in
+                let samples = try await TestBroker.withDeadline(Self.hangGuard) { () -> [Int] in
                     var received = 0
                     var samples: [Int] = []
                     for try await delivery in try await client.consume(queue, prefetch: 10) {
@@ -82,7 +86,7 @@ struct ConsumingTests {
             try await Self.withQueue(client, "con.once") { queue in
                 try await Self.fill(client, queue, count: count)
                 #expect(try await TestBroker.queueStats(queue)?.ready == count)
-                let bodies = try await Self.withTimeout { () -> [String] in
+                let bodies = try await TestBroker.withDeadline(Self.hangGuard) { () -> [String] in
                     var bodies: [String] = []
                     for try await delivery in try await client.consume(queue, prefetch: 50) {
                         bodies.append(delivery.bodyString)
@@ -111,7 +115,7 @@ struct ConsumingTests {
         try await TestBroker.withClient { client in
             try await Self.withQueue(client, "con.pooled") { queue in
                 for index in 0..<released + held { try await client.publish(body(index), routingKey: queue) }
-                let kept = try await Self.withTimeout { () -> [Delivery] in
+                let kept = try await TestBroker.withDeadline(Self.hangGuard) { () -> [Delivery] in
                     var iterator = try await client.consume(queue, prefetch: 10).makeAsyncIterator()
                     for index in 0..<released {
                         let delivery = try #require(try await iterator.next())
@@ -139,7 +143,7 @@ struct ConsumingTests {
         try await TestBroker.withClient { client in
             try await Self.withQueue(client, "con.nack") { queue in
                 try await Self.fill(client, queue, count: 1)
-                try await Self.withTimeout {
+                try await TestBroker.withDeadline(Self.hangGuard) {
                     let consumer = try await client.consume(queue, prefetch: 1)
                     var iterator = consumer.makeAsyncIterator()
                     let first = try #require(try await iterator.next())
@@ -166,7 +170,7 @@ struct ConsumingTests {
         try await TestBroker.withClient { client in
             try await Self.withQueue(client, "con.nackmulti") { queue in
                 try await Self.fill(client, queue, count: 5)
-                try await Self.withTimeout {
+                try await TestBroker.withDeadline(Self.hangGuard) {
                     let consumer = try await client.consume(queue, prefetch: 10)
                     var iterator = consumer.makeAsyncIterator()
                     let firstRound = try await Self.take(5, from: &iterator)
@@ -195,7 +199,7 @@ struct ConsumingTests {
         try await TestBroker.withClient { client in
             try await Self.withQueue(client, "con.ackmulti") { queue in
                 try await Self.fill(client, queue, count: 8)
-                try await Self.withTimeout {
+                try await TestBroker.withDeadline(Self.hangGuard) {
                     let consumer = try await client.consume(queue, prefetch: 10)
                     var iterator = consumer.makeAsyncIterator()
                     let deliveries = try await Self.take(8, from: &iterator)
@@ -218,7 +222,7 @@ struct ConsumingTests {
             try await client.declare(Queue(queue, durable: false))
             do {
                 try await Self.fill(client, queue, count: 3)
-                let outcome = try await Self.withTimeout { () -> (received: Int, error: (any Error)?) in
+                let outcome = try await TestBroker.withDeadline(Self.hangGuard) { () -> (received: Int, error: (any Error)?) in
                     let consumer = try await client.consume(queue, prefetch: 10)
                     var iterator = consumer.makeAsyncIterator()
                     var received = 0
@@ -249,7 +253,7 @@ struct ConsumingTests {
         try await TestBroker.withClient { client in
             try await Self.withQueue(client, "con.break") { queue in
                 try await Self.fill(client, queue, count: 20)
-                try await Self.withTimeout {
+                try await TestBroker.withDeadline(Self.hangGuard) {
                     var received = 0
                     for try await delivery in try await client.consume(queue, prefetch: 10) {
                         received += 1
@@ -304,7 +308,7 @@ struct ConsumingTests {
         try await TestBroker.withClient { client in
             try await Self.withQueue(client, "con.autoack") { queue in
                 try await Self.fill(client, queue, count: count)
-                let (bodies, samples) = try await Self.withTimeout { () -> ([String], [Int]) in
+                let (bodies, samples) = try await TestBroker.withDeadline(Self.hangGuard) { () -> ([String], [Int]) in
                     var bodies: [String] = []
                     var samples: [Int] = []
                     let options = ConsumeOptions(acknowledgement: .automatic)
@@ -343,7 +347,7 @@ struct ConsumingTests {
                 // The refusal closed only the second consumer's channel: the first is still consuming.
                 #expect(try await TestBroker.queueStats(queue)?.consumers == 1)
                 try await client.publish(Data("to the exclusive one".utf8), routingKey: queue)
-                try await Self.withTimeout {
+                try await TestBroker.withDeadline(Self.hangGuard) {
                     var iterator = exclusive.makeAsyncIterator()
                     let delivery = try #require(try await iterator.next())
                     #expect(delivery.bodyString == "to the exclusive one")
@@ -444,7 +448,7 @@ struct ConsumingTests {
         try await TestBroker.withClient { client in
             try await Self.withQueue(client, "con.stale") { queue in
                 try await Self.fill(client, queue, count: 1)
-                try await Self.withTimeout {
+                try await TestBroker.withDeadline(Self.hangGuard) {
                     let first = try await client.consume(queue, prefetch: 1)
                     var firstIterator = first.makeAsyncIterator()
                     let stale = try #require(try await firstIterator.next())
@@ -490,7 +494,7 @@ struct ConsumingTests {
         try await TestBroker.withClient { client in
             try await Self.withQueue(client, "con.closedchan") { queue in
                 try await Self.fill(client, queue, count: 3)
-                try await Self.withTimeout {
+                try await TestBroker.withDeadline(Self.hangGuard) {
                     let channel = try await client.openChannel()
                     try await channel.setPrefetch(3)
                     let consumer = try await channel.consume(queue)
@@ -576,7 +580,7 @@ struct ConsumingTests {
         try await TestBroker.withClient { client in
             try await Self.withQueue(client, "con.ackclose") { queue in
                 try await Self.fill(client, queue, count: count)
-                try await Self.withTimeout {
+                try await TestBroker.withDeadline(Self.hangGuard) {
                     let channel = try await client.openChannel()
                     try await channel.setPrefetch(UInt16(count))
                     let consumer = try await channel.consume(queue)
@@ -599,7 +603,7 @@ struct ConsumingTests {
                 try await Self.fill(admin, queue, count: count)
                 let client = try TestBroker.makeClient()
                 do {
-                    try await Self.withTimeout {
+                    try await TestBroker.withDeadline(Self.hangGuard) {
                         let consumer = try await client.consume(queue, prefetch: UInt16(count))
                         var iterator = consumer.makeAsyncIterator()
                         let deliveries = try await Self.take(count, from: &iterator)
@@ -653,7 +657,6 @@ struct ConsumingTests {
         }
     }
 
-    /// Whether the broker soon counts no message and no consumer on `queue`.
     /// The next `count` deliveries, fewer only if the sequence ends first.
     static func take(_ count: Int, from iterator: inout Consumer.AsyncIterator) async throws -> [Delivery] {
         var deliveries: [Delivery] = []
@@ -665,52 +668,30 @@ struct ConsumingTests {
 
     /// Whether the queue soon has nothing ready and nothing unacknowledged while its one consumer stays.
     static func isSettledWithItsConsumer(_ queue: String) async throws -> Bool {
-        try await TestBroker.eventually {
-            try await TestBroker.queueStats(queue).map { $0 == (0, 0, 1) } ?? false
-        }
+        try await settles(queue, to: BrokerQueueCounts(ready: 0, unacked: 0, consumers: 1))
     }
 
+    /// Whether the broker soon counts no message and no consumer on `queue`.
     static func isSettledAndIdle(_ queue: String) async throws -> Bool {
+        try await settles(queue, to: BrokerQueueCounts(ready: 0, unacked: 0, consumers: 0))
+    }
+
+    /// Whether the broker soon counts `expected` on `queue`; remembers the last counts seen for ``stats(_:)``.
+    private static func settles(_ queue: String, to expected: BrokerQueueCounts) async throws -> Bool {
         try await TestBroker.eventually {
-            try await TestBroker.queueStats(queue).map { $0 == (0, 0, 0) } ?? false
+            let counts = try await BrokerNode.shared.queueCounts(queue)
+            lastCounts.withLock { $0[queue] = counts.map(\.description) ?? "no such queue" }
+            return counts == expected
         }
     }
 
-    /// The broker's counts for `queue`, for a failure message.
+    /// The broker's counts for `queue` when the last wait for them gave up, for a failure message (which cannot
+    /// await, so it does not ask the broker).
     static func stats(_ queue: String) -> String {
-        do {
-            let output = try TestBroker.runRabbitmqctl(["list_queues", "name", "messages_ready", "messages_unacknowledged",
-                                                        "consumers", "--no-table-headers"])
-            guard let line = output.split(separator: "\n").first(where: { $0.hasPrefix("\(queue)\t") }) else {
-                return "no such queue"
-            }
-            let fields = line.split(separator: "\t")
-            let stats = (ready: fields[1], unacked: fields[2], consumers: fields[3])
-            return "ready \(stats.ready), unacked \(stats.unacked), consumers \(stats.consumers)"
-        } catch {
-            return "\(error)"
-        }
+        lastCounts.withLock { $0[queue] } ?? "not read"
     }
 
-    struct TimedOut: Error, CustomStringConvertible {
-        let limit: Duration
-        var description: String { "the test did not finish within \(limit)" }
-    }
-
-    /// Runs `body`, cancelling it (which ends any consumer loop in it) after `limit`.
-    static func withTimeout<T: Sendable>(_ limit: Duration = .seconds(120),
-                                         _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-        try await withThrowingTaskGroup(of: T?.self) { group in
-            group.addTask { try await body() }
-            group.addTask {
-                try? await Task.sleep(for: limit)
-                return nil
-            }
-            defer { group.cancelAll() }
-            guard let first = try await group.next(), let value = first else { throw TimedOut(limit: limit) }
-            return value
-        }
-    }
+    private static let lastCounts = Locked<[String: String]>([:])
 }
 
 /// Bodies received by a consumer running in another task.

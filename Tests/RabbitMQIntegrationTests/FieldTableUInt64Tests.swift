@@ -18,7 +18,7 @@ struct FieldTableUInt64Tests {
             try await client.declare(Queue(queue, durable: false))
             let properties = MessageProperties(headers: ["big": .uint64(UInt64.max)])
             let error = await #expect(throws: RabbitMQError.self) {
-                try await ConnectionTests.withDeadline(.seconds(20)) {
+                try await TestBroker.withDeadline(.seconds(20)) {
                     try await client.publish(Data("u64".utf8), routingKey: queue, properties: properties)
                 }
             }
@@ -27,7 +27,7 @@ struct FieldTableUInt64Tests {
             // Nested too.
             let nested = MessageProperties(headers: ["outer": .array([.table(["big": .uint64(1)])])])
             let nestedError = await #expect(throws: RabbitMQError.self) {
-                try await ConnectionTests.withDeadline(.seconds(20)) {
+                try await TestBroker.withDeadline(.seconds(20)) {
                     try await client.publish(Data("u64".utf8), routingKey: queue, properties: nested)
                 }
             }
@@ -35,7 +35,7 @@ struct FieldTableUInt64Tests {
             // The same in declare arguments.
             let argumentsQueue = TestBroker.uniqueName("uint64-args")
             let argumentError = await #expect(throws: RabbitMQError.self) {
-                try await ConnectionTests.withDeadline(.seconds(20)) {
+                try await TestBroker.withDeadline(.seconds(20)) {
                     try await client.declare(Queue(argumentsQueue, durable: false,
                                                    arguments: QueueArguments(extra: ["x-big": .uint64(1)])))
                 }

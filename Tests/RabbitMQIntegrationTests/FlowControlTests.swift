@@ -25,7 +25,7 @@ struct FlowControlTests {
                 try await client.publish(Data("before the alarm".utf8), routingKey: queue)
 
                 try await broker.rabbitmqctl("set_vm_memory_high_watermark", "0")
-                #expect(try await Self.eventually {
+                #expect(try await TestBroker.eventually {
                     let states = try await broker.connectionStates(named: connectionName)
                     return states == ["blocking"] || states == ["blocked"]
                 }, "the alarm did not reach the connection")
@@ -74,7 +74,7 @@ struct FlowControlTests {
                 try await channel.enableConfirms()
 
                 try await broker.rabbitmqctl("set_vm_memory_high_watermark", "0")
-                #expect(try await Self.eventually {
+                #expect(try await TestBroker.eventually {
                     let states = try await broker.connectionStates(named: connectionName)
                     return states == ["blocking"] || states == ["blocked"]
                 }, "the alarm did not reach the connection")
@@ -103,7 +103,7 @@ struct FlowControlTests {
 
                 try await broker.rabbitmqctl("set_vm_memory_high_watermark", "0.4")
                 // Running again means connection.unblocked is on its way: the markers need not wait (1 s at most).
-                #expect(try await Self.eventually {
+                #expect(try await TestBroker.eventually {
                     try await broker.connectionStates(named: connectionName) == ["running"]
                 }, "the connection stayed blocked")
                 // Publishes on one channel are taken in order, and the connection's frames are read in order: once
@@ -122,18 +122,6 @@ struct FlowControlTests {
                 throw error
             }
         }
-    }
-
-    /// Waits until `condition` holds, checking every 100 ms, at most `timeout`.
-    static func eventually(timeout: Duration = .seconds(15), _ condition: () async throws -> Bool) async throws
-        -> Bool
-    {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if try await condition() { return true }
-            try await Task.sleep(for: .milliseconds(100))
-        }
-        return try await condition()
     }
 }
 

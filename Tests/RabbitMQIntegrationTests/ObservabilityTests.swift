@@ -271,7 +271,7 @@ struct ObservabilityTests {
             worker.stop()
             try await run.value
             try #require(done)
-            #expect(try await TestBroker.eventually { try await isDrained(queue) })
+            #expect(try await drainedAtBroker(queue))
 
             let results = seen.withLock { $0 }
             #expect(results["implicit"]?.header == .string("req-from-context"))

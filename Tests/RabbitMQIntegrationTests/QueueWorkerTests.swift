@@ -56,74 +56,6 @@ final class WorkerProbe: Sendable {
     func times(of body: String) -> [ContinuousClock.Instant] { state.withLock { $0.times[body] ?? [] } }
 }
 
-/// Publishes `count` messages `<prefix><index>` to `queue` through the default exchange, each confirmed.
-func publishNumbered(_ client: RabbitMQClient, count: Int, to queue: String, prefix: String = "m") async throws {
-    for index in 0..<count {
-        try await client.publish(Data("\(prefix)\(index)".utf8), routingKey: queue)
-    }
-}
-
-/// Waits until `condition` holds, checking every 20 ms, at most `timeout`. For conditions that ask the broker
-/// through the client (a passive declare is far cheaper than a `rabbitmqctl` run while polling).
-func waitUntil(timeout: Duration = .seconds(20), _ condition: () async throws -> Bool) async throws -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if try await condition() { return true }
-        try await Task.sleep(for: .milliseconds(20))
-    }
-    return try await condition()
-}
-
-/// Ready messages in `queue`, by a passive declare.
-func readyCount(_ client: RabbitMQClient, _ queue: String) async throws -> Int {
-    Int(try await client.queueInfo(queue).messageCount)
-}
-
-/// A queue's counts as `rabbitmqctl list_queues` reports them.
-struct BrokerQueueCounts: Sendable, Equatable {
-    var ready: Int
-    var unacked: Int
-    var consumers: Int
-}
-
-/// Every queue's counts, from one `rabbitmqctl list_queues` run on a thread of its own: on a loaded machine
-/// `rabbitmqctl` blocks for a second or more, and blocking the cooperative pool (two threads on two cores)
-/// would stall the workers under test and distort every delay they measure.
-func brokerQueueCounts() async throws -> [String: BrokerQueueCounts] {
-    let output = try await TestBroker.rabbitmqctl("list_queues", "name", "messages_ready", "messages_unacknowledged",
-                                                  "consumers", "--no-table-headers")
-    var counts: [String: BrokerQueueCounts] = [:]
-    for line in output.split(separator: "\n") {
-        let fields = line.split(separator: "\t")
-        guard fields.count == 4 else { continue }
-        counts[String(fields[0])] = BrokerQueueCounts(ready: Int(fields[1]) ?? -1, unacked: Int(fields[2]) ?? -1,
-                                                      consumers: Int(fields[3]) ?? -1)
-    }
-    return counts
-}
-
-/// Waits until the broker's queue counts satisfy `condition`, checking every 100 ms, at most `timeout`.
-func eventuallyAtBroker(timeout: Duration = .seconds(20),
-                        _ condition: ([String: BrokerQueueCounts]) -> Bool) async throws -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if condition(try await brokerQueueCounts()) { return true }
-        try await Task.sleep(for: .milliseconds(100))
-    }
-    return condition(try await brokerQueueCounts())
-}
-
-/// Waits until the broker holds nothing of `queue`: no ready or unacknowledged message, no consumer.
-func drainedAtBroker(_ queue: String) async throws -> Bool {
-    try await eventuallyAtBroker { $0[queue] == BrokerQueueCounts(ready: 0, unacked: 0, consumers: 0) }
-}
-
-/// The broker's counts of `queue` are all zero (no ready or unacknowledged message, no consumer). Blocks its
-/// thread while `rabbitmqctl` runs; ``drainedAtBroker(_:)`` does not.
-func isDrained(_ queue: String) async throws -> Bool {
-    try await TestBroker.queueStats(queue).map { $0.ready == 0 && $0.unacked == 0 && $0.consumers == 0 } ?? false
-}
-
 @Suite("Queue worker")
 struct QueueWorkerTests {
     @Test func handlersNeverExceedTheConcurrencyLimit() async throws {
@@ -352,7 +284,7 @@ struct QueueWorkerTests {
             #expect(probe.times(of: "poison").count == 1)
             #expect(probe.deliveries.last { $0.bodyString == "flaky" }?.isRedelivered == true)
             #expect(try await drainedAtBroker(queue))
-            #expect(try await brokerQueueCounts()[deadLetters] == BrokerQueueCounts(ready: 1, unacked: 0, consumers: 0))
+            #expect(try await BrokerNode.shared.queueCounts(deadLetters) == BrokerQueueCounts(ready: 1, unacked: 0, consumers: 0))
             let dead = try #require(try await client.get(from: deadLetters, acknowledgement: .automatic))
             #expect(dead.bodyString == "poison")
             #expect(dead.deaths.first?.reason == .rejected)
@@ -368,7 +300,7 @@ struct QueueWorkerTests {
 
             let worker = QueueWorker(client: client, configuration: .init(queue: queue)) { _ in }
             let run = Task { try await worker.run() }
-            #expect(try await waitUntil { try await client.queueInfo(queue).consumerCount == 1 })
+            #expect(try await TestBroker.eventually { try await client.queueInfo(queue).consumerCount == 1 })
             await #expect(throws: RabbitMQError.self) { try await worker.run() }
             worker.stop()
             try await run.value

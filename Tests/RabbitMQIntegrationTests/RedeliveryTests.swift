@@ -34,7 +34,7 @@ private func holdsOnlyParked(_ retry: RetryTopology, _ parked: Int, _ counts: [S
 private func settlesWithOnlyParked(_ client: RabbitMQClient, _ retry: RetryTopology, _ parked: Int) async throws
     -> Bool
 {
-    let settled = try await waitUntil {
+    let settled = try await TestBroker.eventually {
         for queue in retry.topology.queues {
             let expected = queue.name == retry.parkingLotName ? parked : 0
             guard try await readyCount(client, queue.name) == expected else { return false }
@@ -191,14 +191,16 @@ struct RedeliveryTests {
         }
     }
 
-    /// Message A enters the 3 s tier, then message B the 100 ms tier: B must come back long before A. With one
-    /// delay queue and per-message TTLs B would wait behind A, since the broker expires only a queue's head.
+    /// Message A enters the 15 s tier, then message B the 100 ms tier: B must come back long before A. With one
+    /// delay queue and per-message TTLs B would wait behind A, since the broker expires only a queue's head. The
+    /// long tier is long so that B's round trip (handled, parked, expired, delivered again), which took more than
+    /// 3 s on a loaded machine, stays far shorter than it.
     @Test func aShortRetryDoesNotWaitBehindALongOne() async throws {
-        let policy = RetryPolicy(maxAttempts: 3, initialDelay: .milliseconds(100), multiplier: 30, jitter: 0)
-        #expect(policy.tierDelays == [.milliseconds(100), .seconds(3)])
+        let policy = RetryPolicy(maxAttempts: 3, initialDelay: .milliseconds(100), multiplier: 150, jitter: 0)
+        #expect(policy.tierDelays == [.milliseconds(100), .seconds(15)])
         try await TestBroker.withClient { client in
             try await withRetryTopology(client, "redelivery.hol", policy: policy) { retry in
-                let longTier = retry.tierName(for: .seconds(3))
+                let longTier = retry.tierName(for: .seconds(15))
                 let probe = WorkerProbe()
                 let worker = QueueWorker(client: client, configuration: .init(queue: retry.queueName, retry: retry)) {
                     delivery in
@@ -208,15 +210,15 @@ struct RedeliveryTests {
                 }
                 let run = Task { try await worker.run() }
 
-                // A has already failed once: its next failure is attempt 2, which waits 3 s.
+                // A has already failed once: its next failure is attempt 2, which waits 15 s.
                 var properties = MessageProperties()
                 properties.headers[RetryTopology.attemptHeader] = .int64(1)
                 try await client.publish(Data("A".utf8), routingKey: retry.queueName, properties: properties)
-                #expect(try await waitUntil { try await readyCount(client, longTier) == 1 })
+                #expect(try await TestBroker.eventually { try await readyCount(client, longTier) == 1 })
                 // B fails for the first time: it waits 100 ms.
                 try await client.publish(Data("B".utf8), routingKey: retry.queueName)
 
-                #expect(try await TestBroker.eventually(timeout: .seconds(20)) {
+                #expect(try await TestBroker.eventually(timeout: .seconds(60)) {
                     probe.times(of: "A").count == 2 && probe.times(of: "B").count == 2
                 })
                 worker.stop()
@@ -226,7 +228,7 @@ struct RedeliveryTests {
                 let b = probe.times(of: "B")
                 try #require(a.count == 2 && b.count == 2)
                 print("""
-                    head-of-line: A waited \(String(format: "%.1f", milliseconds(a[1] - a[0]))) ms (3 s tier), \
+                    head-of-line: A waited \(String(format: "%.1f", milliseconds(a[1] - a[0]))) ms (15 s tier), \
                     B waited \(String(format: "%.1f", milliseconds(b[1] - b[0]))) ms (100 ms tier), \
                     B back \(String(format: "%.1f", milliseconds(a[1] - b[1]))) ms before A
                     """)
@@ -234,7 +236,7 @@ struct RedeliveryTests {
                 #expect(b[0] > a[0])
                 #expect(b[1] < a[1])
                 // Neither came back early.
-                #expect(a[1] - a[0] >= .milliseconds(2990))
+                #expect(a[1] - a[0] >= .milliseconds(14_990))
                 #expect(b[1] - b[0] >= .milliseconds(90))
                 #expect(worker.outcomes == [.retried: 2, .acked: 2])
                 #expect(try await settlesWithOnlyParked(client, retry, 0))
@@ -370,7 +372,7 @@ struct RedeliveryTests {
                                                properties: retried)
                 }
                 // Both copies are back in the work queue once the tier's TTL has passed.
-                #expect(try await waitUntil { try await readyCount(client, retry.queueName) == 2 })
+                #expect(try await TestBroker.eventually { try await readyCount(client, retry.queueName) == 2 })
 
                 let store = InMemoryDeduplicationStore()
                 let probe = WorkerProbe()
@@ -416,7 +418,7 @@ struct RedeliveryTests {
             try await client.publish(Data("invoice 7".utf8), routingKey: queue, properties: properties)
             #expect(try await TestBroker.eventually { first.outcomes[.acked] == 1 })
             let runSecond = Task { try await second.run() }
-            #expect(try await waitUntil { try await client.queueInfo(queue).consumerCount == 2 })
+            #expect(try await TestBroker.eventually { try await client.queueInfo(queue).consumerCount == 2 })
             // The same message again, twice, and one other message.
             try await client.publish(Data("invoice 7".utf8), routingKey: queue, properties: properties)
             try await client.publish(Data("invoice 7".utf8), routingKey: queue, properties: properties)

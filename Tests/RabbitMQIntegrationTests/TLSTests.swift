@@ -49,7 +49,7 @@ struct TLSTests {
     @Test("headers larger than a frame fail that publish over TLS too, not the connection")
     func oversizedHeaders() async throws {
         let configuration = try TLSBroker.configuration(name: TestBroker.uniqueName("tls-big-headers"))
-        try await RecoveryHarness.withClient(configuration) { client in
+        try await TestBroker.withClient(configuration: configuration) { client in
             try await PublishingTests.expectOversizedHeadersRefused(client)
         }
     }
@@ -144,7 +144,8 @@ struct TLSTests {
         for word in misconfiguration.mentions {
             #expect(error?.message.contains(word) == true, "\(String(describing: error)) should mention \(word)")
         }
-        // Refused during the handshake, not by the 5 s connect or handshake timeout running out.
+        // Refused during the handshake, not by the connect or handshake timeout running out (that would fail
+        // with `timeout`; the elapsed time is a hang guard).
         #expect(elapsed < configuration.handshakeTimeout, "took \(elapsed)")
     }
 
@@ -152,8 +153,9 @@ struct TLSTests {
     func plainConnectionToTLSPort() async throws {
         var configuration = try TLSBroker.configuration(name: TestBroker.uniqueName("tls-plain"))
         configuration.tls = nil
-        // The reset comes in about 30 ms; the margin is for a broker slowed by the parallel tests (2 s was hit once).
-        configuration.handshakeTimeout = .seconds(5)
+        // The reset comes in about 30 ms; running out of this timeout would fail with `timeout`, so the elapsed
+        // time below is a hang guard that only a hang reaches, also on a loaded machine.
+        configuration.handshakeTimeout = .seconds(60)
         let client = RabbitMQClient(configuration: configuration, logger: TestBroker.logger)
         let start = ContinuousClock.now
         let error = await #expect(throws: RabbitMQError.self) { try await client.connect() }
@@ -169,14 +171,14 @@ struct TLSTests {
 
     @Test("amqps:// to a port nothing listens on fails with connectionRefused, as a plain connection does")
     func refusedPort() async throws {
-        try await TLSBroker.withRefusingPort { port in
-            var configuration = try TLSBroker.configuration(name: TestBroker.uniqueName("tls-refused"))
-            configuration.endpoints = [.init(host: "127.0.0.1", port: port)]
-            let client = RabbitMQClient(configuration: configuration, logger: TestBroker.logger)
-            let error = await #expect(throws: RabbitMQError.self) { try await client.connect() }
-            await client.close()
-            #expect(error?.code == .connectionRefused, "\(String(describing: error))")
-            #expect(error?.isRetryable == true)
-        }
+        let socket = try TestSocket(listening: false)
+        defer { socket.close() }
+        var configuration = try TLSBroker.configuration(name: TestBroker.uniqueName("tls-refused"))
+        configuration.endpoints = [.init(host: "127.0.0.1", port: socket.port)]
+        let client = RabbitMQClient(configuration: configuration, logger: TestBroker.logger)
+        let error = await #expect(throws: RabbitMQError.self) { try await client.connect() }
+        await client.close()
+        #expect(error?.code == .connectionRefused, "\(String(describing: error))")
+        #expect(error?.isRetryable == true)
     }
 }

@@ -2,32 +2,17 @@ import Testing
 
 @testable import RabbitMQ
 
-/// Runs `body` and returns the ``RabbitMQError`` it threw, or `nil`; any other error fails the test.
-private func thrownError(
-    sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void
-) -> RabbitMQError? {
-    do {
-        try body()
-        return nil
-    } catch let error as RabbitMQError {
-        return error
-    } catch {
-        Issue.record("unexpected error type: \(error)", sourceLocation: sourceLocation)
-        return nil
-    }
-}
-
 @Suite("Name validation")
 struct NameValidationTests {
     @Test("A short string of 255 ASCII bytes passes, 256 fails with the byte count")
     func asciiLimit() throws {
         let longest = String(repeating: "a", count: 255)
-        #expect(thrownError { try NameValidation.validate(longest, as: "queue name") } == nil)
-        #expect(thrownError { try NameValidation.validate("", as: "queue name") } == nil)
+        #expect(throws: Never.self) { try NameValidation.validate(longest, as: "queue name") }
+        #expect(throws: Never.self) { try NameValidation.validate("", as: "queue name") }
 
-        let error = try #require(thrownError {
+        let error = try #require(throws: RabbitMQError.self) {
             try NameValidation.validate(longest + "a", as: "queue name", operation: "queue.declare")
-        })
+        }
         #expect(error.code == .invalidArgument)
         #expect(error.operation == "queue.declare")
         #expect(error.message.hasPrefix("queue name \""))
@@ -40,19 +25,19 @@ struct NameValidationTests {
         // "é" is 2 bytes: 127 of them and one ASCII letter are exactly 255 bytes.
         let fits = String(repeating: "é", count: 127) + "a"
         #expect(fits.utf8.count == 255)
-        #expect(thrownError { try NameValidation.validate(fits, as: "routing key") } == nil)
+        #expect(throws: Never.self) { try NameValidation.validate(fits, as: "routing key") }
 
         // 128 characters, 256 bytes.
         let accents = String(repeating: "é", count: 128)
         #expect(accents.count == 128)
-        let accentError = try #require(thrownError { try NameValidation.validate(accents, as: "routing key") })
+        let accentError = try #require(throws: RabbitMQError.self) { try NameValidation.validate(accents, as: "routing key") }
         #expect(accentError.code == .invalidArgument)
         #expect(accentError.message.contains("routing key"))
         #expect(accentError.message.contains("256 bytes"))
 
         // 64 rabbits of 4 bytes each: 64 characters, 256 bytes.
         let rabbits = String(repeating: "🐇", count: 64)
-        let rabbitError = try #require(thrownError { try NameValidation.validate(rabbits, as: "consumer tag") })
+        let rabbitError = try #require(throws: RabbitMQError.self) { try NameValidation.validate(rabbits, as: "consumer tag") }
         #expect(rabbitError.message.contains("consumer tag"))
         #expect(rabbitError.message.contains("256 bytes"))
         // The quoted name is shortened to its first 40 characters.
@@ -61,25 +46,25 @@ struct NameValidationTests {
 
     @Test("Entity names refuse carriage returns and line feeds, which the broker strips")
     func entityNameLineBreaks() throws {
-        #expect(thrownError { try NameValidation.validateEntityName("orders.created", as: "queue name") } == nil)
+        #expect(throws: Never.self) { try NameValidation.validateEntityName("orders.created", as: "queue name") }
         for name in ["orders\n", "a\rb", "x\r\ny"] {
-            let error = try #require(thrownError { try NameValidation.validateEntityName(name, as: "queue name") })
+            let error = try #require(throws: RabbitMQError.self) { try NameValidation.validateEntityName(name, as: "queue name") }
             #expect(error.code == .invalidArgument)
             #expect(error.message.contains("carriage return or line feed"))
         }
         // Too long is reported before line breaks.
         let long = String(repeating: "q", count: 300) + "\n"
-        let error = try #require(thrownError { try NameValidation.validateEntityName(long, as: "queue name") })
+        let error = try #require(throws: RabbitMQError.self) { try NameValidation.validateEntityName(long, as: "queue name") }
         #expect(error.message.contains("301 bytes"))
     }
 
     @Test("Table keys allow 128 bytes of UTF-8")
     func tableKeyLimit() throws {
-        #expect(thrownError {
+        #expect(throws: Never.self) {
             try NameValidation.validateTableKey(String(repeating: "k", count: 128), in: "headers")
-        } == nil)
+        }
         let key = String(repeating: "ü", count: 65)  // 130 bytes
-        let error = try #require(thrownError { try NameValidation.validateTableKey(key, in: "message headers") })
+        let error = try #require(throws: RabbitMQError.self) { try NameValidation.validateTableKey(key, in: "message headers") }
         #expect(error.code == .invalidArgument)
         #expect(error.message.contains("in message headers is 130 bytes of UTF-8; at most 128 are allowed"))
     }
@@ -88,29 +73,29 @@ struct NameValidationTests {
     func nestedTables() throws {
         let longKey = String(repeating: "x", count: 129)
         let valid: FieldTable = ["a": 1, "nested": ["b": "c", "list": [1, ["d": true]]]]
-        #expect(thrownError { try NameValidation.validate(valid, as: "headers") } == nil)
+        #expect(throws: Never.self) { try NameValidation.validate(valid, as: "headers") }
 
         var topLevel = FieldTable()
         topLevel[longKey] = 1
-        let topError = try #require(thrownError { try NameValidation.validate(topLevel, as: "headers") })
+        let topError = try #require(throws: RabbitMQError.self) { try NameValidation.validate(topLevel, as: "headers") }
         #expect(topError.message.contains("in headers is 129 bytes"))
 
         var inner = FieldTable()
         inner[longKey] = .string("deep")
         let nested: FieldTable = ["outer": .table(inner)]
-        let nestedError = try #require(thrownError {
+        let nestedError = try #require(throws: RabbitMQError.self) {
             try NameValidation.validate(nested, as: "headers", operation: "basic.publish")
-        })
+        }
         #expect(nestedError.code == .invalidArgument)
         #expect(nestedError.operation == "basic.publish")
         #expect(nestedError.message.contains("in headers[\"outer\"] is 129 bytes"))
 
         let inArray: FieldTable = ["list": .array([.int64(1), .table(inner)])]
-        let arrayError = try #require(thrownError { try NameValidation.validate(inArray, as: "arguments") })
+        let arrayError = try #require(throws: RabbitMQError.self) { try NameValidation.validate(inArray, as: "arguments") }
         #expect(arrayError.message.contains("in arguments[\"list\"][1] is 129 bytes"))
 
         let arrayInArray: FieldTable = ["m": .array([.array([.table(inner)])])]
-        let deepError = try #require(thrownError { try NameValidation.validate(arrayInArray, as: "arguments") })
+        let deepError = try #require(throws: RabbitMQError.self) { try NameValidation.validate(arrayInArray, as: "arguments") }
         #expect(deepError.message.contains("in arguments[\"m\"][0][0] is 129 bytes"))
     }
 }

@@ -2,21 +2,6 @@ import Testing
 
 @testable import RabbitMQ
 
-/// Runs `body` and returns the ``RabbitMQError`` it threw, or `nil`; any other error fails the test.
-private func thrownError(
-    sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void
-) -> RabbitMQError? {
-    do {
-        try body()
-        return nil
-    } catch let error as RabbitMQError {
-        return error
-    } catch {
-        Issue.record("unexpected error type: \(error)", sourceLocation: sourceLocation)
-        return nil
-    }
-}
-
 // MARK: - Exchange
 
 @Suite("Exchange")
@@ -65,40 +50,40 @@ struct ExchangeTests {
     @Test("A valid exchange passes validation")
     func valid() {
         let exchange = Exchange("orders", type: .topic, alternateExchange: "orders.ae", arguments: ["x-custom": 1])
-        #expect(thrownError { try exchange.validate() } == nil)
+        #expect(throws: Never.self) { try exchange.validate() }
         // The same alternate exchange in both places is not a conflict.
         let same = Exchange("orders", alternateExchange: "ae", arguments: ["alternate-exchange": "ae"])
-        #expect(thrownError { try same.validate() } == nil)
+        #expect(throws: Never.self) { try same.validate() }
     }
 
     @Test("Validation refuses the default exchange, amq. names, long names, and conflicting arguments")
     func invalid() throws {
-        let empty = try #require(thrownError { try Exchange("").validate() })
+        let empty = try #require(throws: RabbitMQError.self) { try Exchange("").validate() }
         #expect(empty.code == .invalidArgument)
         #expect(empty.operation == "exchange.declare")
         #expect(empty.message.contains("default exchange"))
 
-        let reserved = try #require(thrownError { try Exchange("amq.custom", type: .topic).validate() })
+        let reserved = try #require(throws: RabbitMQError.self) { try Exchange("amq.custom", type: .topic).validate() }
         #expect(reserved.code == .invalidArgument)
         #expect(reserved.message.contains("\"amq.custom\""))
         #expect(reserved.message.contains("reserved prefix"))
 
-        let long = try #require(thrownError { try Exchange(String(repeating: "ß", count: 128)).validate() })
+        let long = try #require(throws: RabbitMQError.self) { try Exchange(String(repeating: "ß", count: 128)).validate() }
         #expect(long.message.contains("exchange name"))
         #expect(long.message.contains("256 bytes"))
 
-        let noType = try #require(thrownError { try Exchange("x", type: ExchangeType(rawValue: "")).validate() })
+        let noType = try #require(throws: RabbitMQError.self) { try Exchange("x", type: ExchangeType(rawValue: "")).validate() }
         #expect(noType.message.contains("empty type"))
 
-        let conflict = try #require(thrownError {
+        let conflict = try #require(throws: RabbitMQError.self) {
             try Exchange("x", alternateExchange: "a", arguments: ["alternate-exchange": "b"]).validate()
-        })
+        }
         #expect(conflict.message.contains("alternateExchange"))
         #expect(conflict.message.contains("remove one"))
 
         var longKey = FieldTable()
         longKey[String(repeating: "k", count: 200)] = 1
-        let keyError = try #require(thrownError { try Exchange("x", arguments: longKey).validate() })
+        let keyError = try #require(throws: RabbitMQError.self) { try Exchange("x", arguments: longKey).validate() }
         #expect(keyError.message.contains("exchange arguments"))
         #expect(keyError.message.contains("200 bytes"))
     }
@@ -184,7 +169,7 @@ struct QueueArgumentsTests {
             .init(key: "x-dead-letter-exchange", value: .string("")),
             .init(key: "x-dead-letter-routing-key", value: .string("retry")),
         ])
-        #expect(thrownError { try arguments.validate() } == nil)
+        #expect(throws: Never.self) { try arguments.validate() }
         #expect(QueueArguments(singleActiveConsumer: false).table["x-single-active-consumer"] == nil)
     }
 
@@ -243,20 +228,20 @@ struct QueueArgumentsTests {
             .init(key: "x-message-ttl", value: .int64(1_000)),
             .init(key: "x-other", value: .string("kept")),
         ])
-        let error = try #require(thrownError { try conflicting.validate() })
+        let error = try #require(throws: RabbitMQError.self) { try conflicting.validate() }
         #expect(error.code == .invalidArgument)
         #expect(error.operation == "queue.declare")
         #expect(error.message.contains("x-message-ttl is set both by a typed property"))
 
         // The same value in another integer width is no conflict.
         let equivalent = QueueArguments(maxLength: 10, extra: ["x-max-length": .int32(10)])
-        #expect(thrownError { try equivalent.validate() } == nil)
+        #expect(throws: Never.self) { try equivalent.validate() }
         #expect(equivalent.table["x-max-length"] == .int64(10))
 
         // A typed property left unset lets the extra value through.
         let rawOnly = QueueArguments(extra: ["x-single-active-consumer": true])
         #expect(rawOnly.table["x-single-active-consumer"] == .bool(true))
-        #expect(thrownError { try rawOnly.validate() } == nil)
+        #expect(throws: Never.self) { try rawOnly.validate() }
     }
 
     @Test("Validation refuses values the broker refuses")
@@ -272,21 +257,21 @@ struct QueueArgumentsTests {
             (QueueArguments(deadLetterExchange: String(repeating: "d", count: 256)), "dead-letter exchange name"),
         ]
         for (arguments, fragment) in cases {
-            let error = try #require(thrownError { try arguments.validate() })
+            let error = try #require(throws: RabbitMQError.self) { try arguments.validate() }
             #expect(error.code == .invalidArgument)
             #expect(error.message.contains(fragment), "\(error.message)")
         }
-        let ttl = try #require(thrownError { try QueueArguments(expires: .zero).validate() })
+        let ttl = try #require(throws: RabbitMQError.self) { try QueueArguments(expires: .zero).validate() }
         #expect(ttl.message.contains("from 1 to 4294967295 ms"))
 
         // Limits themselves pass.
         let limits = QueueArguments(
             messageTTL: .milliseconds(4_294_967_295), expires: .milliseconds(1), maxLength: 0, maxLengthBytes: 0
         )
-        #expect(thrownError { try limits.validate() } == nil)
+        #expect(throws: Never.self) { try limits.validate() }
         // A routing key with the dead-letter exchange in extra passes.
         let rawExchange = QueueArguments(deadLetterRoutingKey: "k", extra: ["x-dead-letter-exchange": "dlx"])
-        #expect(thrownError { try rawExchange.validate() } == nil)
+        #expect(throws: Never.self) { try rawExchange.validate() }
     }
 }
 
@@ -315,20 +300,20 @@ struct QueueTests {
         #expect(queue.exclusive)
         #expect(queue.autoDelete)
         #expect(queue.declareArguments == ["x-max-length": 100])
-        #expect(thrownError { try queue.validate() } == nil)
+        #expect(throws: Never.self) { try queue.validate() }
     }
 
     @Test("Valid queues pass")
     func valid() {
-        #expect(thrownError { try Queue("orders", arguments: QueueArguments(type: .quorum)).validate() } == nil)
-        #expect(thrownError { try Queue("events", arguments: QueueArguments(type: .stream)).validate() } == nil)
-        #expect(thrownError { try Queue("scratch", durable: false, exclusive: true).validate() } == nil)
-        #expect(thrownError { try Queue("amqp.lookalike").validate() } == nil)
+        #expect(throws: Never.self) { try Queue("orders", arguments: QueueArguments(type: .quorum)).validate() }
+        #expect(throws: Never.self) { try Queue("events", arguments: QueueArguments(type: .stream)).validate() }
+        #expect(throws: Never.self) { try Queue("scratch", durable: false, exclusive: true).validate() }
+        #expect(throws: Never.self) { try Queue("amqp.lookalike").validate() }
     }
 
     @Test("Queue names starting with amq. are reserved")
     func reservedPrefix() throws {
-        let error = try #require(thrownError { try Queue("amq.gen-mine").validate() })
+        let error = try #require(throws: RabbitMQError.self) { try Queue("amq.gen-mine").validate() }
         #expect(error.code == .invalidArgument)
         #expect(error.operation == "queue.declare")
         #expect(error.message.contains("\"amq.gen-mine\""))
@@ -339,53 +324,53 @@ struct QueueTests {
     @Test("Too long queue names are measured in bytes")
     func longName() throws {
         let name = String(repeating: "日", count: 86)  // 258 bytes, 86 characters
-        let error = try #require(thrownError { try Queue(name).validate() })
+        let error = try #require(throws: RabbitMQError.self) { try Queue(name).validate() }
         #expect(error.message.contains("queue name"))
         #expect(error.message.contains("258 bytes"))
     }
 
     @Test("Quorum and stream queues must be durable, shared, kept and named")
     func replicatedConstraints() throws {
-        let exclusive = try #require(thrownError {
+        let exclusive = try #require(throws: RabbitMQError.self) {
             try Queue("orders", exclusive: true, arguments: QueueArguments(type: .quorum)).validate()
-        })
+        }
         #expect(exclusive.code == .invalidArgument)
         #expect(exclusive.operation == "queue.declare")
         #expect(exclusive.message.hasPrefix("quorum queue \"orders\" must be not exclusive:"))
 
-        let transient = try #require(thrownError {
+        let transient = try #require(throws: RabbitMQError.self) {
             try Queue("orders", durable: false, arguments: QueueArguments(type: .quorum)).validate()
-        })
+        }
         #expect(transient.message.hasPrefix("quorum queue \"orders\" must be durable:"))
 
-        let autoDelete = try #require(thrownError {
+        let autoDelete = try #require(throws: RabbitMQError.self) {
             try Queue("events", autoDelete: true, arguments: QueueArguments(type: .stream)).validate()
-        })
+        }
         #expect(autoDelete.message.hasPrefix("stream queue \"events\" must be not auto-delete:"))
 
-        let everything = try #require(thrownError {
+        let everything = try #require(throws: RabbitMQError.self) {
             try Queue.temporary(arguments: QueueArguments(type: .stream)).validate()
-        })
+        }
         #expect(everything.message.hasPrefix(
             "a server-named stream queue must be durable, not exclusive, not auto-delete, named by the client:"
         ))
 
         // A type given as a raw argument is checked too.
-        let raw = try #require(thrownError {
+        let raw = try #require(throws: RabbitMQError.self) {
             try Queue("raw", exclusive: true, arguments: QueueArguments(extra: ["x-queue-type": "quorum"])).validate()
-        })
+        }
         #expect(raw.message.hasPrefix("quorum queue \"raw\" must be not exclusive:"))
 
         // The same flags are fine for a classic queue.
         let classic = Queue("c", durable: false, exclusive: true, autoDelete: true, arguments: .init(type: .classic))
-        #expect(thrownError { try classic.validate() } == nil)
+        #expect(throws: Never.self) { try classic.validate() }
     }
 
     @Test("Argument problems are reported by the queue")
     func argumentProblems() throws {
-        let error = try #require(thrownError {
+        let error = try #require(throws: RabbitMQError.self) {
             try Queue("orders", arguments: QueueArguments(expires: .zero)).validate()
-        })
+        }
         #expect(error.message.contains("x-expires"))
     }
 }
@@ -419,36 +404,36 @@ struct BindingTests {
 
     @Test("Valid bindings pass, including to built-in exchanges and unknown entities")
     func valid() {
-        #expect(thrownError { try Binding.queue("q", to: "amq.topic", routingKey: "a.*.c").validate() } == nil)
-        #expect(thrownError { try Binding.exchange("e2", to: "e1").validate() } == nil)
+        #expect(throws: Never.self) { try Binding.queue("q", to: "amq.topic", routingKey: "a.*.c").validate() }
+        #expect(throws: Never.self) { try Binding.exchange("e2", to: "e1").validate() }
         let key = String(repeating: "é", count: 127) + "a"  // 255 bytes
-        #expect(thrownError { try Binding.queue("q", to: "e", routingKey: key).validate() } == nil)
+        #expect(throws: Never.self) { try Binding.queue("q", to: "e", routingKey: key).validate() }
     }
 
     @Test("Empty names and long keys are refused")
     func invalid() throws {
-        let noSource = try #require(thrownError { try Binding.queue("q", to: "").validate() })
+        let noSource = try #require(throws: RabbitMQError.self) { try Binding.queue("q", to: "").validate() }
         #expect(noSource.code == .invalidArgument)
         #expect(noSource.operation == "queue.bind")
         #expect(noSource.message.contains("default exchange cannot be bound"))
 
-        let noQueue = try #require(thrownError { try Binding.queue("", to: "orders").validate() })
+        let noQueue = try #require(throws: RabbitMQError.self) { try Binding.queue("", to: "orders").validate() }
         #expect(noQueue.message.contains("empty queue name"))
 
-        let noDestination = try #require(thrownError { try Binding.exchange("", to: "orders").validate() })
+        let noDestination = try #require(throws: RabbitMQError.self) { try Binding.exchange("", to: "orders").validate() }
         #expect(noDestination.operation == "exchange.bind")
         #expect(noDestination.message.contains("empty destination exchange"))
 
         let key = String(repeating: "é", count: 128)  // 256 bytes
-        let longKey = try #require(thrownError { try Binding.queue("q", to: "e", routingKey: key).validate() })
+        let longKey = try #require(throws: RabbitMQError.self) { try Binding.queue("q", to: "e", routingKey: key).validate() }
         #expect(longKey.message.contains("routing key"))
         #expect(longKey.message.contains("256 bytes"))
 
         var arguments = FieldTable()
         arguments[String(repeating: "h", count: 129)] = "v"
-        let longArgument = try #require(thrownError {
+        let longArgument = try #require(throws: RabbitMQError.self) {
             try Binding.queue("q", to: "headers", arguments: arguments).validate()
-        })
+        }
         #expect(longArgument.message.contains("binding arguments"))
     }
 }
@@ -495,7 +480,7 @@ struct TopologyTests {
         )
         #expect(topology.bindings.map(\.destination.name) == ["orders.coupon", "audit", "orders.eu", "orders.us"])
         #expect(topology.bindings[1] == Binding.exchange("audit", to: "orders", routingKey: "#"))
-        #expect(thrownError { try topology.validate() } == nil)
+        #expect(throws: Never.self) { try topology.validate() }
     }
 
     @Test("An empty builder and the default initializer give an empty topology")
@@ -541,7 +526,7 @@ struct TopologyTests {
         var topology = Topology(queues: [Queue.temporary(), Queue.temporary()])
         topology.add(Queue.temporary())
         #expect(topology.queues.count == 3)
-        #expect(thrownError { try topology.validate() } == nil)
+        #expect(throws: Never.self) { try topology.validate() }
     }
 
     @Test("merging appends the other topology's entries and drops equal duplicates")
@@ -572,7 +557,7 @@ struct TopologyTests {
     @Test("validate reports conflicting duplicates with what differs")
     func conflicts() throws {
         let exchanges = Topology(exchanges: [Exchange("orders", type: .topic), Exchange("orders", type: .direct)])
-        let exchangeError = try #require(thrownError { try exchanges.validate() })
+        let exchangeError = try #require(throws: RabbitMQError.self) { try exchanges.validate() }
         #expect(exchangeError.code == .invalidArgument)
         #expect(exchangeError.operation == "exchange.declare")
         #expect(exchangeError.message.contains("exchange \"orders\" is listed twice with different settings"))
@@ -583,13 +568,13 @@ struct TopologyTests {
             Queue("jobs", arguments: QueueArguments(type: .quorum)),
             Queue("jobs", arguments: QueueArguments(type: .quorum, maxLength: 10)),
         ])
-        let queueError = try #require(thrownError { try queues.validate() })
+        let queueError = try #require(throws: RabbitMQError.self) { try queues.validate() }
         #expect(queueError.operation == "queue.declare")
         #expect(queueError.message.contains("queue \"jobs\" is listed twice"))
         #expect(queueError.message.contains("arguments"))
 
         let flags = Topology(queues: [Queue("q", durable: true), Queue("q", durable: false)])
-        let flagError = try #require(thrownError { try flags.validate() })
+        let flagError = try #require(throws: RabbitMQError.self) { try flags.validate() }
         #expect(flagError.message.contains("durable true vs false"))
 
         // Different in form, same declaration: no conflict.
@@ -598,7 +583,7 @@ struct TopologyTests {
             Exchange("e", arguments: ["alternate-exchange": "ae"]),
         ])
         #expect(equivalent.exchanges.count == 2)
-        #expect(thrownError { try equivalent.validate() } == nil)
+        #expect(throws: Never.self) { try equivalent.validate() }
     }
 
     @Test("validate checks every entry")
@@ -607,20 +592,20 @@ struct TopologyTests {
             Exchange("orders")
             Queue("amq.mine")
         }
-        let reservedError = try #require(thrownError { try reserved.validate() })
+        let reservedError = try #require(throws: RabbitMQError.self) { try reserved.validate() }
         #expect(reservedError.message.contains("reserved prefix"))
 
         let quorum = Topology {
             Queue("work", exclusive: true, arguments: QueueArguments(type: .quorum))
         }
-        let quorumError = try #require(thrownError { try quorum.validate() })
+        let quorumError = try #require(throws: RabbitMQError.self) { try quorum.validate() }
         #expect(quorumError.message.contains("quorum queue \"work\" must be not exclusive"))
 
         let defaultExchange = Topology {
             Queue("q")
             Binding.queue("q", to: "")
         }
-        let bindingError = try #require(thrownError { try defaultExchange.validate() })
+        let bindingError = try #require(throws: RabbitMQError.self) { try defaultExchange.validate() }
         #expect(bindingError.operation == "queue.bind")
     }
 
@@ -631,6 +616,6 @@ struct TopologyTests {
             Binding.queue("mine", to: "amq.fanout")
             Binding.queue("theirs", to: "shared.events", routingKey: "#")
         }
-        #expect(thrownError { try topology.validate() } == nil)
+        #expect(throws: Never.self) { try topology.validate() }
     }
 }

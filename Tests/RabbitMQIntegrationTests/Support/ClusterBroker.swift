@@ -16,8 +16,11 @@ struct ClusterBroker: Sendable {
         /// Its AMQP endpoint.
         let endpoint: RabbitMQClient.Configuration.Endpoint
 
+        /// The node, for `rabbitmqctl`.
+        var broker: BrokerNode { BrokerNode(name: name) }
+
         /// The short name `scripts/broker.sh` knows the node by, such as `swiftrmq-c1`.
-        var shortName: String { String(name.split(separator: "@").first ?? Substring(name)) }
+        var shortName: String { broker.shortName }
 
         var description: String { name }
     }
@@ -59,34 +62,22 @@ struct ClusterBroker: Sendable {
     /// Runs `rabbitmqctl -n NODE -q args…` and returns its standard output.
     @discardableResult
     func rabbitmqctl(on node: Node, _ arguments: String...) async throws -> String {
-        try await DedicatedBroker.rabbitmqctl(node: node.name, arguments)
+        try await node.broker.rabbitmqctl(arguments)
     }
 
     /// Whether `node`'s Erlang VM runs (`broker.sh status`).
     func isRunning(_ node: Node) async -> Bool {
-        let result = try? await DedicatedBroker.run(DedicatedBroker.script, ["status", node.shortName],
-                                                    environment: ProcessInfo.processInfo.environment)
-        return result?.status == 0
+        (try? await ChildProcess.brokerScript(["status", node.shortName])) != nil
     }
 
     /// Kills the node's VM with SIGKILL, a hard crash (`broker.sh kill`).
     func kill(_ node: Node) async throws {
-        let result = try await DedicatedBroker.run(DedicatedBroker.script, ["kill", node.shortName],
-                                                   environment: ProcessInfo.processInfo.environment)
-        guard result.status == 0 else {
-            throw DedicatedBrokerError(message: "broker.sh kill \(node.shortName) exited with \(result.status):\n"
-                                           + result.output)
-        }
+        try await ChildProcess.brokerScript(["kill", node.shortName])
     }
 
     /// Starts a stopped node again on its data (`broker.sh restart`); it rejoins the cluster.
     func restart(_ node: Node) async throws {
-        let result = try await DedicatedBroker.run(DedicatedBroker.script, ["restart", node.shortName],
-                                                   environment: ProcessInfo.processInfo.environment)
-        guard result.status == 0 else {
-            throw DedicatedBrokerError(message: "broker.sh restart \(node.shortName) exited with \(result.status):\n"
-                                           + result.output)
-        }
+        try await ChildProcess.brokerScript(["restart", node.shortName])
     }
 
     /// How many cluster nodes `node` sees running, or `nil` if it cannot be asked.
@@ -109,19 +100,12 @@ struct ClusterBroker: Sendable {
                 print("ClusterBroker: cannot restart \(node): \(error)")
             }
         }
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            var allSeeAll = true
+        return (try? await TestBroker.eventually(timeout: timeout, every: .milliseconds(500)) {
             for node in nodes {
-                guard await runningNodeCount(seenFrom: node) == nodes.count else {
-                    allSeeAll = false
-                    break
-                }
+                guard await runningNodeCount(seenFrom: node) == nodes.count else { return false }
             }
-            if allSeeAll { return true }
-            try? await Task.sleep(for: .milliseconds(500))
-        }
-        return false
+            return true
+        }) == true
     }
 
     /// Runs `body` with every node running first, and restores the cluster to all nodes running afterwards, also
@@ -145,14 +129,9 @@ struct ClusterBroker: Sendable {
 
     /// The node holding the leader of quorum queue `queue`, as seen by `node`, or `nil` if unknown.
     func leader(of queue: String, seenFrom node: Node) async -> Node? {
-        guard let output = try? await rabbitmqctl(on: node, "list_queues", "name", "leader", "--no-table-headers")
-        else { return nil }
-        for line in output.split(separator: "\n") {
-            let fields = line.split(separator: "\t")
-            guard fields.count == 2, fields[0] == queue else { continue }
-            return nodes.first { $0.name == fields[1] }
-        }
-        return nil
+        guard let rows = try? await node.broker.list("list_queues", ["name", "leader"]),
+              let row = rows.first(where: { $0[0] == queue }) else { return nil }
+        return nodes.first { $0.name == row[1] }
     }
 
     /// A consumer as `list_consumers` shows it.
@@ -167,38 +146,29 @@ struct ClusterBroker: Sendable {
 
     /// The consumers of `queue`, as `list_consumers` on `node` shows them.
     func consumers(on queue: String, seenFrom node: Node) async throws -> [Consumer] {
-        let output = try await rabbitmqctl(on: node, "list_consumers", "queue_name", "channel_pid", "consumer_tag",
-                                           "--no-table-headers")
-        return output.split(separator: "\n").compactMap { line in
-            let fields = line.split(separator: "\t")
-            guard fields.count == 3, fields[0] == queue else { return nil }
+        try await node.broker.list("list_consumers", ["queue_name", "channel_pid", "consumer_tag"]).compactMap { row in
+            guard row[0] == queue else { return nil }
             // A pid prints as <NODE.N.N.N>.
-            let pid = fields[1].trimmingCharacters(in: CharacterSet(charactersIn: "<>"))
+            let pid = row[1].trimmingCharacters(in: CharacterSet(charactersIn: "<>"))
             let pidNode = pid.split(separator: ".").first.map(String.init) ?? pid
-            return Consumer(tag: String(fields[2]), node: pidNode)
+            return Consumer(tag: row[2], node: pidNode)
         }
     }
 
     /// The queue's ready and unacknowledged messages and consumers, and every channel's consumers, unacknowledged
     /// deliveries and prefetch, as `node` sees them (for failure messages).
     func describe(queue: String, seenFrom node: Node) async -> String {
-        let queues = (try? await rabbitmqctl(on: node, "list_queues", "name", "leader", "messages_ready",
-                                             "messages_unacknowledged", "consumers", "--no-table-headers")) ?? "?"
-        let channels = (try? await rabbitmqctl(on: node, "list_channels", "pid", "consumer_count",
-                                               "messages_unacknowledged", "prefetch_count",
-                                               "--no-table-headers")) ?? "?"
-        let line = queues.split(separator: "\n").first { $0.hasPrefix(queue + "\t") }.map(String.init) ?? "not listed"
-        return "queue [\(line)]; channels [\(channels.split(separator: "\n").joined(separator: "; "))]"
+        let columns = ["name", "leader", "messages_ready", "messages_unacknowledged", "consumers"]
+        let queues = (try? await node.broker.list("list_queues", columns)) ?? []
+        let channels = (try? await node.broker.list("list_channels", ["pid", "consumer_count",
+                                                                      "messages_unacknowledged", "prefetch_count"]))
+        let line = queues.first { $0[0] == queue }?.joined(separator: " ") ?? "not listed"
+        let channelLines = channels?.map { $0.joined(separator: " ") }.joined(separator: "; ") ?? "?"
+        return "queue [\(line)]; channels [\(channelLines)]"
     }
 
     /// The broker-side ports of the connections whose client-given name is `name` (one entry per connection).
     func connectionPorts(named name: String, seenFrom node: Node) async throws -> [Int] {
-        let output = try await rabbitmqctl(on: node, "list_connections", "port", "client_properties",
-                                           "--no-table-headers")
-        return output.split(separator: "\n").compactMap { line in
-            let fields = line.split(separator: "\t", maxSplits: 1)
-            guard fields.count == 2, fields[1].contains("\"\(name)\"") else { return nil }
-            return Int(fields[0])
-        }
+        try await node.broker.connections(named: name, "port").compactMap { Int($0[0]) }
     }
 }

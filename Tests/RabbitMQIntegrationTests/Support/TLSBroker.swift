@@ -1,10 +1,5 @@
 import Foundation
 import RabbitMQ
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
 /// The node with a TLS listener that `scripts/tls.sh start` runs (and `make test` starts), described by
 /// `RABBITMQ_TLS_URL`, `RABBITMQ_TLS_DIR` (its certificates) and `RABBITMQ_TLS_NODE`. The TLS tests are skipped
@@ -16,8 +11,8 @@ enum TLSBroker {
     static let url: String? = environment["RABBITMQ_TLS_URL"].flatMap { $0.isEmpty ? nil : $0 }
     /// The folder holding `ca.pem`, `client.pem`, `wrong-ca.pem`... (see scripts/tls.sh).
     static let directory: String = environment["RABBITMQ_TLS_DIR"] ?? ""
-    /// The node's full name, for `rabbitmqctl -n`.
-    static let node: String = environment["RABBITMQ_TLS_NODE"] ?? "swiftrmq-tls@localhost"
+    /// The TLS node.
+    static let node = BrokerNode(name: environment["RABBITMQ_TLS_NODE"] ?? "swiftrmq-tls@localhost")
 
     /// Whether the TLS node's variables are set.
     static var isAvailable: Bool { url != nil && !directory.isEmpty }
@@ -31,8 +26,10 @@ enum TLSBroker {
     static func configuration(name: String) throws -> RabbitMQClient.Configuration {
         var configuration = try RabbitMQClient.Configuration(url: url ?? "amqps://guest:guest@localhost:5691/")
         configuration.tls?.caCertificatePath = file("ca.pem")
-        configuration.connectTimeout = .seconds(5)
-        configuration.handshakeTimeout = .seconds(5)
+        // Generous: a TLS handshake costs CPU, and on a loaded machine a short timeout would turn a test's TLS
+        // failure into a `timeout`.
+        configuration.connectTimeout = .seconds(30)
+        configuration.handshakeTimeout = .seconds(30)
         configuration.requestTimeout = .seconds(10)
         configuration.confirmTimeout = .seconds(20)
         configuration.recovery.isEnabled = false
@@ -45,66 +42,20 @@ enum TLSBroker {
         get throws { try RabbitMQClient.Configuration(url: url ?? "amqps://localhost:5691/").endpoints[0] }
     }
 
-    /// Runs `rabbitmqctl -n TLS_NODE -q args…` and returns its standard output. The CLI runs as a child process
-    /// that is awaited, not waited for on a thread of the cooperative pool.
+    /// Runs `rabbitmqctl -n TLS_NODE -q args…` and returns its standard output.
     @discardableResult
     static func rabbitmqctl(_ arguments: String...) async throws -> String {
-        try await DedicatedBroker.rabbitmqctl(node: node, arguments)
+        try await node.rabbitmqctl(arguments)
     }
 
     /// The TLS node's view of the connections named `name`: whether each uses TLS (`ssl`) and the subject of
     /// the client certificate it presented (empty when none).
     static func connections(named name: String) async throws -> [(ssl: Bool, peerCertificateSubject: String)] {
-        let output = try await rabbitmqctl("list_connections", "ssl", "peer_cert_subject", "client_properties",
-                                     "--no-table-headers")
-        return output.split(separator: "\n").compactMap { line in
-            let fields = line.split(separator: "\t", maxSplits: 2, omittingEmptySubsequences: false)
-            guard fields.count == 3, fields[2].contains("\"\(name)\"") else { return nil }
-            return (fields[0] == "true", String(fields[1]))
-        }
+        try await node.connections(named: name, "ssl", "peer_cert_subject").map { ($0[0] == "true", $0[1]) }
     }
 
-    /// Ready and unacknowledged messages of `queue` on the TLS node, or `nil` when it does not exist.
-    static func queueStats(_ queue: String) async throws -> (ready: Int, unacked: Int)? {
-        let output = try await rabbitmqctl("list_queues", "name", "messages_ready", "messages_unacknowledged",
-                                     "--no-table-headers")
-        for line in output.split(separator: "\n") {
-            let fields = line.split(separator: "\t")
-            guard fields.count == 3, fields[0] == queue else { continue }
-            return (Int(fields[1]) ?? -1, Int(fields[2]) ?? -1)
-        }
-        return nil
-    }
-
-    /// Runs `body` with a port of 127.0.0.1 that refuses connections: a socket is bound to it (so nothing else can
-    /// take it) but does not listen. The socket is closed afterwards.
-    static func withRefusingPort<T>(_ body: (Int) async throws -> T) async throws -> T {
-        #if os(Linux)
-        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        #else
-        let descriptor = socket(AF_INET, SOCK_STREAM, 0)
-        #endif
-        guard descriptor >= 0 else { throw RefusingPortError(step: "socket", code: errno) }
-        defer { _ = close(descriptor) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = 0
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, length) }
-        }
-        guard bound == 0 else { throw RefusingPortError(step: "bind", code: errno) }
-        let named = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }
-        }
-        guard named == 0 else { throw RefusingPortError(step: "getsockname", code: errno) }
-        return try await body(Int(UInt16(bigEndian: address.sin_port)))
-    }
-
-    struct RefusingPortError: Error, CustomStringConvertible {
-        let step: String
-        let code: Int32
-        var description: String { "\(step) failed with errno \(code)" }
+    /// Ready and unacknowledged messages and consumers of `queue` on the TLS node, or `nil` when it does not exist.
+    static func queueStats(_ queue: String) async throws -> BrokerQueueCounts? {
+        try await node.queueCounts(queue)
     }
 }
