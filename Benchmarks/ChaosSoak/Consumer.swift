@@ -3,6 +3,10 @@ import Foundation
 import RabbitMQ
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// What the consumer process reports to the coordinator.
 struct ConsumerResult: Codable, Sendable {
     /// How many times the handler processed each id successfully (saturating at 255).
@@ -68,39 +72,46 @@ struct Consume: AsyncParsableCommand {
                 queue: SoakTopology.retry.queueName, prefetch: prefetch, concurrency: concurrency,
                 drainTimeout: .seconds(10), retry: SoakTopology.retry), handler: handler)
         }
-        let stopping = Locked(false)
+        let stopping = Locked<ContinuousClock.Instant?>(nil)
         let signals = onTermination {
-            stopping.withLock { $0 = true }
+            stopping.withLock { $0 = $0 ?? .now }
             for worker in queueWorkers { worker.stop() }
         }
         let memory = Locked(MemoryFigures())
         memory.withLock { $0.sample(\.start) }
         let endings = Locked<(early: [String], after: [String])>(([], []))
-        await withTaskGroup(of: Void.self) { group in
-            for (index, worker) in queueWorkers.enumerated() {
-                group.addTask {
-                    var ending = "returned"
-                    do { try await worker.run() } catch { ending = "threw \(error)" }
-                    let early = !stopping.value
-                    endings.withLock { early ? $0.early.append("worker \(index) \(ending)")
-                                             : $0.after.append("worker \(index) \(ending)") }
-                    if early { say("worker \(index) ended before the stop: \(ending)") }
+        let running = Locked(Set(queueWorkers.indices))
+        for (index, worker) in queueWorkers.enumerated() {
+            Task {
+                var ending = "returned"
+                do { try await worker.run() } catch { ending = "threw \(error)" }
+                let early = stopping.value == nil
+                endings.withLock { early ? $0.early.append("worker \(index) \(ending)")
+                                         : $0.after.append("worker \(index) \(ending)") }
+                if early { say("worker \(index) ended before the stop: \(ending)") }
+                running.withLock { _ = $0.remove(index) }
+            }
+        }
+        try? await Task.sleep(for: .seconds(1))
+        _ = FileManager.default.createFile(atPath: readyFile, contents: nil)
+        say("consumer ready: \(queueWorkers.count) workers, concurrency \(concurrency), prefetch \(prefetch)")
+        // Until every worker has returned; after a stop, at most the drain timeout and 20 s more (a worker that
+        // is still running then is reported, and the ledger written all the same).
+        while !running.value.isEmpty {
+            if let stoppedAt = stopping.value, ContinuousClock.now - stoppedAt > .seconds(30) {
+                let stuck = running.value.sorted()
+                say("workers \(stuck) had not returned 30 s after stop()")
+                endings.withLock { $0.after += stuck.map { "worker \($0) had not returned from run() 30 s after stop()" } }
+                break
+            }
+            if stopping.value == nil {
+                let warmedUp = ledger.processedCount >= ledger.messages / 10
+                memory.withLock { memory in
+                    if memory.warm == 0, warmedUp { memory.sample(\.warm) }
+                    memory.peak = max(memory.peak, residentSetSize())
                 }
             }
-            group.addTask {
-                try? await Task.sleep(for: .seconds(1))
-                _ = FileManager.default.createFile(atPath: readyFile, contents: nil)
-                say("consumer ready: \(queueWorkers.count) workers, concurrency \(concurrency), prefetch \(prefetch)")
-                while !stopping.value {
-                    let warmedUp = ledger.processedCount >= ledger.messages / 10
-                    memory.withLock { memory in
-                        if memory.warm == 0, warmedUp { memory.sample(\.warm) }
-                        memory.peak = max(memory.peak, residentSetSize())
-                    }
-                    try? await Task.sleep(for: .milliseconds(500))
-                }
-            }
-            await group.waitForAll()
+            try? await Task.sleep(for: .milliseconds(500))
         }
         memory.withLock { $0.sample(\.end) }
         var outcomes: [String: Int] = [:]
@@ -115,8 +126,14 @@ struct Consume: AsyncParsableCommand {
                                     calls: tracker.count, memory: memory.value, recovery: recovery.figures)
         try writeJSON(result, to: self.result)
         say("consumer done: outcomes \(outcomes)")
-        await client.close()
         _ = signals
+        // The result is written; a close that hangs must not keep the process (the coordinator would kill it).
+        Task {
+            try? await Task.sleep(for: .seconds(15))
+            say("client.close() had not returned after 15 s")
+            Glibc.exit(3)
+        }
+        await client.close()
     }
 }
 

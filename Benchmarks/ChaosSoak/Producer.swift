@@ -3,6 +3,10 @@ import Foundation
 import RabbitMQ
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// What the producer process reports to the coordinator.
 struct ProducerResult: Codable, Sendable {
     /// 1 for each message id the broker confirmed (at least once), else 0.
@@ -73,9 +77,15 @@ struct Produce: AsyncParsableCommand {
                                     interrupted: state.wasStopped)
         try writeJSON(result, to: self.result)
         say("producer done: \(result.confirmed.reduce(0) { $0 + Int($1) }) confirmed, \(result.gaveUp.count) given up")
+        _ = signals
+        // The result is written; a close that hangs must not keep the process (the coordinator would kill it).
+        Task {
+            try? await Task.sleep(for: .seconds(15))
+            say("closing had not finished after 15 s")
+            Glibc.exit(3)
+        }
         try? await windowed.close()
         await client.close()
-        _ = signals
     }
 }
 
