@@ -78,7 +78,8 @@ struct SoakOutcome {
         let nonRetryable = publishFailures.filter { !$0.retryable }.reduce(0) { $0 + $1.count }
         let faultErrors = faults.filter { $0.error != nil || !$0.healthy }
         var checks: [(String, Bool, String)] = [
-            ("confirmed messages lost", producer != nil && consumer != nil && lost.isEmpty, "\(lost.count)"),
+            ("confirmed messages lost", producer != nil && consumer != nil && lost.isEmpty,
+             consumer == nil ? "unknown (no consumer ledger)" : "\(lost.count)"),
             ("confirmed messages left unprocessed in the queues", unprocessed.isEmpty, "\(unprocessed.count)"),
             ("calls that overran their timeout (+\(Int(overrunSlack.seconds)) s)", overruns.isEmpty, "\(overruns.count)"),
             ("non-retryable publish failures", nonRetryable == 0, "\(nonRetryable)"),
