@@ -13,6 +13,7 @@ let package = Package(
         .library(name: "RabbitMQ", targets: ["RabbitMQ"]),
         .executable(name: "rabbitmq-bench", targets: ["RabbitMQBench"]),
         .executable(name: "order-pipeline", targets: ["OrderPipeline"]),
+        .executable(name: "rabbitmq-chaos", targets: ["ChaosSoak"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
@@ -50,6 +51,16 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             path: "Benchmarks/RabbitMQBench",
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(
+            name: "ChaosSoak",
+            dependencies: [
+                "RabbitMQ",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Benchmarks/ChaosSoak",
             swiftSettings: strictSettings
         ),
         .executableTarget(
