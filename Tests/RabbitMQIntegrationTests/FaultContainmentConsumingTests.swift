@@ -179,7 +179,7 @@ struct FaultContainmentConsumingTests {
             try await ConsumingTests.withQueue(admin, "fc.closeloop") { queue in
                 try await ConsumingTests.fill(admin, queue, count: count)
                 let client = try TestBroker.makeClient()
-                let (handedOut, afterClose, ending) = try await ConsumingTests.withTimeout {
+                let (handedOut, afterClose, ending) = try await TestBroker.withDeadline(ConsumingTests.hangGuard) {
                     () -> (Int, Int, String) in
                     var handedOut = 0
                     var afterClose = 0
@@ -237,7 +237,7 @@ struct FaultContainmentConsumingTests {
                     await client.close()
                     state.withLock { $0.closed = true }
                 }
-                let ending = try await ConsumingTests.withTimeout { () -> String in
+                let ending = try await TestBroker.withDeadline(ConsumingTests.hangGuard) { () -> String in
                     do {
                         try await worker.run()
                         return "returned"

@@ -24,7 +24,7 @@ struct FaultContainmentPublishingTests {
             configuration.handshakeTimeout = .seconds(2)
             configuration.requestTimeout = .seconds(3)
             configuration.recovery = RecoveryConfiguration(initialDelay: .milliseconds(100), maxDelay: .seconds(1))
-            try await RecoveryHarness.withClient(configuration) { client in
+            try await TestBroker.withClient(configuration: configuration) { client in
                 let queue = TestBroker.uniqueName("h2.outage")
                 try await client.declare(Queue(queue))
                 let confirmed = Locked<Set<String>>([])
@@ -44,7 +44,7 @@ struct FaultContainmentPublishingTests {
                         group.addTask {
                             let id = "outage-\(index)"
                             let started = ContinuousClock.now
-                            let outcome = await RecoveryHarness.bounded(.seconds(3) + Self.hangGuard) {
+                            let outcome = await Bounded.run(.seconds(3) + Self.hangGuard) {
                                 try await client.publish(Data(id.utf8), routingKey: queue,
                                                          properties: RecoveryHarness.properties(id: id))
                             }
@@ -54,7 +54,7 @@ struct FaultContainmentPublishingTests {
                     for index in 0..<5 {
                         group.addTask {
                             let started = ContinuousClock.now
-                            let outcome = await RecoveryHarness.bounded(.seconds(7) + Self.hangGuard) {
+                            let outcome = await Bounded.run(.seconds(7) + Self.hangGuard) {
                                 _ = try await client.queueInfo(queue)
                             }
                             return ("queueInfo \(index)", outcome, ContinuousClock.now - started)
@@ -89,7 +89,7 @@ struct FaultContainmentPublishingTests {
                 // from the outage (those publishes were never sent).
                 for index in 0..<10 {
                     let id = "after-\(index)"
-                    let sent = await RecoveryHarness.eventually(timeout: .seconds(60)) {
+                    let sent = try await TestBroker.eventually(timeout: .seconds(60)) {
                         try await client.publish(Data(id.utf8), routingKey: queue,
                                                  properties: RecoveryHarness.properties(id: id))
                         return true
