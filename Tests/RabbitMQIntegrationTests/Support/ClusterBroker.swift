@@ -52,8 +52,7 @@ struct ClusterBroker: Sendable {
     func configuration(endpoints: [Node]) throws -> RabbitMQClient.Configuration {
         var configuration = try RabbitMQClient.Configuration(url: endpoints[0].url)
         configuration.endpoints = endpoints.map(\.endpoint)
-        configuration.requestTimeout = .seconds(10)
-        configuration.confirmTimeout = .seconds(20)
+        TestBroker.applyTimeouts(to: &configuration)
         return configuration
     }
 

@@ -30,8 +30,7 @@ enum TLSBroker {
         // failure into a `timeout`.
         configuration.connectTimeout = .seconds(30)
         configuration.handshakeTimeout = .seconds(30)
-        configuration.requestTimeout = .seconds(10)
-        configuration.confirmTimeout = .seconds(20)
+        TestBroker.applyTimeouts(to: &configuration)
         configuration.recovery.isEnabled = false
         configuration.connectionName = name
         return configuration

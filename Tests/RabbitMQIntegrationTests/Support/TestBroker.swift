@@ -13,10 +13,17 @@ enum TestBroker {
     static var configuration: RabbitMQClient.Configuration {
         get throws {
             var configuration = try RabbitMQClient.Configuration(url: url)
-            configuration.requestTimeout = .seconds(10)
-            configuration.confirmTimeout = .seconds(20)
+            applyTimeouts(to: &configuration)
             return configuration
         }
+    }
+
+    /// Sets the tests' request and confirm timeouts: hang guards, not assertions. A broker on a loaded two-core
+    /// machine has taken more than 10 s to answer a quorum `queue.declare` while other tests start theirs; a
+    /// test that checks a timeout sets its own.
+    static func applyTimeouts(to configuration: inout RabbitMQClient.Configuration) {
+        configuration.requestTimeout = .seconds(60)
+        configuration.confirmTimeout = .seconds(60)
     }
 
     static let logger: Logger = {
