@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Synchronization
 import Tracing
 
 extension QueueWorker {
@@ -138,16 +139,16 @@ extension QueueWorker {
             properties.headers[RetryTopology.parkedAtHeader] = .timestamp(Date())
             outcome = .parked
         }
-        // Publish first, confirmed, then ack: a crash in between gives a duplicate, never a loss.
+        // Publish first, confirmed, then ack: a crash in between gives a duplicate, never a loss. Mandatory, so that
+        // a deleted retry queue or parking lot fails the move instead of dropping the message.
         do {
-            try await client.publish(delivery.body, to: "", routingKey: target, properties: properties)
+            try await client.publish(delivery.body, to: "", routingKey: target, properties: properties,
+                                     mandatory: true)
         } catch let publishError {
-            run.logger.error("cannot move a failed delivery; requeueing it", metadata: [
-                LogMetadataKey.deliveryTag: "\(delivery.deliveryTag)", "target": "\(target)",
-                LogMetadataKey.error: "\(publishError)"])
-            try? await delivery.nack(requeue: true)
+            await requeueAfterFailedMove(delivery, target: target, publishError, duration: duration, run)
             return
         }
+        failedMoves.store(0, ordering: .relaxed)
         if outcome == .retried { run.instruments?.recordRetried() } else { run.instruments?.recordParked() }
         record(outcome, delivery, run, duration: duration, error: error)
         do {
@@ -155,6 +156,37 @@ extension QueueWorker {
         } catch {
             // Moved, but the original's channel is gone: the broker redelivers it, a duplicate of the moved copy.
             run.logger.warning("moved a failed delivery but could not ack the original", metadata: [
+                LogMetadataKey.deliveryTag: "\(delivery.deliveryTag)", LogMetadataKey.error: "\(error)"])
+        }
+    }
+
+    /// Requeues a failed delivery that could not be moved to its retry queue or the parking lot, after a pause
+    /// that grows with the worker's consecutive failed moves (``Configuration/recovery``'s delays): requeued at
+    /// once, it would come straight back and fail the same way, thousands of times a second, for as long as the
+    /// broker refuses the move (a node failing over, a full queue). Holding it also holds its handler slot, which
+    /// slows the worker down while moves fail. A retry queue or parking lot found missing is declared again.
+    private func requeueAfterFailedMove(_ delivery: Delivery, target: String, _ publishError: any Error,
+                                        duration: Duration?, _ run: Run) async {
+        let failures = failedMoves.add(1, ordering: .relaxed).newValue
+        let pause = configuration.recovery.delay(beforeAttempt: failures)
+        run.logger.error("cannot move a failed delivery; requeueing it after a pause", metadata: [
+            LogMetadataKey.deliveryTag: "\(delivery.deliveryTag)", "target": "\(target)", "pause": "\(pause)",
+            LogMetadataKey.error: "\(publishError)"])
+        if (publishError as? RabbitMQError)?.code == .unroutable {
+            do {
+                _ = try await client.declare(configuration.ownedTopology)
+            } catch {
+                run.logger.warning("cannot declare the worker's retry queues again",
+                                   metadata: [LogMetadataKey.error: "\(error)"])
+            }
+        }
+        // Cancelled (the worker is stopping): the channel's close requeues it.
+        guard (try? await Task.sleep(for: pause)) != nil else { return }
+        do {
+            try await delivery.nack(requeue: true)
+            record(.requeued, delivery, run, duration: duration, error: publishError)
+        } catch {
+            run.logger.warning("cannot requeue a failed delivery", metadata: [
                 LogMetadataKey.deliveryTag: "\(delivery.deliveryTag)", LogMetadataKey.error: "\(error)"])
         }
     }

@@ -116,7 +116,7 @@ public final class QueueWorker: Service, Sendable {
         case retried
         /// It failed for good and was parked.
         case parked
-        /// It failed and was requeued (no retry topology).
+        /// It failed and was requeued: without a retry topology, or because moving it to its retry queue failed.
         case requeued
         /// It failed and was rejected (no retry topology).
         case rejected
@@ -150,6 +150,8 @@ public final class QueueWorker: Service, Sendable {
     let broadcaster = EventBroadcaster<Event>()
     private let state = StateLock<RunState>(.idle)
     private let counters = StateLock<[Outcome: Int]>([:])
+    /// Failed deliveries in a row that could not be moved to a retry queue or the parking lot.
+    let failedMoves = Atomic<Int>(0)
 
     /// Creates a worker; it starts consuming when ``run()`` is called.
     public init(client: RabbitMQClient, configuration: Configuration, handler: @escaping Handler) {
