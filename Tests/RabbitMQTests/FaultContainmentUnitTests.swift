@@ -23,19 +23,38 @@ struct FaultContainmentUnitTests {
         #expect(try await result.value(until: .now, operation: "op", awaited: "it") == 7)
     }
 
-    @Test("a waiter fails at its deadline although the work never ends")
-    func sharedResultDeadline() async throws {
+    @Test("waiters fail each at its own deadline although the work never ends")
+    func sharedResultDeadlines() async throws {
+        let clock = MockClock()
         let result = SharedResult<Int>()
-        let started = ContinuousClock.now
-        let error = await #expect(throws: RabbitMQError.self) {
-            try await result.value(until: .now + .milliseconds(100), operation: "basic.publish",
-                                   awaited: "the connection")
+        let first = clock.now.advanced(by: .seconds(1))
+        let second = clock.now.advanced(by: .seconds(2))
+        let early = Task {
+            try await result.value(until: first, clock: clock, operation: "basic.publish", awaited: "the connection")
         }
-        // A hang guard only: without the timer the wait would never end.
-        #expect(ContinuousClock.now - started < .seconds(30))
+        let late = Task {
+            try await result.value(until: second, clock: clock, operation: "queue.declare", awaited: "the connection")
+        }
+        #expect(await clock.sleeps(count: 2) == [first, second])
+        clock.advance(by: .seconds(1) - .nanoseconds(1))
+        // Both timers still sleep, and only a timer can end these waits: neither has timed out.
+        #expect(clock.deadlines == [first, second])
+        clock.advance(by: .nanoseconds(1))
+        let error = await #expect(throws: RabbitMQError.self) { try await early.value }
         #expect(error?.code == .timeout && error?.isRetryable == true)
         #expect(error?.operation == "basic.publish")
         #expect(error?.message.contains("the connection") == true)
+        #expect(clock.deadlines == [second])
+        clock.advance(by: .seconds(1) - .nanoseconds(1))
+        #expect(clock.deadlines == [second])
+        clock.advance(by: .nanoseconds(1))
+        let lateError = await #expect(throws: RabbitMQError.self) { try await late.value }
+        #expect(lateError?.code == .timeout && lateError?.operation == "queue.declare")
+        // A deadline already reached fails at once, without a timer.
+        await #expect(throws: RabbitMQError.self) {
+            try await result.value(until: clock.now, clock: clock, operation: "op", awaited: "it")
+        }
+        #expect(clock.deadlines.isEmpty)
         // The outcome still reaches waiters that come later.
         result.complete(.failure(RabbitMQError(.connectionRefused, "refused")))
         let later = await #expect(throws: RabbitMQError.self) {

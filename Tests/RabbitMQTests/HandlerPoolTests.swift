@@ -45,9 +45,11 @@ private func eventually(_ condition: () -> Bool) async throws -> Bool {
     return condition()
 }
 
-/// A pool with its watch running; cancel `watch` to end it.
-private func startPool(limit: Int, timeout: Duration) -> (HandlerPool, watch: Task<Void, Never>) {
-    let pool = HandlerPool(limit: limit, timeout: timeout)
+/// A pool on `clock` with its watch running; cancel `watch` to end it.
+private func startPool(limit: Int, timeout: Duration, clock: MockClock = MockClock())
+    -> (HandlerPool<MockClock>, watch: Task<Void, Never>)
+{
+    let pool = HandlerPool(limit: limit, timeout: timeout, clock: clock)
     return (pool, Task { await pool.watch() })
 }
 
@@ -66,8 +68,13 @@ struct HandlerPoolTests {
     }
 
     @Test func aHandlerPastItsDeadlineIsCancelledAndItsDeliverySettledWithoutIt() async throws {
-        let (pool, watch) = startPool(limit: 2, timeout: .milliseconds(100))
+        let clock = MockClock()
+        let start = clock.now
+        let (pool, watch) = startPool(limit: 2, timeout: .seconds(10), clock: clock)
         defer { watch.cancel() }
+        // With no handler, the watch sleeps one timeout ahead.
+        #expect(await clock.sleeps() == [start.advanced(by: .seconds(10))])
+        clock.advance(by: .seconds(3))
         let journal = Journal()
         pool.start({ id in
             do {
@@ -77,6 +84,14 @@ struct HandlerPoolTests {
             }
             journal.note(pool.handlerReturned(id) ? "owns" : "lost")
         }, onTimeout: { journal.note("timeout") }, whenDone: { journal.note("done") })
+        // The watch wakes with nothing overdue, and sleeps until the handler's deadline.
+        clock.advance(by: .seconds(7))
+        let deadline = start.advanced(by: .seconds(13))
+        #expect(await clock.sleeps() == [deadline])
+        clock.advance(by: .seconds(3) - .nanoseconds(1))
+        #expect(clock.deadlines == [deadline])
+        #expect(journal.all.isEmpty)
+        clock.advance(by: .nanoseconds(1))
         #expect(try await eventually { journal.all.count == 4 })
         #expect(Set(journal.all) == ["cancelled", "lost", "timeout", "done"])
         #expect(journal.all.firstIndex(of: "timeout")! < journal.all.firstIndex(of: "done")!)
@@ -84,7 +99,8 @@ struct HandlerPoolTests {
     }
 
     @Test func aHandlerIgnoringCancellationIsLetGoAtItsDeadlineAndFreesItsSlot() async throws {
-        let (pool, watch) = startPool(limit: 1, timeout: .milliseconds(100))
+        let clock = MockClock()
+        let (pool, watch) = startPool(limit: 1, timeout: .seconds(10), clock: clock)
         defer { watch.cancel() }
         let journal = Journal()
         let gate = Gate()
@@ -92,6 +108,8 @@ struct HandlerPoolTests {
             await gate.wait()
             journal.note(pool.handlerReturned(id) ? "owns" : "lost")
         }, onTimeout: { journal.note("timeout") }, whenDone: { journal.note("done") })
+        #expect(await clock.sleeps() == [clock.now.advanced(by: .seconds(10))])
+        clock.advance(by: .seconds(10))
         // Settled and counted out at the deadline, while the handler still waits: the only slot is free again.
         #expect(await pool.waitUntilIdle())
         await pool.waitForSlot()
@@ -128,7 +146,8 @@ struct HandlerPoolTests {
     }
 
     @Test func drainingTimesOutThenCancelsTheHandlers() async throws {
-        let (pool, watch) = startPool(limit: 2, timeout: .seconds(60))
+        let clock = MockClock()
+        let (pool, watch) = startPool(limit: 2, timeout: .seconds(60), clock: clock)
         defer { watch.cancel() }
         let journal = Journal()
         pool.start({ id in
@@ -138,7 +157,14 @@ struct HandlerPoolTests {
                 journal.note(error is CancellationError ? "cancelled" : "failed")
             }
         }, onTimeout: { journal.note("timeout") }, whenDone: { journal.note("done") })
-        #expect(await !pool.waitUntilIdle(timeout: .milliseconds(100)))
+        let drainDeadline = clock.now.advanced(by: .seconds(1))
+        let draining = Task { await pool.waitUntilIdle(timeout: .seconds(1)) }
+        // The watch sleeps until the handler's deadline, the drain until its own.
+        #expect(await clock.sleeps(count: 2) == [drainDeadline, clock.now.advanced(by: .seconds(60))])
+        clock.advance(by: .seconds(1) - .nanoseconds(1))
+        #expect(clock.deadlines.first == drainDeadline)
+        clock.advance(by: .nanoseconds(1))
+        #expect(await !draining.value)
         pool.cancelAll()
         #expect(await pool.waitUntilIdle())
         #expect(journal.all == ["cancelled", "done"])

@@ -35,13 +35,19 @@ public final class RabbitMQClient: Service, Sendable {
     private static let pooledChannels = 8
 
     /// Creates a client. It connects on first use, or in ``connect()`` or ``run()``.
-    public init(configuration: Configuration, logger: Logger = Logger(label: "rabbitmq")) {
+    public convenience init(configuration: Configuration, logger: Logger = Logger(label: "rabbitmq")) {
+        self.init(configuration: configuration, logger: logger, clock: ContinuousClock())
+    }
+
+    /// Creates a client whose backoff pauses (connection recovery, a worker subscribing again or requeueing after a
+    /// failed move) are timed by `clock`: a test clock in unit tests.
+    init(configuration: Configuration, logger: Logger, clock: any Clock<Duration>) {
         self.configuration = configuration
         var logger = logger
         logger[metadataKey: "rabbitmq.connection"] =
             "\(configuration.connectionName ?? configuration.endpoints.first?.description ?? "")"
         self.logger = logger
-        manager = ConnectionManager(configuration: configuration, logger: logger)
+        manager = ConnectionManager(configuration: configuration, logger: logger, clock: clock)
     }
 
     /// Connects now rather than on first use, so that a wrong URL, password or port shows up at start-up.

@@ -11,11 +11,14 @@ import Synchronization
 /// Costs per handler: one task and a few lock operations, as a task group child would; a continuation only while
 /// the pool is full (the consumer waits for a slot) or draining. One watching task per worker run sleeps until the
 /// oldest handler's deadline (handlers share one timeout, so no deadline comes before the oldest).
-final class HandlerPool: Sendable {
+///
+/// Deadlines are kept on `C`: the continuous clock in a worker, a test clock in unit tests. Generic rather than an
+/// existential, so that reading the clock per handler costs what `ContinuousClock.now` costs.
+final class HandlerPool<C: Clock>: Sendable where C.Duration == Duration {
     /// The work of one handler: its body, given its id, then what runs once it is over.
     private struct Running {
         /// When the handler times out; `nil` once it returned (its settlement is under way) or for timeout work.
-        var deadline: ContinuousClock.Instant?
+        var deadline: C.Instant?
         var task: Task<Void, Never>?
         let onTimeout: (@Sendable () async -> Void)?
         let whenDone: @Sendable () async -> Void
@@ -33,11 +36,13 @@ final class HandlerPool: Sendable {
     let limit: Int
     /// The longest a handler may run.
     let timeout: Duration
+    private let clock: C
     private let state = StateLock(State())
 
-    init(limit: Int, timeout: Duration) {
+    init(limit: Int, timeout: Duration, clock: C) {
         self.limit = limit
         self.timeout = timeout
+        self.clock = clock
     }
 
     /// Returns once fewer than ``limit`` handlers run.
@@ -57,10 +62,10 @@ final class HandlerPool: Sendable {
     /// it reaches its deadline; then `whenDone`, once, after whichever of them settled the delivery.
     func start(_ work: @escaping @Sendable (UInt64) async -> Void, onTimeout: @escaping @Sendable () async -> Void,
                whenDone: @escaping @Sendable () async -> Void) {
-        start(deadline: .now + timeout, work, onTimeout: onTimeout, whenDone: whenDone)
+        start(deadline: clock.now.advanced(by: timeout), work, onTimeout: onTimeout, whenDone: whenDone)
     }
 
-    private func start(deadline: ContinuousClock.Instant?, _ work: @escaping @Sendable (UInt64) async -> Void,
+    private func start(deadline: C.Instant?, _ work: @escaping @Sendable (UInt64) async -> Void,
                        onTimeout: (@Sendable () async -> Void)?, whenDone: @escaping @Sendable () async -> Void) {
         let id = state.withLock { state in
             state.nextID += 1
@@ -91,9 +96,10 @@ final class HandlerPool: Sendable {
     /// Cancels handlers at their deadlines until the calling task is cancelled.
     func watch() async {
         while !Task.isCancelled {
-            let wake = state.withLock { $0.running.values.compactMap(\.deadline).min() } ?? .now + timeout
-            try? await Task.sleep(until: wake, clock: .continuous)
-            let now = ContinuousClock.now
+            let wake = state.withLock { $0.running.values.compactMap(\.deadline).min() }
+                ?? clock.now.advanced(by: timeout)
+            try? await clock.sleep(until: wake, tolerance: nil)
+            let now = clock.now
             let overdue = state.withLock { state -> [Running] in
                 let ids = state.running.filter { $0.value.deadline.map { $0 <= now } ?? false }.keys
                 return ids.compactMap { state.running.removeValue(forKey: $0) }
@@ -108,14 +114,9 @@ final class HandlerPool: Sendable {
         }
     }
 
-    /// Waits until no handler runs, or `timeout` passed; returns `false` on the timeout.
+    /// Waits until no handler runs, or `timeout` passed on the pool's clock; returns `false` on the timeout.
     func waitUntilIdle(timeout: Duration? = nil) async -> Bool {
-        let timer = timeout.map { timeout in
-            Task {
-                do { try await Task.sleep(for: timeout) } catch { return }
-                self.answerIdleWaiter(false)
-            }
-        }
+        var timer: Task<Void, Never>?
         defer { timer?.cancel() }
         return await withCheckedContinuation { (waiter: CheckedContinuation<Bool, Never>) in
             let idle = state.withLock { state -> Bool in
@@ -123,7 +124,18 @@ final class HandlerPool: Sendable {
                 state.idleWaiter = waiter
                 return false
             }
-            if idle { waiter.resume(returning: true) }
+            guard !idle else {
+                waiter.resume(returning: true)
+                return
+            }
+            // Started once the waiter is registered: a timer firing before that would find no one to answer.
+            timer = timeout.map { timeout in
+                let deadline = clock.now.advanced(by: timeout)
+                return Task {
+                    do { try await self.clock.sleep(until: deadline, tolerance: nil) } catch { return }
+                    self.answerIdleWaiter(false)
+                }
+            }
         }
     }
 
@@ -159,5 +171,12 @@ final class HandlerPool: Sendable {
         var waiter: CheckedContinuation<Bool, Never>?
         state.withLock { swap(&waiter, &$0.idleWaiter) }
         waiter?.resume(returning: idle)
+    }
+}
+
+extension HandlerPool where C == ContinuousClock {
+    /// A pool whose deadlines are on the continuous clock, as a worker's are.
+    convenience init(limit: Int, timeout: Duration) {
+        self.init(limit: limit, timeout: timeout, clock: ContinuousClock())
     }
 }

@@ -23,7 +23,7 @@ extension QueueWorker {
     /// Handles one delivery: deduplication, then the handler in the delivery's context (its trace continued in a
     /// consumer span, its request id), then the settlement, unless the handler timed out meanwhile (`pool` settled
     /// the delivery without it, through ``settleTimedOut(_:_:)``).
-    func handle(_ delivery: Delivery, _ run: Run, pool: HandlerPool, id: UInt64) async {
+    func handle(_ delivery: Delivery, _ run: Run, pool: HandlerPool<ContinuousClock>, id: UInt64) async {
         // Its channel closed while it waited for a free handler (the client was closed, the connection lost): the
         // broker has requeued it, so it must not run now.
         guard delivery.canBeSettled else { return }
@@ -53,8 +53,8 @@ extension QueueWorker {
         span?.end()
     }
 
-    private func process(_ delivery: Delivery, key: String?, span: (any Span)?, _ run: Run, _ pool: HandlerPool,
-                         _ id: UInt64) async {
+    private func process(_ delivery: Delivery, key: String?, span: (any Span)?, _ run: Run,
+                         _ pool: HandlerPool<ContinuousClock>, _ id: UInt64) async {
         // The handler's duration is read only for metrics or debug logs.
         let started = run.timesHandlers ? ContinuousClock.now : nil
         do {
@@ -181,7 +181,7 @@ extension QueueWorker {
             }
         }
         // Cancelled (the worker is stopping): the channel's close requeues it.
-        guard (try? await Task.sleep(for: pause)) != nil else { return }
+        guard (try? await client.manager.clock.sleep(for: pause)) != nil else { return }
         do {
             try await delivery.nack(requeue: true)
             record(.requeued, delivery, run, duration: duration, error: publishError)

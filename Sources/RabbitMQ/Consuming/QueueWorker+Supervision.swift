@@ -19,7 +19,7 @@ extension QueueWorker {
     }
 
     /// The subscription loop: returns the error that ends the worker, or `nil` once it is stopped.
-    private func consumeWhileHealthy(_ pool: HandlerPool) async -> (any Error)? {
+    private func consumeWhileHealthy(_ pool: HandlerPool<ContinuousClock>) async -> (any Error)? {
         var attempt = 0  // since the worker last consumed for a while
         var lastError: RabbitMQError?
         var hasConsumed = false
@@ -91,7 +91,9 @@ extension QueueWorker {
 
     /// Runs a handler for each delivery, at most ``Configuration/concurrency`` at once (counting those of earlier
     /// subscriptions still running), until the consumer ends; returns its error, or `nil` when it was stopped.
-    private func consume(_ subscription: WorkerSubscription, _ run: Run, _ pool: HandlerPool) async -> (any Error)? {
+    private func consume(_ subscription: WorkerSubscription, _ run: Run, _ pool: HandlerPool<ContinuousClock>) async
+        -> (any Error)?
+    {
         do {
             for try await delivery in subscription.consumer {
                 await pool.waitForSlot()
@@ -110,7 +112,8 @@ extension QueueWorker {
     private func pause(before attempt: Int) async -> Bool {
         let delay = configuration.recovery.delay(beforeAttempt: attempt)
         broadcaster.emit(.resubscribing(attempt: attempt, delay: delay))
-        let pause = Task<Void, Never> { try? await Task.sleep(for: delay) }
+        let clock = client.manager.clock
+        let pause = Task<Void, Never> { try? await clock.sleep(for: delay) }
         guard enter(.pausing(pause)) else {
             pause.cancel()
             return false
@@ -122,7 +125,7 @@ extension QueueWorker {
     /// Waits for running handlers, at most the drain timeout, then cancels them: a cancelled handler's delivery is
     /// not settled, and returns to the queue when its channel closes. A handler that ignores the cancellation is let
     /// go at its handler timeout.
-    private func drain(_ pool: HandlerPool) async {
+    private func drain(_ pool: HandlerPool<ContinuousClock>) async {
         guard await !pool.waitUntilIdle(timeout: configuration.drainTimeout) else { return }
         logger.warning("drain timeout: cancelling running handlers; their deliveries return to the queue")
         pool.cancelAll()

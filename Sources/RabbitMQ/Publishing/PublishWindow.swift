@@ -42,8 +42,9 @@ final class PublishWindow: Sendable {
         for waiter in admitted { waiter.continuation.resume() }
     }
 
-    /// Takes a slot, waiting until `deadline` while the window is full or the connection blocked.
-    func acquire(deadline: ContinuousClock.Instant) async throws {
+    /// Takes a slot, waiting until `deadline` on `clock` (a test clock in unit tests) while the window is full or the
+    /// connection blocked. The clock is read only when the publisher has to wait.
+    func acquire<C: Clock>(deadline: C.Instant, clock: C = ContinuousClock()) async throws {
         let admitted = try state.withLock { state throws(RabbitMQError) -> Bool in
             if let closed = state.closed { throw closed }
             guard !state.blocked, state.inFlight < state.capacity, state.waiters.isEmpty else { return false }
@@ -51,7 +52,8 @@ final class PublishWindow: Sendable {
             return true
         }
         if admitted { return }
-        try await withDeadline(deadline, operation: "publish (waiting for room in the publish window)") {
+        let operation = "publish (waiting for room in the publish window)"
+        try await withDeadline(deadline, clock: clock, operation: operation) {
             try await self.wait { state, waiter in state.waiters.append(waiter) }
         }
     }
@@ -66,7 +68,7 @@ final class PublishWindow: Sendable {
         for waiter in drained { waiter.continuation.resume() }
     }
 
-    /// Records a publish that failed (nack, return, timeout) for the next ``waitUntilDrained(deadline:)``.
+    /// Records a publish that failed (nack, return, timeout) for the next ``waitUntilDrained(deadline:clock:)``.
     func recordFailure(_ error: RabbitMQError) {
         state.withLock { state in
             state.failuresSinceDrain += 1
@@ -97,8 +99,9 @@ final class PublishWindow: Sendable {
         for waiter in waiters { waiter.continuation.resume(throwing: error) }
     }
 
-    /// Waits until nothing is in flight; then throws if any publish failed since the last call.
-    func waitUntilDrained(deadline: ContinuousClock.Instant) async throws {
+    /// Waits until nothing is in flight, at most until `deadline` on `clock` (a test clock in unit tests); then throws
+    /// if any publish failed since the last call.
+    func waitUntilDrained<C: Clock>(deadline: C.Instant, clock: C = ContinuousClock()) async throws {
         let drained = try state.withLock { state throws(RabbitMQError) -> Bool in
             if state.inFlight == 0 {
                 try Self.takeFailures(&state)
@@ -108,7 +111,7 @@ final class PublishWindow: Sendable {
             return false
         }
         if drained { return }
-        try await withDeadline(deadline, operation: "waiting for publisher confirms") {
+        try await withDeadline(deadline, clock: clock, operation: "waiting for publisher confirms") {
             try await self.wait { state, waiter in state.drainWaiters.append(waiter) }
         }
         try state.withLock { state throws(RabbitMQError) in try Self.takeFailures(&state) }

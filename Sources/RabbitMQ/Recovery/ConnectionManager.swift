@@ -52,14 +52,18 @@ final class ConnectionManager: Sendable {
     let exchanges = KnownExchanges()
     /// Metrics, tracing and logging of the client, shared by its channels across reconnections.
     let observability: Observability
+    /// Times the pauses between recovery attempts, and the worker pauses that follow the same backoff: the continuous
+    /// clock, or a test clock in unit tests. An existential is enough: it is read once per pause, never per message.
+    let clock: any Clock<Duration>
     private let state = StateLock<State>(.idle)
     private let channels = StateLock<[WeakChannel]>([])
     private let subscribers = StateLock<[UInt64: AsyncStream<ConnectionEvent>.Continuation]>([:])
     private let nextSubscriber = Atomic<UInt64>(0)
 
-    init(configuration: RabbitMQClient.Configuration, logger: Logger) {
+    init(configuration: RabbitMQClient.Configuration, logger: Logger, clock: any Clock<Duration>) {
         self.configuration = configuration
         self.logger = logger
+        self.clock = clock
         observability = Observability(configuration.observability, logger: logger)
     }
 
@@ -215,7 +219,7 @@ final class ConnectionManager: Sendable {
             let delay = recovery.delay(beforeAttempt: attempt)
             emit(.reconnecting(attempt: attempt, delay: delay))
             do {
-                try await Task.sleep(for: delay)
+                try await clock.sleep(for: delay)
             } catch {
                 throw RabbitMQError(.clientClosed, "the client was closed during recovery")
             }

@@ -44,7 +44,8 @@ public struct Deduplicator: Sendable {
 /// The oldest keys are forgotten first.
 public final class InMemoryDeduplicationStore: DeduplicationStore {
     private struct State {
-        var processed: [String: ContinuousClock.Instant] = [:]
+        /// When each key was processed: the time since the store was created.
+        var processed: [String: Duration] = [:]
         var order: [String] = []
         var orderStart = 0
         var inProgress: Set<String> = []
@@ -54,17 +55,26 @@ public final class InMemoryDeduplicationStore: DeduplicationStore {
     public let capacity: Int
     /// How long a key is remembered. Default 24 hours.
     public let retention: Duration
+    /// The time since the store was created, on its clock.
+    private let elapsed: @Sendable () -> Duration
     private let state = StateLock(State())
 
     /// Creates a store.
-    public init(capacity: Int = 100_000, retention: Duration = .seconds(86_400)) {
+    public convenience init(capacity: Int = 100_000, retention: Duration = .seconds(86_400)) {
+        self.init(capacity: capacity, retention: retention, clock: ContinuousClock())
+    }
+
+    /// Creates a store whose retention is timed by `clock`: a test clock in unit tests.
+    init<C: Clock>(capacity: Int, retention: Duration, clock: C) where C.Duration == Duration {
         self.capacity = max(1, capacity)
         self.retention = retention
+        let start = clock.now
+        elapsed = { start.duration(to: clock.now) }
     }
 
     public func claim(_ key: String) async throws -> Bool {
         state.withLock { state in
-            if let processedAt = state.processed[key], ContinuousClock.now - processedAt < retention { return false }
+            if let processedAt = state.processed[key], elapsed() - processedAt < retention { return false }
             return state.inProgress.insert(key).inserted
         }
     }
@@ -72,7 +82,7 @@ public final class InMemoryDeduplicationStore: DeduplicationStore {
     public func commit(_ key: String) async throws {
         state.withLock { state in
             state.inProgress.remove(key)
-            if state.processed.updateValue(.now, forKey: key) == nil { state.order.append(key) }
+            if state.processed.updateValue(elapsed(), forKey: key) == nil { state.order.append(key) }
             while state.processed.count > capacity, state.orderStart < state.order.count {
                 state.processed.removeValue(forKey: state.order[state.orderStart])
                 state.orderStart += 1

@@ -36,12 +36,13 @@ final class SharedResult<Value: Sendable>: Sendable {
         }
     }
 
-    /// Waits for the outcome, at most until `deadline` (`nil`: no limit).
+    /// Waits for the outcome, at most until `deadline` (`nil`: no limit) on `clock` (a test clock in unit tests).
     /// - Parameters:
     ///   - operation: the caller's operation, named in the timeout error.
     ///   - awaited: what the caller waits for, in the timeout error's message ("the connection").
     /// - Throws: the work's error, a ``RabbitMQError/Code/timeout`` at `deadline`, or `CancellationError`.
-    func value(until deadline: ContinuousClock.Instant?, operation: String, awaited: String) async throws -> Value {
+    func value<C: Clock>(until deadline: C.Instant?, clock: C = ContinuousClock(), operation: String,
+                         awaited: String) async throws -> Value {
         if let outcome = state.withLock({ $0.outcome }) { return try outcome.get() }
         let id = state.withLock { state in
             state.nextWaiterID += 1
@@ -55,7 +56,7 @@ final class SharedResult<Value: Sendable>: Sendable {
                 let early = state.withLock { state -> Result<Value, any Error>? in
                     if let outcome = state.outcome { return outcome }
                     if Task.isCancelled { return .failure(CancellationError()) }
-                    if let deadline, deadline <= .now { return .failure(timeout()) }
+                    if let deadline, deadline <= clock.now { return .failure(timeout()) }
                     state.waiters[id] = Waiter(continuation: continuation)
                     return nil
                 }
@@ -65,7 +66,7 @@ final class SharedResult<Value: Sendable>: Sendable {
                 }
                 guard let deadline else { return }
                 let timer = Task {
-                    do { try await Task.sleep(until: deadline, clock: .continuous) } catch { return }
+                    do { try await clock.sleep(until: deadline, tolerance: nil) } catch { return }
                     self.resume(id, with: .failure(timeout()))
                 }
                 let waiting = state.withLock { state -> Bool in
