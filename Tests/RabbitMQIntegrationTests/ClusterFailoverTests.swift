@@ -1,6 +1,7 @@
 import Foundation
 import RabbitMQ
 import Testing
+import RabbitMQTestSupport
 
 /// Failover in the three-node cluster of `make test`: a quorum queue keeps every confirmed message while the node
 /// the client is connected to, or the queue's leader, is killed during publishing and consuming.
@@ -71,7 +72,7 @@ struct ClusterFailoverTests {
                                                       limits: limits)
             }
         }
-        let underWay = try await TestBroker.eventually(timeout: .seconds(20)) {
+        let underWay = try await eventually(timeout: .seconds(20)) {
             ledger.confirmedCount >= 200 && consumed.total >= 100
         }
         var disruptError: (any Error)?
@@ -82,14 +83,14 @@ struct ClusterFailoverTests {
         let confirmedAtDisruption = ledger.confirmedCount
         var resumed = false
         if underWay, disruptError == nil {
-            resumed = try await TestBroker.eventually(timeout: .seconds(40)) {
+            resumed = try await eventually(timeout: .seconds(40)) {
                 ledger.confirmedCount >= confirmedAtDisruption + 300
             }
         }
         let consumers = (try? await cluster.consumers(on: queue, seenFrom: observer)) ?? []
         await publishers.stop()
         let confirmed = ledger.confirmedIDs
-        let everythingConsumed = try await TestBroker.eventually(timeout: .seconds(20)) {
+        let everythingConsumed = try await eventually(timeout: .seconds(20)) {
             confirmed.isSubset(of: consumed.ids)
         }
         let consumerEnded = consumed.endedWith
@@ -133,7 +134,7 @@ struct ClusterFailoverTests {
             _ = try await client.declare(Queue(queue, arguments: QueueArguments(type: .quorum)))
         }
         var leader: ClusterBroker.Node?
-        _ = try await TestBroker.eventually(timeout: .seconds(10)) {
+        _ = try await eventually(timeout: .seconds(10)) {
             leader = await cluster.leader(of: queue, seenFrom: node)
             return leader != nil
         }
@@ -175,7 +176,7 @@ struct ClusterFailoverTests {
 
                 // Node 1 comes back and rejoins the cluster.
                 try await cluster.restart(first)
-                let rejoined = try await TestBroker.eventually(timeout: .seconds(60)) {
+                let rejoined = try await eventually(timeout: .seconds(60)) {
                     let seenByFirst = await cluster.runningNodeCount(seenFrom: first)
                     let seenByOther = await cluster.runningNodeCount(seenFrom: observer)
                     return seenByFirst == cluster.nodes.count && seenByOther == cluster.nodes.count

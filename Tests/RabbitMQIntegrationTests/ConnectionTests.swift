@@ -113,10 +113,10 @@ struct ConnectionTests {
         let name = TestBroker.uniqueName("conn-name")
         let client = try TestBroker.makeClient { $0.connectionName = name }
         try await client.connect()
-        let listed = try await TestBroker.eventually { try await Self.connectionListed(name) }
+        let listed = try await eventually { try await Self.connectionListed(name) }
         #expect(listed)
         await client.close()
-        #expect(try await TestBroker.eventually { try await !Self.connectionListed(name) })
+        #expect(try await eventually { try await !Self.connectionListed(name) })
     }
 
     @Test("close() may be called more than once, and later operations throw clientClosed")
@@ -132,7 +132,7 @@ struct ConnectionTests {
             async let second: Void = client.close()
             _ = await (first, second)
         }
-        #expect(try await TestBroker.eventually { try await !Self.connectionListed(name) })
+        #expect(try await eventually { try await !Self.connectionListed(name) })
         // The exclusive queue went with the connection.
         #expect(try await TestBroker.queueStats(queue) == nil)
 
@@ -167,7 +167,7 @@ struct ConnectionTests {
         }
         // The last reference is gone: the I/O thread closes the connection with the AMQP handshake and returns.
         // (Other tests' threads come and go meanwhile, so the broker's view is the check, not a thread count.)
-        #expect(try await TestBroker.eventually { try await !Self.connectionListed("test \(name)") })
+        #expect(try await eventually { try await !Self.connectionListed("test \(name)") })
     }
 
     @Test("close() during 50 tasks' declarations: each succeeds or fails with clientClosed, none hangs")
@@ -195,7 +195,7 @@ struct ConnectionTests {
                 }
             }
         }
-        let finished = try await TestBroker.eventually(timeout: .seconds(30)) { outcomes.count == tasks }
+        let finished = try await eventually(timeout: .seconds(30)) { outcomes.count == tasks }
         #expect(finished, "\(tasks - outcomes.count) of \(tasks) tasks never finished")
         try await TestBroker.withDeadline(.seconds(20)) { await client.close() }
 
@@ -209,8 +209,8 @@ struct ConnectionTests {
         }
         // The close came in the middle of the declarations, so some were cut short.
         #expect(interrupted > 0, "every task finished before the close: the test did not exercise it")
-        #expect(try await TestBroker.eventually { try await !Self.connectionListed(name) })
-        #expect(try await TestBroker.eventually { try await Self.queues(withPrefix: prefix).isEmpty })
+        #expect(try await eventually { try await !Self.connectionListed(name) })
+        #expect(try await eventually { try await Self.queues(withPrefix: prefix).isEmpty })
     }
 
     // MARK: Helpers

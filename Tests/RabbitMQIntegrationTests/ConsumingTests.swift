@@ -26,11 +26,11 @@ struct ConsumingTests {
                 return received
             }
             try await client.publish(Data("one".utf8), routingKey: queue)
-            #expect(try await TestBroker.eventually { try await client.queueInfo(queue).messageCount == 0 })
+            #expect(try await eventually { try await client.queueInfo(queue).messageCount == 0 })
             try await Task.sleep(for: .milliseconds(200))  // the loop is now waiting for a second delivery
             await consumer.cancel()
             #expect(try await loop.value == 1)  // ended normally: no error thrown
-            #expect(try await TestBroker.eventually { try await client.queueInfo(queue).consumerCount == 0 })
+            #expect(try await eventually { try await client.queueInfo(queue).consumerCount == 0 })
             try await client.deleteQueue(queue)
         }
     }
@@ -176,7 +176,7 @@ struct ConsumingTests {
                     let firstRound = try await Self.take(5, from: &iterator)
                     #expect(firstRound.map(\.bodyString) == Self.bodies(5))
                     #expect(firstRound.allSatisfy { !$0.isRedelivered })
-                    #expect(try await TestBroker.eventually { try await TestBroker.queueStats(queue)?.unacked == 5 })
+                    #expect(try await eventually { try await TestBroker.queueStats(queue)?.unacked == 5 })
 
                     // One nack on the newest settles all five.
                     try await firstRound[4].nack(requeue: true, multiple: true)
@@ -204,7 +204,7 @@ struct ConsumingTests {
                     var iterator = consumer.makeAsyncIterator()
                     let deliveries = try await Self.take(8, from: &iterator)
                     #expect(deliveries.count == 8)
-                    #expect(try await TestBroker.eventually { try await TestBroker.queueStats(queue)?.unacked == 8 })
+                    #expect(try await eventually { try await TestBroker.queueStats(queue)?.unacked == 8 })
                     try await deliveries[7].ack(multiple: true)
                     #expect(try await Self.isSettledWithItsConsumer(queue), "\(Self.stats(queue))")
                     await consumer.cancel()
@@ -260,14 +260,14 @@ struct ConsumingTests {
                         #expect(!delivery.isRedelivered)
                         guard received == 3 else { continue }
                         // Three taken, none acked: the broker has sent the whole prefetch.
-                        #expect(try await TestBroker.eventually {
+                        #expect(try await eventually {
                             try await TestBroker.queueStats(queue).map { $0 == (10, 10, 1) } ?? false
                         })
                         break
                     }
                     #expect(received == 3)
                 }
-                #expect(try await TestBroker.eventually {
+                #expect(try await eventually {
                     try await TestBroker.queueStats(queue).map { $0 == (20, 0, 0) } ?? false
                 }, "stats: \(Self.stats(queue))")
             }
@@ -285,7 +285,7 @@ struct ConsumingTests {
                     }
                 }
                 // All ten of the prefetch handed over and none acked: the loop waits for an eleventh.
-                let full = try await TestBroker.eventually {
+                let full = try await eventually {
                     let stats = try await TestBroker.queueStats(queue)
                     return received.count == 10 && stats.map { $0 == (10, 10, 1) } ?? false
                 }
@@ -293,7 +293,7 @@ struct ConsumingTests {
                 #expect(full)
                 let result = await task.result
                 #expect(throws: CancellationError.self) { try result.get() }
-                #expect(try await TestBroker.eventually {
+                #expect(try await eventually {
                     try await TestBroker.queueStats(queue).map { $0 == (20, 0, 0) } ?? false
                 }, "stats: \(Self.stats(queue))")
                 #expect(received.count == 10)
@@ -379,7 +379,7 @@ struct ConsumingTests {
                     }
                 }
                 try await Self.fill(client, queue, count: 30)
-                let allReceived = try await TestBroker.eventually { receivedA.count + receivedB.count == 30 }
+                let allReceived = try await eventually { receivedA.count + receivedB.count == 30 }
                 let activity = try await TestBroker.rabbitmqctl("list_consumers", "queue_name", "consumer_tag", "active",
                                                           "--no-table-headers")
                 await consumerA.cancel()
@@ -414,12 +414,12 @@ struct ConsumingTests {
                 #expect(delivery.exchange == "")
                 #expect(delivery.consumerTag == nil)
                 #expect(!delivery.isRedelivered)
-                #expect(try await TestBroker.eventually {
+                #expect(try await eventually {
                     try await TestBroker.queueStats(queue).map { $0.ready == 0 && $0.unacked == 1 } ?? false
                 })
 
                 try await delivery.ack()
-                #expect(try await TestBroker.eventually {
+                #expect(try await eventually {
                     try await TestBroker.queueStats(queue).map { $0.ready == 0 && $0.unacked == 0 } ?? false
                 })
                 #expect(try await client.get(from: queue) == nil)
@@ -454,7 +454,7 @@ struct ConsumingTests {
                     let stale = try #require(try await firstIterator.next())
                     await first.cancel()
                     // The message went back to the queue with the channel.
-                    #expect(try await TestBroker.eventually {
+                    #expect(try await eventually {
                         try await TestBroker.queueStats(queue).map { $0 == (1, 0, 0) } ?? false
                     })
 
@@ -503,7 +503,7 @@ struct ConsumingTests {
                     try await channel.close()
                     try await delivery.ack(multiple: true)  // nothing to do: the broker requeues it
                 }
-                #expect(try await TestBroker.eventually {
+                #expect(try await eventually {
                     try await TestBroker.queueStats(queue).map { $0 == (3, 0, 0) } ?? false
                 })
             }
@@ -561,7 +561,7 @@ struct ConsumingTests {
                 }
                 // Fewer messages than the high-priority consumer's prefetch: it never blocks, so it gets all.
                 try await Self.fill(client, queue, count: 20)
-                let allReceived = try await TestBroker.eventually { receivedLow.count + receivedHigh.count == 20 }
+                let allReceived = try await eventually { receivedLow.count + receivedHigh.count == 20 }
                 await low.cancel()
                 await high.cancel()
                 for task in tasks { _ = await task.result }
@@ -678,7 +678,7 @@ struct ConsumingTests {
 
     /// Whether the broker soon counts `expected` on `queue`; remembers the last counts seen for ``stats(_:)``.
     private static func settles(_ queue: String, to expected: BrokerQueueCounts) async throws -> Bool {
-        try await TestBroker.eventually {
+        try await eventually {
             let counts = try await BrokerNode.shared.queueCounts(queue)
             lastCounts.withLock { $0[queue] = counts.map(\.description) ?? "no such queue" }
             return counts == expected

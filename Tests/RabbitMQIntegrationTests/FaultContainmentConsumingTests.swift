@@ -58,15 +58,15 @@ struct FaultContainmentConsumingTests {
                     }
                     return nil
                 }
-                let held = try await TestBroker.eventually(timeout: .seconds(60)) { log.withLock { $0.held } }
+                let held = try await eventually(timeout: .seconds(60)) { log.withLock { $0.held } }
                 try await TestBroker.closeConnections(named: try #require(client.configuration.connectionName),
                                                       reason: "fault containment test")
-                let wasRecovered = try await TestBroker.eventually(timeout: .seconds(60)) {
+                let wasRecovered = try await eventually(timeout: .seconds(60)) {
                     recovered.withLock { $0 }
                 }
                 log.withLock { $0.released = true }
                 // The loop breaks by itself once every message is done, or ends early with an error; a hang guard.
-                let loopEnded = try await TestBroker.eventually(timeout: .seconds(120)) { log.withLock { $0.ended } }
+                let loopEnded = try await eventually(timeout: .seconds(120)) { log.withLock { $0.ended } }
                 if !loopEnded { loop.cancel() }
                 let outcome = await loop.value.map { "\($0)" }
                 await consumer.cancel()
@@ -211,7 +211,7 @@ struct FaultContainmentConsumingTests {
                 #expect(afterClose == 0, "\(afterClose) deliveries were handed out after close() returned")
                 #expect(handedOut == 3)
                 // Two acked; the one in hand when the client closed and everything buffered are back in the queue.
-                #expect(try await TestBroker.eventually {
+                #expect(try await eventually {
                     try await TestBroker.queueStats(queue).map { $0 == (count - 2, 0, 0) } ?? false
                 }, "\(ConsumingTests.stats(queue))")
             }
@@ -253,7 +253,7 @@ struct FaultContainmentConsumingTests {
                     """)
                 #expect(afterClose == 0, "\(afterClose) handlers started after close() returned")
                 #expect(started == 3)
-                #expect(try await TestBroker.eventually {
+                #expect(try await eventually {
                     try await TestBroker.queueStats(queue).map { $0 == (count - 2, 0, 0) } ?? false
                 }, "\(ConsumingTests.stats(queue))")
             }
@@ -274,7 +274,7 @@ struct FaultContainmentConsumingTests {
                     var iterator = consumer.makeAsyncIterator()
                     let first = try #require(try await iterator.next())
                     // Every message is delivered before the channel closes, nine of them still buffered.
-                    #expect(try await TestBroker.eventually {
+                    #expect(try await eventually {
                         try await TestBroker.queueStats(queue).map { $0.unacked == count } ?? false
                     })
                     if closedByBroker {
@@ -300,7 +300,7 @@ struct FaultContainmentConsumingTests {
                         \(handedOut) buffered deliveries of a closed channel were handed out (closed by the broker: \
                         \(closedByBroker))
                         """)
-                    #expect(try await TestBroker.eventually {
+                    #expect(try await eventually {
                         try await TestBroker.queueStats(queue).map { $0 == (count, 0, 0) } ?? false
                     }, "\(ConsumingTests.stats(queue))")
                 }

@@ -89,7 +89,7 @@ struct FaultContainmentPublishingTests {
                 // from the outage (those publishes were never sent).
                 for index in 0..<10 {
                     let id = "after-\(index)"
-                    let sent = try await TestBroker.eventually(timeout: .seconds(60)) {
+                    let sent = try await eventually(timeout: .seconds(60)) {
                         try await client.publish(Data(id.utf8), routingKey: queue,
                                                  properties: RecoveryHarness.properties(id: id))
                         return true
@@ -342,7 +342,7 @@ struct FaultContainmentPublishingTests {
             let notRetryable = nacks.filter { !$0.isRetryable }
             #expect(notRetryable.isEmpty, "nacks must be retryable")
             var after: Set<Int> = []
-            let replaced = try await TestBroker.eventually {
+            let replaced = try await eventually {
                 after = try await Self.confirmChannels(of: connectionName)
                 return after.count == 1 && after.isDisjoint(with: before)
             }

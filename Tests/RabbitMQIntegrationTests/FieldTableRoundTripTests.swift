@@ -1,6 +1,7 @@
 import Foundation
 import RabbitMQ
 import Testing
+import RabbitMQTestSupport
 
 /// Message headers holding every ``FieldValue`` case travel through a real broker and come back unchanged.
 @Suite("Field tables through the broker")
@@ -60,7 +61,7 @@ struct FieldTableRoundTripTests {
             let delivery = try #require(received)
             #expect(delivery.bodyString == "fields")
             Self.expectEqual(delivery.properties.headers, sent)
-            #expect(try await TestBroker.eventually {
+            #expect(try await eventually {
                 try await TestBroker.queueStats(queue).map { $0.ready + $0.unacked } == 0
             })
             try await client.deleteQueue(queue)
@@ -99,7 +100,7 @@ struct FieldTableRoundTripTests {
                                      properties: MessageProperties(headers: sent))
             let original = try #require(try await client.get(from: queue))
             try await original.reject(requeue: false)
-            #expect(try await TestBroker.eventually { try await TestBroker.messageCount(deadLetters) == 1 })
+            #expect(try await eventually { try await TestBroker.messageCount(deadLetters) == 1 })
 
             let dead = try #require(try await client.get(from: deadLetters, acknowledgement: .automatic))
             #expect(dead.bodyString == "dead")

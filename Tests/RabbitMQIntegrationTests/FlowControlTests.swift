@@ -2,6 +2,7 @@ import Foundation
 import RabbitMQ
 import Synchronization
 import Testing
+import RabbitMQTestSupport
 
 /// The broker's memory alarm blocks publishing connections (connection.blocked). Each test raises the alarm on a
 /// node of its own: the shared node must keep accepting other tests' publishes. The tests share the port, so
@@ -25,7 +26,7 @@ struct FlowControlTests {
                 try await client.publish(Data("before the alarm".utf8), routingKey: queue)
 
                 try await broker.rabbitmqctl("set_vm_memory_high_watermark", "0")
-                #expect(try await TestBroker.eventually {
+                #expect(try await eventually {
                     let states = try await broker.connectionStates(named: connectionName)
                     return states == ["blocking"] || states == ["blocked"]
                 }, "the alarm did not reach the connection")
@@ -74,7 +75,7 @@ struct FlowControlTests {
                 try await channel.enableConfirms()
 
                 try await broker.rabbitmqctl("set_vm_memory_high_watermark", "0")
-                #expect(try await TestBroker.eventually {
+                #expect(try await eventually {
                     let states = try await broker.connectionStates(named: connectionName)
                     return states == ["blocking"] || states == ["blocked"]
                 }, "the alarm did not reach the connection")
@@ -103,7 +104,7 @@ struct FlowControlTests {
 
                 try await broker.rabbitmqctl("set_vm_memory_high_watermark", "0.4")
                 // Running again means connection.unblocked is on its way: the markers need not wait (1 s at most).
-                #expect(try await TestBroker.eventually {
+                #expect(try await eventually {
                     try await broker.connectionStates(named: connectionName) == ["running"]
                 }, "the connection stayed blocked")
                 // Publishes on one channel are taken in order, and the connection's frames are read in order: once

@@ -62,7 +62,7 @@ struct HeartbeatTests {
             let frozenAt = ContinuousClock.now
             let thawedAt = try await Self.whileFrozen(broker) {
                 // Two missed intervals (4 s) plus up to half an interval until the I/O loop next looks.
-                _ = try await TestBroker.eventually(timeout: .seconds(20)) { !events.lost(after: frozenAt).isEmpty }
+                _ = try await eventually(timeout: .seconds(20)) { !events.lost(after: frozenAt).isEmpty }
                 // The outage goes on: reconnection attempts reach a node that accepts TCP connections but never
                 // answers, and must give up at the 3 s handshake timeout and try again.
                 try await Task.sleep(for: .seconds(5))
@@ -78,7 +78,7 @@ struct HeartbeatTests {
             #expect(lost.error.code == .connectionLost)
             #expect(lost.error.message.contains("heartbeat"), "\(lost.error)")
 
-            let recovered = try await TestBroker.eventually(timeout: .seconds(30)) {
+            let recovered = try await eventually(timeout: .seconds(30)) {
                 events.recovered(after: lost.at) != nil
             }
             #expect(recovered, "no recovered event after the thaw: \(events.summary)")
@@ -115,11 +115,11 @@ struct HeartbeatTests {
             // A hang guard: about two intervals (4 s) are expected; without heartbeats they would never fail.
             #expect(failedAfter < .seconds(20), "failed after \(failedAfter)")
             // The publisher hears of the failure first; the connection event follows from the recovery task.
-            _ = try await TestBroker.eventually { !events.lost(after: frozenAt).isEmpty }
+            _ = try await eventually { !events.lost(after: frozenAt).isEmpty }
             let lost = try #require(events.lost(after: frozenAt).first, "no connectionLost: \(events.summary)")
             #expect(lost.error.code == .connectionLost)
 
-            let recovered = try await TestBroker.eventually(timeout: .seconds(30)) {
+            let recovered = try await eventually(timeout: .seconds(30)) {
                 events.recovered(after: lost.at) != nil
             }
             #expect(recovered, "no recovered event after the thaw: \(events.summary)")

@@ -74,7 +74,7 @@ struct ObservabilityTests {
             }
             #expect(try metrics.expectCounter("rabbitmq.delivered", byQueue).totalValue == 8)
             #expect(try metrics.expectCounter("rabbitmq.acked", byQueue).totalValue == 7)
-            #expect(try await TestBroker.eventually { try await client.queueInfo(queue).messageCount == 0 })
+            #expect(try await eventually { try await client.queueInfo(queue).messageCount == 0 })
             try await client.deleteQueue(queue)
         }
     }
@@ -97,11 +97,11 @@ struct ObservabilityTests {
                 }
                 let run = Task { try await worker.run() }
                 let expected: [QueueWorker.Outcome: Int] = [.acked: 8, .retried: 2, .parked: 2]
-                let done = try await TestBroker.eventually(timeout: .seconds(30)) { worker.outcomes == expected }
+                let done = try await eventually(timeout: .seconds(30)) { worker.outcomes == expected }
                 worker.stop()
                 try await run.value
                 try #require(done, "outcomes: \(worker.outcomes)")
-                #expect(try await TestBroker.eventually {
+                #expect(try await eventually {
                     let parked = try await TestBroker.messageCount(retry.parkingLotName)
                     let stats = try await TestBroker.queueStats(retry.queueName)
                     return parked == 2 && stats.map { $0.ready + $0.unacked } == 0
@@ -190,7 +190,7 @@ struct ObservabilityTests {
                 }
                 let run = Task { try await worker.run() }
                 let processName = "\(retry.queueName) process"
-                let done = try await TestBroker.eventually(timeout: .seconds(30)) {
+                let done = try await eventually(timeout: .seconds(30)) {
                     tracer.finished.filter { $0.operationName == processName }.count == 2
                 }
                 worker.stop()
@@ -267,7 +267,7 @@ struct ObservabilityTests {
                 }
             }
             let run = Task { try await worker.run() }
-            let done = try await TestBroker.eventually(timeout: .seconds(30)) { worker.outcomes == [.acked: 3] }
+            let done = try await eventually(timeout: .seconds(30)) { worker.outcomes == [.acked: 3] }
             worker.stop()
             try await run.value
             try #require(done)

@@ -2,6 +2,7 @@ import Foundation
 @testable import OrderPipeline
 import RabbitMQ
 import Testing
+import RabbitMQTestSupport
 
 /// The sample order pipeline (Samples/OrderPipeline), run in-process on a small count: the same invariants as
 /// `make demo`, cross-checked at the broker.
@@ -49,7 +50,7 @@ struct OrderPipelineTests {
             // What the broker holds (messages ready or unacknowledged), once its counts, which lag behind the
             // workers (quorum queues report theirs periodically), agree; the checks below fail on a real difference.
             var ready: [String: Int] = [:]
-            _ = try await TestBroker.eventually {
+            _ = try await eventually {
                 ready = try await BrokerNode.shared.queueCounts().mapValues { $0.ready + $0.unacked }
                 return WorkerKind.allCases.allSatisfy {
                     ready[topology.retry($0).parkingLotName] == report.counts[$0]?.parked

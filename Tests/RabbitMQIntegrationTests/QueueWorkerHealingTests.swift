@@ -142,18 +142,18 @@ struct QueueWorkerHealingTests {
         }
         let events = WorkerEventLog(worker)
         let run = WorkerRun(worker)
-        #expect(try await TestBroker.eventually(timeout: .seconds(60)) { !events.losses.isEmpty })
+        #expect(try await eventually(timeout: .seconds(60)) { !events.losses.isEmpty })
         lossReported.open()
         // It consumes again on a new channel, and handles the delivery the broker took back, again.
-        #expect(try await TestBroker.eventually(timeout: .seconds(60)) {
+        #expect(try await eventually(timeout: .seconds(60)) {
             events.subscriptions == 2 && Set(probe.bodies) == Set((0..<20).map { "m\($0)" })
                 && probe.times(of: "m3").count == 2
         })
         // Messages published after the loss are handled too.
         try await publishNumbered(client, count: 5, to: queue, prefix: "late")
         let everything = Set((0..<20).map { "m\($0)" } + (0..<5).map { "late\($0)" })
-        #expect(try await TestBroker.eventually(timeout: .seconds(60)) { Set(probe.bodies) == everything })
-        #expect(try await TestBroker.eventually(timeout: .seconds(60)) {
+        #expect(try await eventually(timeout: .seconds(60)) { Set(probe.bodies) == everything })
+        #expect(try await eventually(timeout: .seconds(60)) {
             try await broker.queueStats(queue).map { $0.ready == 0 && $0.unacked == 0 } ?? false
         })
         #expect(!run.hasEnded)
@@ -184,18 +184,18 @@ struct QueueWorkerHealingTests {
             let events = WorkerEventLog(worker)
             let run = WorkerRun(worker)
             // The worker declares the queue it owns.
-            #expect(try await TestBroker.eventually { events.subscriptions == 1 })
+            #expect(try await eventually { events.subscriptions == 1 })
             try await publishNumbered(client, count: 10, to: queue)
-            #expect(try await TestBroker.eventually { probe.finished == 10 })
+            #expect(try await eventually { probe.finished == 10 })
 
             try await client.deleteQueue(queue)
-            let consumingAgain = try await TestBroker.eventually(timeout: .seconds(60)) {
+            let consumingAgain = try await eventually(timeout: .seconds(60)) {
                 guard events.subscriptions == 2 else { return false }
                 return try await client.queueInfo(queue).consumerCount == 1
             }
             #expect(consumingAgain)
             try await publishNumbered(client, count: 10, to: queue, prefix: "after")
-            #expect(try await TestBroker.eventually(timeout: .seconds(60)) { probe.finished == 20 })
+            #expect(try await eventually(timeout: .seconds(60)) { probe.finished == 20 })
             #expect(!run.hasEnded)
 
             worker.stop()
@@ -220,22 +220,22 @@ struct QueueWorkerHealingTests {
             }
             let events = WorkerEventLog(worker)
             let run = WorkerRun(worker)
-            #expect(try await TestBroker.eventually { events.subscriptions == 1 })
+            #expect(try await eventually { events.subscriptions == 1 })
 
             // The queue goes; the worker does not own it, so it tries again (404) until someone declares it.
             try await client.deleteQueue(queue)
-            #expect(try await TestBroker.eventually { events.subscribeFailures.count >= 2 })
+            #expect(try await eventually { events.subscribeFailures.count >= 2 })
             #expect(events.subscribeFailures.allSatisfy { $0.replyCode == 404 })
             #expect(!run.hasEnded)
             try await client.declare(Queue(queue))
-            #expect(try await TestBroker.eventually(timeout: .seconds(60)) { events.subscriptions == 2 })
+            #expect(try await eventually(timeout: .seconds(60)) { events.subscriptions == 2 })
             try await publishNumbered(client, count: 5, to: queue)
-            #expect(try await TestBroker.eventually { probe.finished == 5 })
+            #expect(try await eventually { probe.finished == 5 })
 
             // Lost again, then stopped while it waits to subscribe again: run() returns without an error.
             let waitsBefore = events.resubscribes
             try await client.deleteQueue(queue)
-            #expect(try await TestBroker.eventually { events.losses.count == 2 && events.resubscribes > waitsBefore })
+            #expect(try await eventually { events.losses.count == 2 && events.resubscribes > waitsBefore })
             worker.stop()
             try await run.task.value
             #expect(events.stoppedCleanly)
@@ -271,7 +271,7 @@ struct QueueWorkerHealingTests {
             }
             let events = WorkerEventLog(worker)
             let run = WorkerRun(worker)
-            #expect(try await TestBroker.eventually(timeout: .seconds(60)) { worker.outcomes == [.retried: 1, .acked: 1] })
+            #expect(try await eventually(timeout: .seconds(60)) { worker.outcomes == [.retried: 1, .acked: 1] })
             worker.stop()
             try await run.task.value
 
@@ -315,11 +315,11 @@ struct QueueWorkerHealingTests {
             let run = WorkerRun(worker)
             // Requeued at the timeout and handled again, while the first handler still waits: its delivery was
             // settled without it, and it holds no concurrency slot (the limit is 1).
-            #expect(try await TestBroker.eventually(timeout: .seconds(60)) { worker.outcomes == [.requeued: 1, .acked: 1] })
+            #expect(try await eventually(timeout: .seconds(60)) { worker.outcomes == [.requeued: 1, .acked: 1] })
             #expect(probe.invocations == 2)
             #expect(probe.finished == 1)
             gate.open()
-            #expect(try await TestBroker.eventually { probe.finished == 2 })
+            #expect(try await eventually { probe.finished == 2 })
             worker.stop()
             try await run.task.value
             // What the abandoned handler returned later was ignored.
@@ -346,15 +346,15 @@ struct QueueWorkerHealingTests {
                     )) { _ in }
                     let events = WorkerEventLog(worker)
                     let run = WorkerRun(worker)
-                    #expect(try await TestBroker.eventually { events.subscriptions == 1 })
+                    #expect(try await eventually { events.subscriptions == 1 })
                     // The user loses its rights, then the queue goes: declaring it again is refused.
                     try await TestBroker.rabbitmqctl("set_permissions", "-p", "/", user, "^$", "^$", "^$")
                     try await admin.deleteQueue(queue)
-                    #expect(try await TestBroker.eventually(timeout: .seconds(60)) { run.hasEnded })
+                    #expect(try await eventually(timeout: .seconds(60)) { run.hasEnded })
                     let error = await #expect(throws: RabbitMQError.self) { try await run.task.value }
                     #expect(error?.replyCode == 403)
                     #expect(events.losses.map(\.code) == [.consumerCancelled])
-                    #expect(try await TestBroker.eventually { events.stoppedWith?.replyCode == 403 })
+                    #expect(try await eventually { events.stoppedWith?.replyCode == 403 })
                     _ = try? await admin.deleteQueue(queue)
                 }
             }

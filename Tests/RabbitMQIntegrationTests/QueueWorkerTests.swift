@@ -72,7 +72,7 @@ struct QueueWorkerTests {
                 try await Task.sleep(for: .milliseconds(5))
             }
             let run = Task { try await worker.run() }
-            #expect(try await TestBroker.eventually(timeout: .seconds(30)) { probe.finished == 100 })
+            #expect(try await eventually(timeout: .seconds(30)) { probe.finished == 100 })
             worker.stop()
             try await run.value
 
@@ -113,12 +113,12 @@ struct QueueWorkerTests {
                 try await Task.sleep(for: .milliseconds(2))
             }
             let run = Task { try await worker.run() }
-            let handledSome = try await TestBroker.eventually(timeout: .seconds(30)) { probe.finished >= 100 }
+            let handledSome = try await eventually(timeout: .seconds(30)) { probe.finished >= 100 }
             worker.stop()
             try await run.value
             // Keep publishing a little after the worker stopped, so that messages are left over for sure.
             let atStop = published.load(ordering: .acquiring)
-            let publishedMore = try await TestBroker.eventually(timeout: .seconds(30)) {
+            let publishedMore = try await eventually(timeout: .seconds(30)) {
                 published.load(ordering: .acquiring) >= atStop + 10
             }
             stopPublishing.store(true, ordering: .releasing)
@@ -167,7 +167,7 @@ struct QueueWorkerTests {
                 try await Task.sleep(for: .milliseconds(500))
             }
             let run = Task { try await worker.run() }
-            #expect(try await TestBroker.eventually { probe.invocations == 1 })
+            #expect(try await eventually { probe.invocations == 1 })
             worker.stop()
             try await run.value
             // run() returned only after the handler had finished and its delivery was acked.
@@ -199,7 +199,7 @@ struct QueueWorkerTests {
                 }
             }
             let run = Task { try await worker.run() }
-            #expect(try await TestBroker.eventually { probe.invocations == 1 })
+            #expect(try await eventually { probe.invocations == 1 })
             let stoppedAt = ContinuousClock.now
             worker.stop()
             try await run.value
@@ -238,7 +238,7 @@ struct QueueWorkerTests {
             let group = ServiceGroup(services: [worker], gracefulShutdownSignals: [], cancellationSignals: [],
                                      logger: TestBroker.logger)
             let run = Task { try await group.run() }
-            #expect(try await TestBroker.eventually(timeout: .seconds(30)) { probe.finished >= 10 })
+            #expect(try await eventually(timeout: .seconds(30)) { probe.finished >= 10 })
             await group.triggerGracefulShutdown()
             try await run.value
 
@@ -273,7 +273,7 @@ struct QueueWorkerTests {
                 if attempt == 1 { throw RetryableError("downstream timeout") }
             }
             let run = Task { try await worker.run() }
-            #expect(try await TestBroker.eventually {
+            #expect(try await eventually {
                 worker.outcomes[.acked] == 1 && worker.outcomes[.rejected] == 1
             })
             worker.stop()
@@ -300,7 +300,7 @@ struct QueueWorkerTests {
 
             let worker = QueueWorker(client: client, configuration: .init(queue: queue)) { _ in }
             let run = Task { try await worker.run() }
-            #expect(try await TestBroker.eventually { try await client.queueInfo(queue).consumerCount == 1 })
+            #expect(try await eventually { try await client.queueInfo(queue).consumerCount == 1 })
             await #expect(throws: RabbitMQError.self) { try await worker.run() }
             worker.stop()
             try await run.value

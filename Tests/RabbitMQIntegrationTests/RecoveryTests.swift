@@ -71,7 +71,7 @@ struct RecoveryTests {
                                                               ledger: ledger, limits: limits)
                     }
                 }
-                let warmedUp = try await TestBroker.eventually(timeout: .seconds(30)) { ledger.confirmedCount >= 200 }
+                let warmedUp = try await eventually(timeout: .seconds(30)) { ledger.confirmedCount >= 200 }
                 let confirmedBefore = ledger.confirmedCount
                 let restartStarted = ContinuousClock.now
                 var restartError: (any Error)?
@@ -81,7 +81,7 @@ struct RecoveryTests {
                 let restartEnded = ContinuousClock.now
                 // Keep publishing for a bit on the recovered connection.
                 let confirmedAtRestart = ledger.confirmedCount
-                let resumed = try await TestBroker.eventually(timeout: .seconds(60)) {
+                let resumed = try await eventually(timeout: .seconds(60)) {
                     ledger.confirmedCount >= confirmedAtRestart + 300
                 }
                 await publishers.stop()
@@ -180,7 +180,7 @@ struct RecoveryTests {
                     return failures
                 }
                 func allReceived(_ label: String) async throws -> Bool {
-                    try await TestBroker.eventually(timeout: .seconds(30)) {
+                    try await eventually(timeout: .seconds(30)) {
                         (0..<10).allSatisfy { index in
                             streamLog.contains("stream-\(label)-\(index)")
                                 && workerLog.contains("worker-\(label)-\(index)")
@@ -197,7 +197,7 @@ struct RecoveryTests {
                 if receivedBefore {
                     do { try await restart.perform(on: broker) } catch { restartError = error }
                 }
-                let recovered = try await TestBroker.eventually(timeout: .seconds(60)) { events.recoveredCount >= 1 }
+                let recovered = try await eventually(timeout: .seconds(60)) { events.recoveredCount >= 1 }
                 let failuresAfter = await publishRound("after")
                 let receivedAfter = try await allReceived("after")
 

@@ -2,6 +2,7 @@ import Foundation
 import RabbitMQ
 import Synchronization
 import Testing
+import RabbitMQTestSupport
 
 /// A failed delivery that cannot be moved to its retry queue: nothing is lost, and the worker does not spin on it.
 @Suite("Redelivery: failed moves")
@@ -27,7 +28,7 @@ struct RedeliveryFailedMoveTests {
                 }
             }
             let run = Task { try await worker.run() }
-            #expect(try await TestBroker.eventually { worker.outcomes[.acked] == 1 })
+            #expect(try await eventually { worker.outcomes[.acked] == 1 })
             worker.stop()
             try await run.value
             // Moving the first failure hit the missing queue: requeued after a pause, then handled.
@@ -51,7 +52,7 @@ struct RedeliveryFailedMoveTests {
             let policyName = "refuse-\(tier)"
             try await TestBroker.rabbitmqctl("set_policy", policyName, "^\(NSRegularExpression.escapedPattern(for: tier))$",
                                              #"{"max-length":0,"overflow":"reject-publish"}"#, "--apply-to", "queues")
-            #expect(try await TestBroker.eventually {
+            #expect(try await eventually {
                 try await BrokerNode.shared.list("list_queues", ["name", "policy"]).contains([tier, policyName])
             })
             try await client.publish(Data("fails while refused".utf8), routingKey: retry.queueName)
@@ -65,7 +66,7 @@ struct RedeliveryFailedMoveTests {
                 if refusing.load(ordering: .relaxed) { throw RetryableError("downstream timeout") }
             }
             let run = Task { try await worker.run() }
-            #expect(try await TestBroker.eventually { worker.outcomes[.requeued, default: 0] >= 2 })
+            #expect(try await eventually { worker.outcomes[.requeued, default: 0] >= 2 })
             try await Task.sleep(for: .seconds(3))
             // Pauses of 100, 200, 400, 800 ms, then 1 s: about 7 attempts in these 3 s plus the first two; an
             // immediate requeue made thousands.
@@ -74,7 +75,7 @@ struct RedeliveryFailedMoveTests {
             #expect(attemptsWhileRefused <= 20)
             try await TestBroker.rabbitmqctl("clear_policy", policyName)
             refusing.store(false, ordering: .relaxed)
-            #expect(try await TestBroker.eventually { worker.outcomes[.acked] == 1 })
+            #expect(try await eventually { worker.outcomes[.acked] == 1 })
             worker.stop()
             try await run.value
             #expect(worker.outcomes[.requeued, default: 0] >= 2)

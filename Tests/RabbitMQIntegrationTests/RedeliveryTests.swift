@@ -2,6 +2,7 @@ import Foundation
 import RabbitMQ
 import Synchronization
 import Testing
+import RabbitMQTestSupport
 
 /// Declares a retry topology for a fresh work queue, runs `body`, and deletes every queue of it, also when
 /// `body` fails.
@@ -34,7 +35,7 @@ private func holdsOnlyParked(_ retry: RetryTopology, _ parked: Int, _ counts: [S
 private func settlesWithOnlyParked(_ client: RabbitMQClient, _ retry: RetryTopology, _ parked: Int) async throws
     -> Bool
 {
-    let settled = try await TestBroker.eventually {
+    let settled = try await eventually {
         for queue in retry.topology.queues {
             let expected = queue.name == retry.parkingLotName ? parked : 0
             guard try await readyCount(client, queue.name) == expected else { return false }
@@ -69,7 +70,7 @@ struct RedeliveryTests {
                     throw RetryableError("downstream unavailable")
                 }
                 let run = Task { try await worker.run() }
-                #expect(try await TestBroker.eventually(timeout: .seconds(20)) { worker.outcomes[.parked] == 1 })
+                #expect(try await eventually(timeout: .seconds(20)) { worker.outcomes[.parked] == 1 })
                 worker.stop()
                 try await run.value
 
@@ -214,11 +215,11 @@ struct RedeliveryTests {
                 var properties = MessageProperties()
                 properties.headers[RetryTopology.attemptHeader] = .int64(1)
                 try await client.publish(Data("A".utf8), routingKey: retry.queueName, properties: properties)
-                #expect(try await TestBroker.eventually { try await readyCount(client, longTier) == 1 })
+                #expect(try await eventually { try await readyCount(client, longTier) == 1 })
                 // B fails for the first time: it waits 100 ms.
                 try await client.publish(Data("B".utf8), routingKey: retry.queueName)
 
-                #expect(try await TestBroker.eventually(timeout: .seconds(60)) {
+                #expect(try await eventually(timeout: .seconds(60)) {
                     probe.times(of: "A").count == 2 && probe.times(of: "B").count == 2
                 })
                 worker.stop()
@@ -267,7 +268,7 @@ struct RedeliveryTests {
                 // The handler is fixed; replay everything.
                 accepting.store(true, ordering: .releasing)
                 #expect(try await client.replayParked(in: retry) == 3)
-                #expect(try await TestBroker.eventually { worker.outcomes[.acked] == 3 })
+                #expect(try await eventually { worker.outcomes[.acked] == 3 })
                 worker.stop()
                 try await run.value
 
@@ -306,7 +307,7 @@ struct RedeliveryTests {
 
                 let moved = try await client.replayParked(in: retry) { $0.delivery.bodyString.hasPrefix("move") }
                 #expect(moved == 3)
-                #expect(try await TestBroker.eventually { worker.outcomes[.acked] == 3 })
+                #expect(try await eventually { worker.outcomes[.acked] == 3 })
                 // The declined ones went back to the parking lot.
                 #expect(try await settlesWithOnlyParked(client, retry, 2))
                 let left = try await client.parkedMessages(in: retry).map(\.delivery.bodyString)
@@ -315,7 +316,7 @@ struct RedeliveryTests {
                 // A limit moves at most that many.
                 #expect(try await settlesWithOnlyParked(client, retry, 2))
                 #expect(try await client.replayParked(in: retry, limit: 1) == 1)
-                #expect(try await TestBroker.eventually { worker.outcomes[.acked] == 4 })
+                #expect(try await eventually { worker.outcomes[.acked] == 4 })
                 #expect(try await settlesWithOnlyParked(client, retry, 1))
                 worker.stop()
                 try await run.value
@@ -372,7 +373,7 @@ struct RedeliveryTests {
                                                properties: retried)
                 }
                 // Both copies are back in the work queue once the tier's TTL has passed.
-                #expect(try await TestBroker.eventually { try await readyCount(client, retry.queueName) == 2 })
+                #expect(try await eventually { try await readyCount(client, retry.queueName) == 2 })
 
                 let store = InMemoryDeduplicationStore()
                 let probe = WorkerProbe()
@@ -383,7 +384,7 @@ struct RedeliveryTests {
                     probe.leave()
                 }
                 let run = Task { try await worker.run() }
-                #expect(try await TestBroker.eventually {
+                #expect(try await eventually {
                     worker.outcomes[.acked, default: 0] + worker.outcomes[.duplicate, default: 0] == 2
                 })
                 worker.stop()
@@ -416,9 +417,9 @@ struct RedeliveryTests {
             var properties = MessageProperties()
             properties.messageID = "invoice-7"
             try await client.publish(Data("invoice 7".utf8), routingKey: queue, properties: properties)
-            #expect(try await TestBroker.eventually { first.outcomes[.acked] == 1 })
+            #expect(try await eventually { first.outcomes[.acked] == 1 })
             let runSecond = Task { try await second.run() }
-            #expect(try await TestBroker.eventually { try await client.queueInfo(queue).consumerCount == 2 })
+            #expect(try await eventually { try await client.queueInfo(queue).consumerCount == 2 })
             // The same message again, twice, and one other message.
             try await client.publish(Data("invoice 7".utf8), routingKey: queue, properties: properties)
             try await client.publish(Data("invoice 7".utf8), routingKey: queue, properties: properties)
@@ -428,7 +429,7 @@ struct RedeliveryTests {
             let total = { (outcome: QueueWorker.Outcome) in
                 first.outcomes[outcome, default: 0] + second.outcomes[outcome, default: 0]
             }
-            #expect(try await TestBroker.eventually { total(.acked) == 2 && total(.duplicate) == 2 })
+            #expect(try await eventually { total(.acked) == 2 && total(.duplicate) == 2 })
             first.stop()
             second.stop()
             try await runFirst.value
@@ -473,7 +474,7 @@ struct RedeliveryTests {
                 probe.leave()
             }
             let run = Task { try await worker.run() }
-            #expect(try await TestBroker.eventually {
+            #expect(try await eventually {
                 worker.outcomes[.acked, default: 0] + worker.outcomes[.duplicate, default: 0] == 5
             })
             worker.stop()

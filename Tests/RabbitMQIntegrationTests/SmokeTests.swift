@@ -1,6 +1,7 @@
 import Foundation
 import RabbitMQ
 import Testing
+import RabbitMQTestSupport
 
 @Suite("Round trip")
 struct SmokeTests {
@@ -19,7 +20,7 @@ struct SmokeTests {
                 if received.count == 10 { break }
             }
             #expect(received == (0..<10).map { "message \($0)" })
-            #expect(try await TestBroker.eventually {
+            #expect(try await eventually {
                 try await TestBroker.queueStats(queue).map { $0.ready + $0.unacked + $0.consumers } == 0
             })
             try await client.deleteQueue(queue)

@@ -1,6 +1,7 @@
 import Foundation
 import RabbitMQ
 import Testing
+import RabbitMQTestSupport
 
 /// `amqps://` against the node of scripts/tls.sh: a working round trip, a client certificate, and each way of
 /// getting TLS wrong failing at once with an error that says what is wrong.
@@ -33,7 +34,7 @@ struct TLSTests {
                 if received.count == bodies.count { break }
             }
             #expect(received == bodies)
-            #expect(try await TestBroker.eventually {
+            #expect(try await eventually {
                 try await TLSBroker.queueStats(queue).map { $0.ready + $0.unacked } == 0
             })
             _ = try await client.deleteQueue(queue)
@@ -43,7 +44,7 @@ struct TLSTests {
             throw error
         }
         await client.close()
-        #expect(try await TestBroker.eventually { try await TLSBroker.connections(named: name).isEmpty })
+        #expect(try await eventually { try await TLSBroker.connections(named: name).isEmpty })
     }
 
     @Test("headers larger than a frame fail that publish over TLS too, not the connection")
@@ -75,7 +76,7 @@ struct TLSTests {
             let delivery = try #require(try await client.get(from: queue))
             #expect(delivery.bodyString == "with a client certificate")
             try await delivery.ack()
-            #expect(try await TestBroker.eventually {
+            #expect(try await eventually {
                 try await TLSBroker.queueStats(queue).map { $0.ready + $0.unacked } == 0
             })
             _ = try await client.deleteQueue(queue)

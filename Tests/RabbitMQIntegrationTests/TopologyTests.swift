@@ -1,6 +1,7 @@
 import Foundation
 import RabbitMQ
 import Testing
+import RabbitMQTestSupport
 
 @Suite("Topology against the broker")
 struct TopologyTests {
@@ -172,7 +173,7 @@ struct TopologyTests {
             // leader. rabbitmqctl's count of a quorum queue is a metric it refreshes periodically, and on a loaded
             // machine it stayed 0 for a minute, past the queue's 60 s TTL. The wait is a hang guard.
             var counts: [String: Int] = [:]
-            _ = try await TestBroker.eventually {
+            _ = try await eventually {
                 for queue in names.queues { counts[queue] = try await readyCount(client, queue) }
                 return expected.allSatisfy { counts[$0.key] == $0.value }
             }
@@ -199,7 +200,7 @@ struct TopologyTests {
             #expect(error?.replyCode == 403)
             // Through the exchange-to-exchange binding the message arrives.
             try await client.publish(Data("routed".utf8), to: names.topic, routingKey: "audit.x")
-            #expect(try await TestBroker.eventually { try await TestBroker.messageCount(names.auditQueue) == 1 })
+            #expect(try await eventually { try await TestBroker.messageCount(names.auditQueue) == 1 })
         }
     }
 
@@ -228,7 +229,7 @@ struct TopologyTests {
             #expect(try await TestBroker.messageCount(names.classic) == 3)
 
             let consumer = try await client.consume(names.directQueue, prefetch: 1)
-            #expect(try await TestBroker.eventually { try await TestBroker.queueStats(names.directQueue)?.consumers == 1 })
+            #expect(try await eventually { try await TestBroker.queueStats(names.directQueue)?.consumers == 1 })
             let inUse = await #expect(throws: RabbitMQError.self) {
                 try await client.deleteQueue(names.directQueue, ifUnused: true)
             }
@@ -258,7 +259,7 @@ struct TopologyTests {
         #expect(try await client.queueInfo(info.name).messageCount == 1)
         #expect(try await TestBroker.messageCount(info.name) == 1)
         await client.close()
-        #expect(try await TestBroker.eventually {
+        #expect(try await eventually {
             let first = try await TestBroker.queueStats(info.name)
             let other = try await TestBroker.queueStats(second.name)
             return first == nil && other == nil

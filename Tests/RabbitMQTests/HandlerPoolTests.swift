@@ -35,16 +35,6 @@ private final class Journal: Sendable {
     var all: [String] { entries.withLock { $0 } }
 }
 
-/// Waits until `condition` holds, checking every 10 ms, at most 10 s (a hang guard).
-private func eventually(_ condition: () -> Bool) async throws -> Bool {
-    let deadline = ContinuousClock.now + .seconds(10)
-    while ContinuousClock.now < deadline {
-        if condition() { return true }
-        try await Task.sleep(for: .milliseconds(10))
-    }
-    return condition()
-}
-
 /// A pool on `clock` with its watch running; cancel `watch` to end it.
 private func startPool(limit: Int, timeout: Duration, clock: MockClock = MockClock())
     -> (HandlerPool<MockClock>, watch: Task<Void, Never>)

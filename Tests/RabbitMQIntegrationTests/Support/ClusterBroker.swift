@@ -1,5 +1,6 @@
 import Foundation
 import RabbitMQ
+import RabbitMQTestSupport
 
 /// The three-node cluster started by `make test` (`scripts/cluster.sh`), for failover tests.
 ///
@@ -99,7 +100,7 @@ struct ClusterBroker: Sendable {
                 print("ClusterBroker: cannot restart \(node): \(error)")
             }
         }
-        return (try? await TestBroker.eventually(timeout: timeout, every: .milliseconds(500)) {
+        return (try? await eventually(timeout: timeout, every: .milliseconds(500)) {
             for node in nodes {
                 guard await runningNodeCount(seenFrom: node) == nodes.count else { return false }
             }

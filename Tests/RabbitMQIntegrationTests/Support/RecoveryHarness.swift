@@ -339,7 +339,7 @@ enum RecoveryHarness {
         let log = DeliveryLog()
         let consumer = try await client.consume(queue, prefetch: 500)
         let task = Task { await consume(consumer, into: log) }
-        _ = try await TestBroker.eventually(timeout: .seconds(60)) { log.total >= count }
+        _ = try await eventually(timeout: .seconds(60)) { log.total >= count }
         await consumer.cancel()
         await task.value
         return log
