@@ -126,7 +126,7 @@ struct Consume: AsyncParsableCommand {
                                     calls: tracker.count, memory: memory.value, recovery: recovery.figures)
         try writeJSON(result, to: self.result)
         say("consumer done: outcomes \(outcomes)")
-        _ = signals
+        withExtendedLifetime(signals) {}
         // The result is written; a close that hangs must not keep the process (the coordinator would kill it).
         Task {
             try? await Task.sleep(for: .seconds(15))

@@ -164,7 +164,7 @@ struct Run: AsyncParsableCommand {
         say("\n" + report)
         try Report.append(report, to: output)
         say("==> appended to \(output)")
-        _ = signals
+        withExtendedLifetime(signals) {}
         if !outcome.passed { throw ExitCode(1) }
     }
 

@@ -77,7 +77,7 @@ struct Produce: AsyncParsableCommand {
                                     interrupted: state.wasStopped)
         try writeJSON(result, to: self.result)
         say("producer done: \(result.confirmed.reduce(0) { $0 + Int($1) }) confirmed, \(result.gaveUp.count) given up")
-        _ = signals
+        withExtendedLifetime(signals) {}
         // The result is written; a close that hangs must not keep the process (the coordinator would kill it).
         Task {
             try? await Task.sleep(for: .seconds(15))

@@ -182,16 +182,12 @@ func readJSON<T: Decodable>(_ type: T.Type, from path: String) throws -> T {
     try JSONDecoder().decode(type, from: Data(contentsOf: URL(fileURLWithPath: path)))
 }
 
-/// Runs `body` when the process gets SIGTERM or SIGINT (on a dispatch queue, not in the signal handler).
+/// Runs `body` when the process gets SIGTERM or SIGINT (on a dispatch queue, not in the signal handler), for as long
+/// as the returned sources live. Keep them with `withExtendedLifetime`: `_ = sources` is no use, and in a release
+/// build they were freed right after this call, so the process no longer heard SIGTERM.
 func onTermination(_ body: @escaping @Sendable () -> Void) -> [any DispatchSourceSignal] {
     [SIGTERM, SIGINT].map { signalNumber in
-        #if canImport(Darwin)
-        // kqueue sees a signal that is ignored. On Linux, Dispatch reads signals through a signalfd, and the kernel
-        // discards an ignored signal before it gets there (the main thread, parked by the async main in
-        // Dispatch's signal thread, blocks none): SIG_IGN there made the process deaf to SIGTERM. UnixSignals
-        // (swift-service-lifecycle) does the same.
         signal(signalNumber, SIG_IGN)
-        #endif
         let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
         source.setEventHandler(handler: body)
         source.resume()
