@@ -197,6 +197,24 @@ struct RetryTopologyTests {
         #expect(transient.topology.queues.allSatisfy { !$0.durable })
     }
 
+    /// The broker dead-letters an expired retry back to the work queue; a quorum tier does so at least once, so
+    /// that a retry is not dropped while the work queue fails over (seen in the chaos soak).
+    @Test func quorumTiersDeadLetterAtLeastOnce() throws {
+        let quorum = RetryTopology(workQueue: Queue("q", arguments: QueueArguments(type: .quorum)),
+                                   policy: RetryPolicy(maxAttempts: 3))
+        let tiers = quorum.topology.queues.filter { $0.name.contains(".retry.") }
+        #expect(tiers.count == 2)
+        for tier in tiers {
+            #expect(tier.declareArguments["x-dead-letter-strategy"] == .string("at-least-once"))
+            #expect(tier.declareArguments["x-overflow"] == .string("reject-publish"))
+        }
+        // The work queue and the parking lot are the application's to configure.
+        #expect(quorum.workQueue.arguments.deadLetterStrategy == nil)
+        #expect(quorum.topology.queues.last?.arguments.deadLetterStrategy == nil)
+        // Classic queues dead-letter at most once, whatever they are told.
+        #expect(retry.topology.queues.allSatisfy { $0.arguments.deadLetterStrategy == nil && $0.arguments.overflow == nil })
+    }
+
     @Test func noRetriesMeansNoTiers() {
         let once = RetryTopology(workQueue: Queue("once"), policy: RetryPolicy(maxAttempts: 1))
         #expect(once.topology.queues.map(\.name) == ["once", "once.dlq"])

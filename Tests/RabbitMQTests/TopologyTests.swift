@@ -103,6 +103,7 @@ struct QueueArgumentsTests {
         overflow: .rejectPublish,
         deadLetterExchange: "orders.dead",
         deadLetterRoutingKey: "dead.orders",
+        deadLetterStrategy: .atLeastOnce,
         singleActiveConsumer: true,
         deliveryLimit: 5,
         maxPriority: 9
@@ -129,6 +130,7 @@ struct QueueArgumentsTests {
             .init(key: "x-overflow", value: .string("reject-publish")),
             .init(key: "x-dead-letter-exchange", value: .string("orders.dead")),
             .init(key: "x-dead-letter-routing-key", value: .string("dead.orders")),
+            .init(key: "x-dead-letter-strategy", value: .string("at-least-once")),
             .init(key: "x-single-active-consumer", value: .bool(true)),
             .init(key: "x-delivery-limit", value: .int64(5)),
             .init(key: "x-max-priority", value: .int64(9)),
@@ -144,6 +146,7 @@ struct QueueArgumentsTests {
             [OverflowBehavior.dropHead, .rejectPublish, .rejectPublishDeadLetter].map(\.rawValue)
                 == ["drop-head", "reject-publish", "reject-publish-dlx"]
         )
+        #expect([DeadLetterStrategy.atMostOnce, .atLeastOnce].map(\.rawValue) == ["at-most-once", "at-least-once"])
         #expect(QueueArguments(type: .classic).table["x-queue-type"] == .string("classic"))
         #expect(QueueArguments(type: .stream).table["x-queue-type"] == .string("stream"))
         #expect(QueueArguments(overflow: .dropHead).table["x-overflow"] == .string("drop-head"))
@@ -178,7 +181,7 @@ struct QueueArgumentsTests {
         var arguments = Self.full
         arguments.extra = ["x-max-age": "7D", "x-queue-leader-locator": "balanced"]
         let table = arguments.table
-        #expect(table.count == 13)
+        #expect(table.count == 14)
         let parsed = QueueArguments(table: table)
         #expect(parsed == arguments)
         #expect(parsed.table == table)

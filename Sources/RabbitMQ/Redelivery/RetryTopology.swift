@@ -25,7 +25,9 @@ public struct RetryTopology: Sendable, Hashable {
     /// The retry policy the tiers are made for.
     public let policy: RetryPolicy
 
-    /// Creates the retry topology of `workQueue`. Tier queues get the work queue's type and durability.
+    /// Creates the retry topology of `workQueue`. Tier queues get the work queue's type and durability; quorum
+    /// tiers dead-letter at least once (``DeadLetterStrategy/atLeastOnce``), so that no retried message is lost
+    /// while the work queue fails over. (Classic tiers can only dead-letter at most once.)
     public init(workQueue: Queue, policy: RetryPolicy) {
         var queue = workQueue
         if queue.arguments.deadLetterExchange == nil {
@@ -57,6 +59,12 @@ public struct RetryTopology: Sendable, Hashable {
             arguments.messageTTL = delay
             arguments.deadLetterExchange = ""
             arguments.deadLetterRoutingKey = workQueue.name
+            if arguments.type == .quorum {
+                // The broker dead-letters an expired message back to the work queue itself; at most once (the
+                // default) drops it when the work queue is failing over at that moment.
+                arguments.deadLetterStrategy = .atLeastOnce
+                arguments.overflow = .rejectPublish
+            }
             topology.add(Queue(tierName(for: delay), durable: workQueue.durable, arguments: arguments))
         }
         var parkingLot = QueueArguments()

@@ -35,6 +35,10 @@ public struct QueueArguments: Sendable, Hashable {
     /// The routing key dead-lettered messages are published with (`x-dead-letter-routing-key`); requires
     /// ``deadLetterExchange``. Default `nil`: the message's own routing key.
     public var deadLetterRoutingKey: String?
+    /// How a quorum queue dead-letters (`x-dead-letter-strategy`): ``DeadLetterStrategy/atLeastOnce`` keeps each
+    /// message until its target queues confirm it, and needs ``overflow`` ``OverflowBehavior/rejectPublish``.
+    /// Default `nil`: at most once (a message whose target is unavailable, say failing over, is dropped).
+    public var deadLetterStrategy: DeadLetterStrategy?
     /// Whether only one consumer at a time receives messages, the others waiting as standbys
     /// (`x-single-active-consumer`, sent only when `true`). Default `false`.
     public var singleActiveConsumer: Bool
@@ -59,6 +63,7 @@ public struct QueueArguments: Sendable, Hashable {
         overflow: OverflowBehavior? = nil,
         deadLetterExchange: String? = nil,
         deadLetterRoutingKey: String? = nil,
+        deadLetterStrategy: DeadLetterStrategy? = nil,
         singleActiveConsumer: Bool = false,
         deliveryLimit: Int? = nil,
         maxPriority: UInt8? = nil,
@@ -72,6 +77,7 @@ public struct QueueArguments: Sendable, Hashable {
         self.overflow = overflow
         self.deadLetterExchange = deadLetterExchange
         self.deadLetterRoutingKey = deadLetterRoutingKey
+        self.deadLetterStrategy = deadLetterStrategy
         self.singleActiveConsumer = singleActiveConsumer
         self.deliveryLimit = deliveryLimit
         self.maxPriority = maxPriority
@@ -178,6 +184,7 @@ public struct QueueArguments: Sendable, Hashable {
         static let overflow = "x-overflow"
         static let deadLetterExchange = "x-dead-letter-exchange"
         static let deadLetterRoutingKey = "x-dead-letter-routing-key"
+        static let deadLetterStrategy = "x-dead-letter-strategy"
         static let singleActiveConsumer = "x-single-active-consumer"
         static let deliveryLimit = "x-delivery-limit"
         static let maxPriority = "x-max-priority"
@@ -194,6 +201,7 @@ public struct QueueArguments: Sendable, Hashable {
         if let overflow { table[Key.overflow] = .string(overflow.rawValue) }
         if let deadLetterExchange { table[Key.deadLetterExchange] = .string(deadLetterExchange) }
         if let deadLetterRoutingKey { table[Key.deadLetterRoutingKey] = .string(deadLetterRoutingKey) }
+        if let deadLetterStrategy { table[Key.deadLetterStrategy] = .string(deadLetterStrategy.rawValue) }
         if singleActiveConsumer { table[Key.singleActiveConsumer] = .bool(true) }
         if let deliveryLimit { table[Key.deliveryLimit] = .int64(Int64(deliveryLimit)) }
         if let maxPriority { table[Key.maxPriority] = .int64(Int64(maxPriority)) }
@@ -227,6 +235,9 @@ public struct QueueArguments: Sendable, Hashable {
         case Key.deadLetterRoutingKey:
             guard let string = value.stringValue else { return false }
             deadLetterRoutingKey = string
+        case Key.deadLetterStrategy:
+            guard let string = value.stringValue else { return false }
+            deadLetterStrategy = DeadLetterStrategy(rawValue: string)
         case Key.singleActiveConsumer:
             guard case .bool(let flag) = value else { return false }
             singleActiveConsumer = flag
@@ -312,4 +323,23 @@ public struct OverflowBehavior: RawRepresentable, Sendable, Hashable, CustomStri
     public static let rejectPublish = OverflowBehavior(rawValue: "reject-publish")
     /// Refuses new messages and dead-letters them (classic queues only): `reject-publish-dlx`.
     public static let rejectPublishDeadLetter = OverflowBehavior(rawValue: "reject-publish-dlx")
+}
+
+/// How a quorum queue dead-letters its messages (`x-dead-letter-strategy`).
+public struct DeadLetterStrategy: RawRepresentable, Sendable, Hashable, CustomStringConvertible {
+    /// The strategy's name as the broker knows it, such as `at-least-once`.
+    public var rawValue: String
+
+    /// Creates a strategy from its name.
+    public init(rawValue: String) { self.rawValue = rawValue }
+
+    public var description: String { rawValue }
+
+    /// Publishes a dead-lettered message without waiting for its target queues: `at-most-once`, the default (and
+    /// the only way of classic queues). A message whose target is missing or unavailable is lost.
+    public static let atMostOnce = DeadLetterStrategy(rawValue: "at-most-once")
+    /// Keeps a dead-lettered message in the source queue until every target queue has confirmed it, and tries
+    /// again while one is missing or unavailable: `at-least-once` (quorum queues, RabbitMQ 3.10 and later, with
+    /// ``OverflowBehavior/rejectPublish``; otherwise the broker falls back to at most once).
+    public static let atLeastOnce = DeadLetterStrategy(rawValue: "at-least-once")
 }
