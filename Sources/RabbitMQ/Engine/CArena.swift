@@ -1,4 +1,4 @@
-import CRabbitMQ
+internal import CRabbitMQ
 
 /// Scratch memory for the C structures of one librabbitmq call (strings, tables, properties).
 ///

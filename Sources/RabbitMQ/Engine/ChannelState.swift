@@ -1,5 +1,5 @@
 import Foundation
-import CRabbitMQ
+internal import CRabbitMQ
 import DequeModule
 
 /// Everything the I/O thread knows about one open channel. Confined to that thread.

@@ -1,4 +1,4 @@
-import CRabbitMQ
+internal import CRabbitMQ
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)

@@ -1,5 +1,5 @@
 import Foundation
-import CRabbitMQ
+internal import CRabbitMQ
 import Logging
 import DequeModule
 

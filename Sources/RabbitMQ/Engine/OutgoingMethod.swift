@@ -1,4 +1,4 @@
-import CRabbitMQ
+internal import CRabbitMQ
 
 /// A method the client sends, in Swift values; the I/O thread turns it into librabbitmq's struct.
 enum OutgoingMethod: Sendable {
