@@ -80,6 +80,8 @@ struct ClusterFailoverTests {
         if underWay {
             do { try await disrupt() } catch { disruptError = error }
         }
+        // Publishing goes on after the disruption, also if the loops reached their first maxCount meanwhile.
+        publishers.resume()
         let confirmedAtDisruption = ledger.confirmedCount
         var resumed = false
         if underWay, disruptError == nil {

@@ -17,7 +17,9 @@ struct FlowControlTests {
             var configuration = try broker.configuration
             let connectionName = TestBroker.uniqueName("flow.wait")
             configuration.connectionName = connectionName
-            configuration.confirmTimeout = .seconds(60)
+            // A hang guard: the publishes wait through four rabbitmqctl runs, each of which took up to 216 s on a
+            // two-core machine with both cores busy elsewhere.
+            configuration.confirmTimeout = .seconds(600)
             let client = RabbitMQClient(configuration: configuration, logger: TestBroker.logger)
             do {
                 try await client.connect()

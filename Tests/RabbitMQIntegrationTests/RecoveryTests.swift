@@ -79,7 +79,9 @@ struct RecoveryTests {
                     do { try await restart.perform(on: broker) } catch { restartError = error }
                 }
                 let restartEnded = ContinuousClock.now
-                // Keep publishing for a bit on the recovered connection.
+                // Keep publishing for a bit on the recovered connection (also if the loops reached their first
+                // maxCount while a slow rabbitmqctl was still restarting the node).
+                publishers.resume()
                 let confirmedAtRestart = ledger.confirmedCount
                 let resumed = try await eventually(timeout: .seconds(60)) {
                     ledger.confirmedCount >= confirmedAtRestart + 300

@@ -84,17 +84,18 @@ final class PublishLedger: Sendable {
     }
 }
 
-/// Limits every publisher loop shares, and the signal that stops them.
+/// Limits every publisher loop shares, and the signals that hold, resume and stop them.
 final class PublishLimits: Sendable {
-    /// Publishes per task at most.
+    /// Publishes per task before ``resume()``, and as many again after it.
     let maxCount: Int
     /// When the loops stop at the latest.
     let deadline: ContinuousClock.Instant
     /// How long one publish (or one confirmation) may take before it counts as hung.
     let perPublish: Duration
     private let stopped = Atomic<Bool>(false)
+    private let resumed = Atomic<Bool>(false)
 
-    init(maxCount: Int = 20_000, duration: Duration = .seconds(150), perPublish: Duration = .seconds(45)) {
+    init(maxCount: Int = 20_000, duration: Duration = .seconds(300), perPublish: Duration = .seconds(45)) {
         self.maxCount = maxCount
         self.deadline = .now + duration
         self.perPublish = perPublish
@@ -103,7 +104,23 @@ final class PublishLimits: Sendable {
     /// Tells the loops to stop.
     func stop() { stopped.store(true, ordering: .releasing) }
 
+    /// Lets loops that reached ``maxCount`` go on, up to twice as many: a test that disturbs the broker calls it
+    /// once the broker is back, so that publishing goes on after a disturbance that took longer than the loops
+    /// needed for their first ``maxCount`` (`rabbitmqctl stop_app` can take minutes on a loaded machine).
+    func resume() { resumed.store(true, ordering: .releasing) }
+
     var shouldContinue: Bool { !stopped.load(ordering: .acquiring) && ContinuousClock.now < deadline }
+
+    /// Whether a loop may publish its message number `index` (from 0): waits at ``maxCount`` until ``resume()``;
+    /// `false` once stopped, past the deadline, or at twice ``maxCount``.
+    func mayPublish(_ index: Int) async -> Bool {
+        while shouldContinue {
+            if index < maxCount { return true }
+            if resumed.load(ordering: .acquiring) { return index < 2 * maxCount }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        return false
+    }
 }
 
 /// Publisher tasks running in the background until ``stop()``.
@@ -124,6 +141,11 @@ final class PublisherGroup: Sendable {
             await withTaskGroup(of: Void.self) { group in add(&group, limits) }
         }
         return PublisherGroup(limits: limits, task: task)
+    }
+
+    /// Lets loops that reached their first ``PublishLimits/maxCount`` publish as many again.
+    func resume() {
+        limits.resume()
     }
 
     /// Tells the loops to stop and waits for them (each settles what it has in flight, bounded).
@@ -273,7 +295,7 @@ enum RecoveryHarness {
     static func publishOneByOne(_ client: RabbitMQClient, routingKey: String, prefix: String,
                                 ledger: PublishLedger, limits: PublishLimits) async {
         var index = 0
-        while index < limits.maxCount, limits.shouldContinue {
+        while await limits.mayPublish(index) {
             let id = "\(prefix)-\(index)"
             index += 1
             let properties = properties(id: id)
@@ -296,7 +318,7 @@ enum RecoveryHarness {
             ledger.record(entry.id, outcome(await Bounded.run(limits.perPublish) { try await entry.confirmation.wait() }))
         }
         var index = 0
-        while index < limits.maxCount, limits.shouldContinue {
+        while await limits.mayPublish(index) {
             let id = "\(prefix)-\(index)"
             index += 1
             let properties = properties(id: id)
