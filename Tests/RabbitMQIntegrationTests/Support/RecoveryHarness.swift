@@ -88,14 +88,15 @@ final class PublishLedger: Sendable {
 final class PublishLimits: Sendable {
     /// Publishes per task before ``resume()``, and as many again after it.
     let maxCount: Int
-    /// When the loops stop at the latest.
+    /// When the loops stop at the latest: a hang guard, since tests stop them; long enough for a restart whose
+    /// `rabbitmqctl stop_app` and `start_app` took 205 s and 106 s on a loaded two-core machine.
     let deadline: ContinuousClock.Instant
     /// How long one publish (or one confirmation) may take before it counts as hung.
     let perPublish: Duration
     private let stopped = Atomic<Bool>(false)
     private let resumed = Atomic<Bool>(false)
 
-    init(maxCount: Int = 20_000, duration: Duration = .seconds(300), perPublish: Duration = .seconds(45)) {
+    init(maxCount: Int = 20_000, duration: Duration = .seconds(900), perPublish: Duration = .seconds(45)) {
         self.maxCount = maxCount
         self.deadline = .now + duration
         self.perPublish = perPublish
