@@ -146,21 +146,21 @@ struct FaultContainmentUnitTests {
 
     @Test("the exchange a 404 for a publish names")
     func missingExchangeInReplyText() {
-        #expect(IOLoop.missingExchange(named: "NOT_FOUND - no exchange 'orders.v2' in vhost '/'") == "orders.v2")
-        #expect(IOLoop.missingExchange(named: "NOT_FOUND - no exchange '' in vhost 'x'") == "")
-        #expect(IOLoop.missingExchange(named: "NOT_FOUND - no queue 'q' in vhost '/'") == nil)
+        #expect(ConnectionStateMachine.missingExchange(named: "NOT_FOUND - no exchange 'orders.v2' in vhost '/'") == "orders.v2")
+        #expect(ConnectionStateMachine.missingExchange(named: "NOT_FOUND - no exchange '' in vhost 'x'") == "")
+        #expect(ConnectionStateMachine.missingExchange(named: "NOT_FOUND - no queue 'q' in vhost '/'") == nil)
     }
 
     @Test("the method a close names, as a number and an AMQP name")
     func methodNamedByAClose() {
-        let declare = IOLoop.methodNumber(classID: 40, methodID: 10)
-        #expect(declare.number == AMQP_EXCHANGE_DECLARE_METHOD)
-        #expect(declare.number == OutgoingMethod.exchangeDeclare(
+        let declare = IOLoop.failedMethod(classID: 40, methodID: 10)
+        #expect(declare?.number == AMQP_EXCHANGE_DECLARE_METHOD)
+        #expect(declare?.number == OutgoingMethod.exchangeDeclare(
             name: "x", type: "direct", passive: false, durable: true, autoDelete: false, internal: false,
             arguments: [:]).number)
-        #expect(declare.name == "exchange.declare")
-        #expect(IOLoop.methodNumber(classID: 60, methodID: 40).name == "basic.publish")
-        #expect(IOLoop.methodNumber(classID: 20, methodID: 41).name == "channel.close-ok")
-        #expect(IOLoop.methodNumber(classID: 0, methodID: 0).number == nil)
+        #expect(declare?.name == "exchange.declare")
+        #expect(IOLoop.failedMethod(classID: 60, methodID: 40)?.name == "basic.publish")
+        #expect(IOLoop.failedMethod(classID: 20, methodID: 41)?.name == "channel.close-ok")
+        #expect(IOLoop.failedMethod(classID: 0, methodID: 0) == nil)
     }
 }

@@ -1,9 +1,9 @@
 import Foundation
-internal import CRabbitMQ
 import DequeModule
 
-/// Everything the I/O thread knows about one open channel. Confined to that thread.
-final class ChannelState {
+/// The protocol bookkeeping of one open channel: a value inside ``ConnectionStateMachine``, which mutates it in
+/// place (never copy it out to change it: its queues would be copied).
+struct ChannelState {
     let link: ChannelLink
     var number: UInt16 { link.number }
     /// Requests sent and waiting for their reply, in order (the broker answers in order).
@@ -18,6 +18,8 @@ final class ChannelState {
     var pendingReturns: [ReturnedMessage] = []
     /// Window slots freed in this pass, released in one call at its end.
     var slotsToRelease = 0
+    /// Whether the channel is in the machine's list of channels with slots to release.
+    var isReleaseListed = false
     var consumers: [String: ConsumerState] = [:]
     var acks = AckCoalescer()
     var hasPendingAcks = false
@@ -34,6 +36,11 @@ final class ChannelState {
 
     init(link: ChannelLink) {
         self.link = link
+    }
+
+    /// Whether the channel is open and still the incarnation `link` refers to.
+    func isOpen(as link: ChannelLink) -> Bool {
+        self.link === link && !isClosing && !isCloseRequested
     }
 
     /// Whether the broker may still send deliveries without waiting for acks: no prefetch is set, or at most
@@ -75,6 +82,13 @@ struct PendingRequest {
     }
 }
 
+extension PendingRequest {
+    init(_ request: Request) {
+        self.init(id: request.id, method: request.method, deadline: request.deadline,
+                  completion: .reply(request.continuation))
+    }
+}
+
 /// A publish sent in confirm mode, waiting for basic.ack or basic.nack.
 struct UnconfirmedPublish {
     let sequence: UInt64
@@ -95,7 +109,7 @@ final class MandatoryPublish {
     }
 }
 
-/// A consumer's deliveries read in the current pass, not yet handed to its buffer.
+/// A consumer's deliveries read in the current pass, not yet handed to its buffer. Confined to the I/O thread.
 final class ConsumerState {
     let buffer: DeliveryBuffer
     var batch: Deque<Delivery> = []
@@ -134,5 +148,19 @@ struct ReturnedMessage {
     func matches(_ message: OutgoingMessage?) -> Bool {
         guard let message else { return false }
         return message.exchange == exchange && message.routingKey == routingKey && message.body == body
+    }
+}
+
+extension Deque where Element == UnconfirmedPublish {
+    /// The index of the publish numbered `sequence` (the deque is in sequence order).
+    func binarySearch(sequence: UInt64) -> Int? {
+        var low = 0
+        var high = count - 1
+        while low <= high {
+            let middle = (low + high) / 2
+            if self[middle].sequence == sequence { return middle }
+            if self[middle].sequence < sequence { low = middle + 1 } else { high = middle - 1 }
+        }
+        return nil
     }
 }

@@ -3,8 +3,8 @@
 /// thread went to sleep showed in profiles.
 struct ChannelTable {
     private var byNumber: [ChannelState?]
-    /// Every channel in the table.
-    private(set) var all: [ChannelState] = []
+    /// The numbers of every channel in the table.
+    private(set) var numbers: [UInt16] = []
 
     init(channelMax: Int) {
         byNumber = Array(repeating: nil, count: max(channelMax, 1) + 1)
@@ -13,17 +13,26 @@ struct ChannelTable {
     /// The highest channel number.
     var highestNumber: Int { byNumber.count - 1 }
 
-    subscript(number: Int) -> ChannelState? { byNumber[number] }
+    /// The channel numbered `number`, changed in place through `_modify` (a get and a set would copy its queues).
+    subscript(number: UInt16) -> ChannelState? {
+        get { Int(number) < byNumber.count ? byNumber[Int(number)] : nil }
+        _modify { yield &byNumber[Int(number)] }
+    }
+
+    /// Whether a channel has the number.
+    func contains(_ number: UInt16) -> Bool {
+        Int(number) < byNumber.count && byNumber[Int(number)] != nil
+    }
 
     mutating func insert(_ channel: ChannelState) {
         byNumber[Int(channel.number)] = channel
-        all.append(channel)
+        numbers.append(channel.number)
     }
 
-    /// Removes `channel`, unless its number already belongs to another.
-    mutating func remove(_ channel: ChannelState) {
-        guard byNumber[Int(channel.number)] === channel else { return }
-        byNumber[Int(channel.number)] = nil
-        all.removeAll { $0 === channel }
+    /// Removes the channel numbered `number` if it is the incarnation `link` refers to.
+    mutating func remove(_ number: UInt16, link: ChannelLink) {
+        guard byNumber[Int(number)]?.link === link else { return }
+        byNumber[Int(number)] = nil
+        numbers.removeAll { $0 == number }
     }
 }

@@ -68,6 +68,10 @@ struct OutgoingMessage: Sendable {
     var mandatory: Bool
     var properties: MessageProperties
     var body: Data
+
+    /// The header in which a mandatory publish on a channel with confirms carries its sequence number, so that a
+    /// basic.return (which names no publish) can be matched to it.
+    static let publishSequenceHeader = "x-publish-sequence"
 }
 
 /// How the application settles a delivery.

@@ -1,29 +1,16 @@
-internal import CRabbitMQ
 import Foundation
+internal import CRabbitMQ
 
 extension IOLoop {
-    /// Publishes now, or holds the message back while the broker blocks the connection.
-    func publish(_ publish: OutgoingPublish) {
-        guard let channel = openState(of: publish.link) else {
-            publish.ticket.complete(.failure(publish.link.inFlightError))
-            return
-        }
-        if isBlocked || !held.isEmpty {
-            held.append(publish)
-            return
-        }
-        write(publish, on: channel)
-    }
-
-    /// Sends a publish and records it as unconfirmed (or to complete once written, without confirms).
-    func write(_ publish: OutgoingPublish, on channel: ChannelState) {
+    /// Writes a publish the machine decided to send on `channel`, then tells the machine how it went.
+    /// - Parameter sequence: its number when the channel has confirms: a mandatory publish carries it in a header.
+    func write(_ publish: OutgoingPublish, channel: UInt16, sequence: UInt64?) {
         let message = publish.message
-        let ticket = publish.ticket
         var properties: amqp_basic_properties_t
-        if message.mandatory, channel.confirmMode {
+        if message.mandatory, let sequence {
             // A basic.return names no publish: the sequence number in a header says which one came back.
             var stamped = message.properties
-            stamped.headers[Channel.publishSequenceHeader] = .int64(Int64(channel.nextPublishSequence))
+            stamped.headers[OutgoingMessage.publishSequenceHeader] = .int64(Int64(sequence))
             properties = arena.basicProperties(stamped)
         } else {
             properties = arena.basicProperties(message.properties)
@@ -31,25 +18,16 @@ extension IOLoop {
         defer { arena.reset() }
         switch send(message, properties: &properties, on: channel) {
         case .sent:
-            break
+            machine.published(publish, on: channel)
         case .propertiesTooLarge:
-            ticket.complete(.failure(RabbitMQError(
+            machine.publishRefused(publish, on: channel, RabbitMQError(
                 .messageTooLarge, "the message's properties and headers take more than a frame "
-                    + "(frame_max \(negotiated.frameMax) bytes)", operation: "basic.publish")))
-            releaseSlot(channel)
+                    + "(frame_max \(negotiated.frameMax) bytes)", operation: "basic.publish"))
             return
         case .failed(let error):
-            ticket.complete(.failure(error))
+            publish.ticket.complete(.failure(error))
             fail(error)
             return
-        }
-        if channel.confirmMode {
-            channel.unconfirmed.append(UnconfirmedPublish(
-                sequence: channel.nextPublishSequence, ticket: ticket,
-                mandatory: message.mandatory ? MandatoryPublish(message) : nil))
-            channel.nextPublishSequence += 1
-        } else {
-            awaitingWrite.append((channel, ticket))
         }
         if writer?.shouldFlush == true { flushWrites() }
     }
@@ -64,11 +42,11 @@ extension IOLoop {
 
     /// Hands the frames of a publish to the frame writer, or to librabbitmq over TLS.
     private func send(_ message: OutgoingMessage, properties: inout amqp_basic_properties_t,
-                      on channel: ChannelState) -> SendOutcome {
+                      on channel: UInt16) -> SendOutcome {
         if let writer {
             let outcome = message.body.withUnsafeBytes { body in
                 Result { () throws(RabbitMQError) in
-                    try writer.publish(channel: channel.number, exchange: message.exchange,
+                    try writer.publish(channel: channel, exchange: message.exchange,
                                        routingKey: message.routingKey, mandatory: message.mandatory,
                                        properties: &properties, body: body, timeout: writeTimeout)
                 }
@@ -82,7 +60,7 @@ extension IOLoop {
         // librabbitmq would fail the whole connection on properties larger than a frame: check first.
         guard propertiesFitInAFrame(&properties) else { return .propertiesTooLarge }
         let status = message.body.withUnsafeBytes { body in
-            amqp_basic_publish(connection, channel.number, arena.bytes(message.exchange),
+            amqp_basic_publish(connection, channel, arena.bytes(message.exchange),
                                arena.bytes(message.routingKey), message.mandatory ? 1 : 0, 0, &properties,
                                amqp_bytes_t(len: body.count, bytes: UnsafeMutableRawPointer(mutating: body.baseAddress)))
         }
@@ -112,11 +90,7 @@ extension IOLoop {
                 return false
             }
         }
-        for entry in awaitingWrite {
-            entry.ticket.complete(.success(()))
-            releaseSlot(entry.channel)
-        }
-        awaitingWrite.removeAll(keepingCapacity: true)
+        machine.writesFlushed()
         return true
     }
 }

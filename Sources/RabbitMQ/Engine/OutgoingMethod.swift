@@ -84,6 +84,11 @@ enum OutgoingMethod: Sendable {
         }
     }
 
+    /// basic.publish's number, as a channel.close names it when a publish failed.
+    static let basicPublishNumber: UInt32 = AMQP_BASIC_PUBLISH_METHOD
+    /// basic.cancel-ok's number.
+    static let basicCancelOkNumber: UInt32 = AMQP_BASIC_CANCEL_OK_METHOD
+
     /// The replies that answer this method, or empty when it has none.
     var replies: [amqp_method_number_t] {
         switch self {

@@ -7,7 +7,7 @@ extension Channel {
 
     /// Header carried by mandatory messages published in confirm mode: the publish's sequence number on its
     /// channel, which tells the library which publish a returned (unroutable) message was. Consumers see it too.
-    public static let publishSequenceHeader = "x-publish-sequence"
+    public static let publishSequenceHeader = OutgoingMessage.publishSequenceHeader
 
     /// Turns on publisher confirms: from now on every publish on this channel is confirmed by the broker.
     /// - Parameter window: the most unconfirmed publishes in flight; further publishes wait for room. Default:

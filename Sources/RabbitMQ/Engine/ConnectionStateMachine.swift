@@ -1,0 +1,460 @@
+import DequeModule
+import Logging
+
+/// The protocol bookkeeping of one connection, as a value: channel numbers, requests waiting for replies and
+/// their deadlines, publishes waiting for confirms and returns, consumers, flow control and the closing
+/// handshakes.
+///
+/// It takes events (a command from a task, a method or content frame from the broker, a tick of the clock) and
+/// answers with ``EngineAction``s, appended to ``actions``, which ``IOLoop`` performs: the machine neither
+/// touches the socket nor calls librabbitmq, so it is tested as a value. Publishes and settlements are the hot
+/// paths: a publish's decision is a small enum (``PublishDecision``), and the buffer of actions keeps its
+/// capacity between passes.
+struct ConnectionStateMachine {
+    /// Publishes numbered and unconfirmed on a channel, nacked in a row, after which the channel
+    /// ``ChannelLink/keepsNacking`` (a confirm nacking several publishes counts once).
+    static let nackRunBeforeRecycling = 10
+
+    let requestTimeout: Duration
+    let logger: Logger
+    /// What to do, in order; the loop takes them with ``takeActions(into:)``.
+    var actions: [EngineAction] = []
+    var channels: ChannelTable
+    private var nextChannelHint = 1
+    private(set) var isBlocked = false
+    /// Publishes held back while the broker blocks the connection, in order.
+    private(set) var held: Deque<OutgoingPublish> = []
+    /// Publishes on channels without confirms, completed once the writes of the pass are done.
+    private var awaitingWrite: [(channel: UInt16, link: ChannelLink, ticket: PublishTicket)] = []
+    private var touchedConsumers: [ConsumerState] = []
+    /// Channels with window slots to release at the end of the pass.
+    private var releaseList: [UInt16] = []
+    private var channelsWithAcks: [(number: UInt16, link: ChannelLink)] = []
+    private var closeWaiters: [CheckedContinuation<Void, Never>] = []
+    /// Set by the client's connection.close: the connection is torn down if no close-ok comes by then.
+    private(set) var closeDeadline: ContinuousClock.Instant?
+    /// Set when the connection has ended; the loop then exits.
+    private(set) var finalError: RabbitMQError?
+    /// Deliveries went to consumers since ``didSleep()``: their acks are on the way.
+    private(set) var handedOverDeliveries = false
+
+    init(channelMax: Int, requestTimeout: Duration, logger: Logger) {
+        self.requestTimeout = requestTimeout
+        self.logger = logger
+        channels = ChannelTable(channelMax: channelMax)
+    }
+
+    /// Moves the pending actions into `buffer` (which the caller keeps empty between calls), keeping both
+    /// buffers' capacity.
+    mutating func takeActions(into buffer: inout [EngineAction]) {
+        swap(&actions, &buffer)
+    }
+
+    /// The channel's number if it is open and still the incarnation `link` refers to.
+    func openChannel(of link: ChannelLink) -> UInt16? {
+        guard let channel = channels[link.number], channel.isOpen(as: link) else { return nil }
+        return link.number
+    }
+
+    // MARK: Commands
+
+    /// Opens a channel: allocates the lowest free number after the last one given (numbers are reused
+    /// round-robin, so that a late frame for a closed channel is unlikely to hit its successor).
+    mutating func openChannel(window: Int, _ continuation: CheckedContinuation<ChannelLink, any Error>,
+                              now: ContinuousClock.Instant, makeLink: (UInt16, Int) -> ChannelLink) {
+        guard let number = freeChannelNumber() else {
+            continuation.resume(throwing: RabbitMQError(
+                .invalidArgument, "all \(channels.highestNumber) channels of the connection are in use",
+                operation: "channel.open"))
+            return
+        }
+        let link = makeLink(number, window)
+        if isBlocked { actions.append(.setBlocked(link.window, true)) }
+        var channel = ChannelState(link: link)
+        channel.pending.append(PendingRequest(id: 0, method: .channelOpen, deadline: now + requestTimeout,
+                                              completion: .channelOpened(continuation)))
+        channels.insert(channel)
+        actions.append(.send(.channelOpen, channel: number))
+    }
+
+    private mutating func freeChannelNumber() -> UInt16? {
+        let limit = channels.highestNumber
+        guard limit >= 1 else { return nil }
+        for offset in 0..<limit {
+            let number = (nextChannelHint - 1 + offset) % limit + 1
+            if !channels.contains(UInt16(number)) {
+                nextChannelHint = number % limit + 1
+                return UInt16(number)
+            }
+        }
+        return nil
+    }
+
+    /// Sends a request and waits for its reply (or completes it once written, when it has none).
+    mutating func request(_ request: Request) {
+        // The broker ignores a channel's frames after its channel.close: acks queued before must go first.
+        if case .channelClose = request.method { flushAcks() }
+        let pending = PendingRequest(request)
+        guard let number = openChannel(of: request.link) else {
+            actions.append(.fail(pending, request.link.inFlightError))
+            return
+        }
+        switch request.method {
+        case .confirmSelect: channels[number]!.confirmMode = true
+        case .channelClose: channels[number]!.isCloseRequested = true
+        case .basicQos(let count, _) where count > 0:
+            let limit = channels[number]!.prefetchLimit
+            channels[number]!.prefetchLimit = limit == 0 ? count : min(limit, count)
+        default: break
+        }
+        if request.method.replies.isEmpty {
+            actions.append(.send(request.method, channel: number, completing: (pending, request.link)))
+        } else {
+            channels[number]!.pending.append(pending)
+            actions.append(.send(request.method, channel: number))
+        }
+    }
+
+    /// Withdraws a request whose task gave up; its channel is closed, since the late reply could be taken for
+    /// the next request's.
+    mutating func abandonRequest(_ id: RequestID, _ error: any Error) {
+        for number in channels.numbers where !channels[number]!.isClosing {
+            guard let index = channels[number]!.pending.firstIndex(where: { $0.id == id }) else { continue }
+            let request = channels[number]!.pending.remove(at: index)
+            actions.append(.fail(request, error))
+            closeAfterFailure(number, RabbitMQError(
+                .clientClosed, "the channel was closed because a \(request.method.name) request was abandoned"))
+            return
+        }
+    }
+
+    /// Routes deliveries for `consumerTag` to `buffer` (registered before the basic.consume request).
+    mutating func registerConsumer(_ link: ChannelLink, consumerTag: String, _ buffer: DeliveryBuffer) {
+        let consumer = ConsumerState(buffer: buffer)
+        guard let number = openChannel(of: link) else {
+            actions.append(.finishConsumer(consumer, link.inFlightError))
+            return
+        }
+        channels[number]!.consumers[consumerTag] = consumer
+    }
+
+    /// The application settled a delivery: acks wait for ``flushAcks()`` to be merged, nacks and rejects go out.
+    mutating func settle(_ settlement: Settlement, on link: ChannelLink) {
+        guard let number = openChannel(of: link) else {
+            // The channel closed after the task queued this: the broker has requeued the delivery.
+            actions.append(.dropStaleSettlement(link, settlement))
+            return
+        }
+        var out: [EngineAction] = []
+        swap(&out, &actions)
+        let accepted = channels[number]!.acks.settle(settlement) { out.append(.sendSettlement($0, channel: number)) }
+        swap(&out, &actions)
+        if !accepted {
+            logger.warning("ignored a settlement for a delivery that is unknown or already settled",
+                           metadata: ["channel": "\(number)", "settlement": "\(settlement)"])
+        }
+        if case .ack = settlement, !channels[number]!.hasPendingAcks {
+            channels[number]!.hasPendingAcks = true
+            channelsWithAcks.append((number, link))
+        }
+    }
+
+    /// Sends the acks collected since the last flush, merged.
+    mutating func flushAcks() {
+        guard !channelsWithAcks.isEmpty else { return }
+        var out: [EngineAction] = []
+        swap(&out, &actions)
+        for (number, link) in channelsWithAcks where channels[number]?.link === link {
+            channels[number]!.hasPendingAcks = false
+            if channels[number]!.isOpen(as: link) {
+                channels[number]!.acks.flush { out.append(.sendSettlement($0, channel: number)) }
+            }
+        }
+        swap(&out, &actions)
+        channelsWithAcks.removeAll(keepingCapacity: true)
+    }
+
+    /// Starts the client's closing handshake (connection.close); `waiter` resumes once the connection ended.
+    mutating func closeConnection(_ waiter: CheckedContinuation<Void, Never>?, now: ContinuousClock.Instant) {
+        flushAcks()
+        if let waiter { closeWaiters.append(waiter) }
+        guard closeDeadline == nil else { return }
+        closeDeadline = now + min(requestTimeout, .seconds(5))
+        let error = RabbitMQError(.clientClosed, "the client closed the connection")
+        for publish in held { actions.append(.completePublish(publish.ticket, .failure(error))) }
+        held.removeAll()
+        actions.append(.send(.connectionClose(replyCode: 200, replyText: "client closed the connection"), channel: 0))
+    }
+
+    /// The waiters of ``closeConnection(_:now:)``, to resume once the loop has ended.
+    mutating func takeCloseWaiters() -> [CheckedContinuation<Void, Never>] {
+        defer { closeWaiters.removeAll() }
+        return closeWaiters
+    }
+
+    // MARK: Handing results over
+
+    /// Hands each consumer its deliveries of the pass and each publish window its freed slots, once.
+    mutating func flushBatches() {
+        if !touchedConsumers.isEmpty { handedOverDeliveries = true }
+        for consumer in touchedConsumers {
+            consumer.isTouched = false
+            actions.append(.pushDeliveries(consumer))
+        }
+        touchedConsumers.removeAll(keepingCapacity: true)
+        for number in releaseList where channels.contains(number) {
+            channels[number]!.isReleaseListed = false
+            let count = channels[number]!.slotsToRelease
+            guard count > 0 else { continue }
+            actions.append(.releaseSlots(channels[number]!.link.window, count))
+            channels[number]!.slotsToRelease = 0
+        }
+        releaseList.removeAll(keepingCapacity: true)
+    }
+
+    mutating func touch(_ consumer: ConsumerState) {
+        guard !consumer.isTouched else { return }
+        consumer.isTouched = true
+        touchedConsumers.append(consumer)
+    }
+
+    mutating func releaseSlot(on number: UInt16) {
+        channels[number]!.slotsToRelease += 1
+        guard !channels[number]!.isReleaseListed else { return }
+        channels[number]!.isReleaseListed = true
+        releaseList.append(number)
+    }
+
+    /// Whether acks may wait for the thread's next wake-up rather than wake it: deliveries were just handed over
+    /// (their acks are coming) and every channel's prefetch is at most half used.
+    var acksMayWait: Bool {
+        guard handedOverDeliveries else { return false }
+        var anyUnsettled = false
+        for number in channels.numbers {
+            guard let channel = channels[number] else { continue }
+            if !channel.brokerMaySendMore { return false }
+            if channel.acks.unsettledCount > 0 { anyUnsettled = true }
+        }
+        return anyUnsettled
+    }
+
+    /// The thread is about to sleep.
+    mutating func didSleep() {
+        handedOverDeliveries = false
+    }
+
+    // MARK: Publishing
+
+    /// Decides what to do with a publish: write it, hold it back while the connection is blocked, or fail it
+    /// (its channel is closed).
+    mutating func publish(_ publish: OutgoingPublish) -> PublishDecision {
+        guard let number = openChannel(of: publish.link) else {
+            actions.append(.completePublish(publish.ticket, .failure(publish.link.inFlightError)))
+            return .none
+        }
+        if isBlocked || !held.isEmpty {
+            held.append(publish)
+            return .none
+        }
+        return .write(channel: number, sequence: sequence(on: number))
+    }
+
+    private func sequence(on number: UInt16) -> UInt64? {
+        channels[number]!.confirmMode ? channels[number]!.nextPublishSequence : nil
+    }
+
+    /// The next held publish to write now that the connection is unblocked, with its channel and sequence number;
+    /// `nil` when none is left (or the connection is blocked again).
+    mutating func nextHeldPublish() -> (OutgoingPublish, PublishDecision)? {
+        while !isBlocked, finalError == nil, let next = held.popFirst() {
+            guard let number = openChannel(of: next.link) else {
+                actions.append(.completePublish(next.ticket, .failure(next.link.inFlightError)))
+                continue
+            }
+            // Timed out while held back: the publisher was told it failed, so it must not go out now.
+            guard !next.ticket.isCompleted else {
+                releaseSlot(on: number)
+                continue
+            }
+            return (next, .write(channel: number, sequence: sequence(on: number)))
+        }
+        return nil
+    }
+
+    /// A publish was written (or buffered for this pass's write): record it as unconfirmed, or to complete once
+    /// the pass's writes are done.
+    mutating func published(_ publish: OutgoingPublish, on number: UInt16) {
+        if channels[number]!.confirmMode {
+            let sequence = channels[number]!.nextPublishSequence
+            channels[number]!.unconfirmed.append(UnconfirmedPublish(
+                sequence: sequence, ticket: publish.ticket,
+                mandatory: publish.message.mandatory ? MandatoryPublish(publish.message) : nil))
+            channels[number]!.nextPublishSequence = sequence + 1
+        } else {
+            awaitingWrite.append((number, publish.link, publish.ticket))
+        }
+    }
+
+    /// A publish could not be written and nothing was sent (its properties do not fit in a frame).
+    mutating func publishRefused(_ publish: OutgoingPublish, on number: UInt16, _ error: RabbitMQError) {
+        actions.append(.completePublish(publish.ticket, .failure(error)))
+        releaseSlot(on: number)
+    }
+
+    /// The pass's writes are done: publishes without confirms are complete.
+    mutating func writesFlushed() {
+        guard !awaitingWrite.isEmpty else { return }
+        for (number, link, ticket) in awaitingWrite {
+            actions.append(.completePublish(ticket, .success(())))
+            if channels[number]?.link === link { releaseSlot(on: number) }
+        }
+        awaitingWrite.removeAll(keepingCapacity: true)
+    }
+
+    // MARK: Flow control
+
+    /// The broker blocked or unblocked publishing: hold publishes back, or send those held, in order.
+    mutating func setBlocked(_ blocked: Bool, reason: String) {
+        guard blocked != isBlocked else { return }
+        isBlocked = blocked
+        if blocked {
+            logger.warning("broker blocked the connection; publishes wait", metadata: ["reason": "\(reason)"])
+        } else {
+            logger.info("broker unblocked the connection")
+        }
+        for number in channels.numbers { actions.append(.setBlocked(channels[number]!.link.window, blocked)) }
+        actions.append(.report(blocked ? .blocked(reason) : .unblocked))
+        if !blocked, !held.isEmpty { actions.append(.writeHeldPublishes) }
+    }
+
+    // MARK: Deadlines
+
+    /// Fails what is overdue at `now`: the oldest request of a channel (whose channel then closes, since a
+    /// late reply could no longer be matched), unconfirmed and held publishes, and the closing handshake.
+    mutating func tick(now: ContinuousClock.Instant) {
+        if let closeDeadline, now >= closeDeadline {
+            finish(RabbitMQError(.clientClosed, "the client closed the connection (the broker did not confirm in time)"))
+            return
+        }
+        for number in channels.numbers {
+            guard channels.contains(number) else { continue }
+            if !channels[number]!.isClosing, let head = channels[number]!.pending.first, head.deadline <= now {
+                let error = RabbitMQError(.timeout, "the broker did not answer \(head.method.name) within "
+                                              + "\(requestTimeout)", operation: head.method.name)
+                actions.append(.fail(channels[number]!.pending.removeFirst(), error))
+                closeAfterFailure(number, error)
+            }
+            while let head = channels[number]!.unconfirmed.first, head.ticket.deadline <= now {
+                channels[number]!.unconfirmed.removeFirst()
+                let error = RabbitMQError(.timeout, "the broker did not confirm the publish in time",
+                                          operation: "publish confirm")
+                actions.append(.completePublish(head.ticket, .failure(error),
+                                                recordFailureOn: channels[number]!.link.window))
+                releaseSlot(on: number)
+            }
+        }
+        while let head = held.first, head.ticket.deadline <= now {
+            held.removeFirst()
+            let error = RabbitMQError(.timeout, "the broker blocked the connection and the publish timed out waiting",
+                                      operation: "publish")
+            actions.append(.completePublish(head.ticket, .failure(error)))
+            if let number = openChannel(of: head.link) {
+                actions.append(.recordPublishFailure(head.link.window, error))
+                releaseSlot(on: number)
+            }
+        }
+        flushBatches()
+    }
+
+    /// The earliest deadline, for the poll timeout.
+    func nextDeadline() -> ContinuousClock.Instant? {
+        var next = closeDeadline
+        func consider(_ deadline: ContinuousClock.Instant?) {
+            guard let deadline else { return }
+            next = next.map { min($0, deadline) } ?? deadline
+        }
+        for number in channels.numbers {
+            guard let channel = channels[number] else { continue }
+            consider(channel.pending.first?.deadline)
+            consider(channel.unconfirmed.first?.ticket.deadline)
+        }
+        consider(held.first?.ticket.deadline)
+        return next
+    }
+
+    // MARK: Closing and failing
+
+    /// The connection ended: the broker acknowledged our connection.close, closed it itself (because of `method`
+    /// when it names one), or it failed.
+    ///
+    /// The error is charged to the request that sent `method` (the oldest one on its channel; with several
+    /// channels sending the same method at that moment, each of them); every other operation fails with a
+    /// collateral error. The command queue refuses new commands before any waiter is resumed, so that a caller
+    /// told of the failure is never handed this connection again.
+    mutating func finish(_ error: RabbitMQError, causedBy method: UInt32? = nil) {
+        guard finalError == nil else { return }
+        finalError = error
+        var culprits: [PendingRequest] = []
+        if let method, !error.isRetryable {
+            for number in channels.numbers
+            where !channels[number]!.isClosing && channels[number]!.pending.first?.method.number == method {
+                culprits.append(channels[number]!.pending.removeFirst())
+            }
+        }
+        let others = culprits.isEmpty ? error : RabbitMQError.collateral(
+            error.code, "the broker closed the connection because another operation (\(culprits[0].method.name)) "
+                + "failed", cause: error)
+        actions.append(.terminateCommands(others))
+        // A recoverable channel's consumers outlive a lost connection: recovery re-registers their buffers.
+        let connectionLost = error.code != .clientClosed
+        for number in channels.numbers {
+            tearDown(number, others, keepConsumers: connectionLost && channels[number]!.link.isRecoverable)
+        }
+        for request in culprits { actions.append(.fail(request, error)) }
+        for publish in held { actions.append(.completePublish(publish.ticket, .failure(others))) }
+        held.removeAll()
+        for (_, _, ticket) in awaitingWrite { actions.append(.completePublish(ticket, .failure(others))) }
+        awaitingWrite.removeAll()
+        flushBatches()
+    }
+
+    /// The connection failed (socket error, missed heartbeats, protocol error).
+    mutating func fail(_ error: RabbitMQError, endpoint: String) {
+        guard finalError == nil else { return }
+        logger.error("connection to \(endpoint) failed", metadata: ["error": "\(error)"])
+        finish(error)
+    }
+
+    /// Fails everything waiting on the channel and frees its number (or keeps it while `channel.close` is out).
+    mutating func tearDown(_ number: UInt16, _ error: RabbitMQError, keepNumberUntilCloseOk: Bool = false,
+                           keepConsumers: Bool = false) {
+        let link = channels[number]!.link
+        actions.append(.markChannelClosed(link, error))
+        while let request = channels[number]!.pending.popFirst() { actions.append(.fail(request, error)) }
+        while let publish = channels[number]!.unconfirmed.popFirst() {
+            actions.append(.completePublish(publish.ticket, .failure(error)))
+        }
+        for consumer in channels[number]!.consumers.values {
+            // Deliveries not handed out yet can no longer be settled: drop them (the broker requeues them). A
+            // consumer kept for recovery then gets only the recovered channel's deliveries.
+            consumer.batch.removeAll()
+            actions.append(.abandonConsumer(consumer, of: link, error, finish: !keepConsumers))
+        }
+        channels[number]!.consumers.removeAll()
+        channels[number]!.incoming = nil
+        channels[number]!.slotsToRelease = 0
+        if keepNumberUntilCloseOk {
+            channels[number]!.isClosing = true
+        } else {
+            channels.remove(number, link: link)
+        }
+    }
+
+    /// Closes a channel whose state can no longer be trusted (a timed-out or abandoned request).
+    mutating func closeAfterFailure(_ number: UInt16, _ error: RabbitMQError) {
+        tearDown(number, error, keepNumberUntilCloseOk: true)
+        guard !channels[number]!.isCloseRequested else { return }  // its channel.close is already out
+        actions.append(.send(.channelClose(replyCode: 200, replyText: "request abandoned by the client"),
+                             channel: number))
+    }
+}
