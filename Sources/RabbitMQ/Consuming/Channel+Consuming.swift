@@ -39,7 +39,7 @@ extension Channel {
     {
         try NameValidation.validateEntityName(queue, as: "queue name", operation: "basic.get")
         switch try await request(.basicGet(queue: queue, noAck: acknowledgement == .automatic)) {
-        case .message(let delivery): return delivery
+        case .message(let message): return Delivery(message)
         case .getEmpty: return nil
         default: throw Self.unexpectedReply("basic.get")
         }

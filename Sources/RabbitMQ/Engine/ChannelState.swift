@@ -109,14 +109,14 @@ final class MandatoryPublish {
     }
 }
 
-/// A consumer's deliveries read in the current pass, not yet handed to its buffer. Confined to the I/O thread.
+/// A consumer of the channel: where its deliveries go. Confined to the I/O thread.
 final class ConsumerState {
-    let buffer: DeliveryBuffer
-    var batch: Deque<Delivery> = []
+    let collector: any DeliveryCollector
+    /// Whether it received deliveries in the current pass (it is then in the machine's hand-over list).
     var isTouched = false
 
-    init(buffer: DeliveryBuffer) {
-        self.buffer = buffer
+    init(collector: any DeliveryCollector) {
+        self.collector = collector
     }
 }
 

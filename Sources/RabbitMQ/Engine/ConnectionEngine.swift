@@ -10,16 +10,13 @@ final class ConnectionEngine: Sendable {
     let commands: CommandQueue
     let negotiated: NegotiatedParameters
     let requestTimeout: Duration
-    let confirmTimeout: Duration
     let logger: Logger
     private let requestIDs = Atomic<UInt64>(0)
 
-    private init(commands: CommandQueue, negotiated: NegotiatedParameters, configuration: RabbitMQClient.Configuration,
-                 logger: Logger) {
+    private init(commands: CommandQueue, negotiated: NegotiatedParameters, requestTimeout: Duration, logger: Logger) {
         self.commands = commands
         self.negotiated = negotiated
-        self.requestTimeout = configuration.requestTimeout
-        self.confirmTimeout = configuration.confirmTimeout
+        self.requestTimeout = requestTimeout
         self.logger = logger
     }
 
@@ -27,14 +24,13 @@ final class ConnectionEngine: Sendable {
         try? commands.submit(.closeConnection(nil))
     }
 
-    /// Starts the I/O thread, which connects and logs in to `endpoint`, then serves commands.
-    static func connect(_ configuration: RabbitMQClient.Configuration,
-                        endpoint: RabbitMQClient.Configuration.Endpoint,
+    /// Starts the I/O thread, which connects and logs in to `parameters.endpoint`, then serves commands.
+    static func connect(_ parameters: ConnectionParameters,
                         logger: Logger,
                         observability: Observability,
                         onEvent: @escaping EngineEventHandler) async throws -> ConnectionEngine {
         let commands = try CommandQueue()
-        let parameters = ConnectionParameters(configuration, endpoint: endpoint)
+        let endpoint = parameters.endpoint
         let negotiated = try await withCheckedThrowingContinuation {
             (continuation: CheckedContinuation<NegotiatedParameters, any Error>) in
             let thread = Thread {
@@ -51,7 +47,8 @@ final class ConnectionEngine: Sendable {
             "endpoint": "\(endpoint)", "heartbeat": "\(negotiated.heartbeatSeconds)s",
             "frame_max": "\(negotiated.frameMax)", "channel_max": "\(negotiated.channelMax)",
         ])
-        return ConnectionEngine(commands: commands, negotiated: negotiated, configuration: configuration, logger: logger)
+        return ConnectionEngine(commands: commands, negotiated: negotiated, requestTimeout: parameters.requestTimeout,
+                                logger: logger)
     }
 
     /// The body of the I/O thread: connect, report, then serve until the connection ends.

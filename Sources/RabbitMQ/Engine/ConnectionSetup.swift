@@ -5,33 +5,54 @@ import Glibc
 import Darwin
 #endif
 
-/// What the I/O thread needs to open a connection; plain values, so it can cross to the thread.
+/// What the I/O thread needs to open and run a connection: the engine's own settings, plain values that can cross
+/// to the thread (the layer above builds them from the client's configuration).
 struct ConnectionParameters: Sendable {
-    var endpoint: RabbitMQClient.Configuration.Endpoint
+    /// A broker's address.
+    struct Endpoint: Sendable, Hashable, CustomStringConvertible {
+        var host: String
+        var port: Int
+        var description: String { "\(host):\(port)" }
+    }
+
+    /// How to set up TLS; the defaults verify the broker's certificate and host name.
+    struct TLS: Sendable {
+        var caCertificatePath: String?
+        var certificatePath: String?
+        var keyPath: String?
+        var verifyPeer = true
+        var verifyHostname = true
+    }
+
+    var endpoint: Endpoint
     var username: String
     var password: String
     var virtualHost: String
-    var tls: TLSConfiguration?
+    var tls: TLS?
     var connectTimeout: Duration
     var handshakeTimeout: Duration
+    /// How long a request may wait for its reply.
     var requestTimeout: Duration
     var heartbeat: Duration
     var frameMax: UInt32
     var channelMax: UInt16
+    /// The client properties sent at login, the capabilities the engine needs included.
     var clientProperties: FieldTable
 
-    init(_ configuration: RabbitMQClient.Configuration, endpoint: RabbitMQClient.Configuration.Endpoint) {
+    init(endpoint: Endpoint, username: String, password: String, virtualHost: String, tls: TLS?,
+         connectTimeout: Duration, handshakeTimeout: Duration, requestTimeout: Duration, heartbeat: Duration,
+         frameMax: UInt32, channelMax: UInt16, connectionName: String?, clientProperties: FieldTable) {
         self.endpoint = endpoint
-        username = configuration.username
-        password = configuration.password
-        virtualHost = configuration.virtualHost
-        tls = configuration.tls
-        connectTimeout = configuration.connectTimeout
-        handshakeTimeout = configuration.handshakeTimeout
-        requestTimeout = configuration.requestTimeout
-        heartbeat = configuration.heartbeat
-        frameMax = configuration.frameMax
-        channelMax = configuration.channelMax
+        self.username = username
+        self.password = password
+        self.virtualHost = virtualHost
+        self.tls = tls
+        self.connectTimeout = connectTimeout
+        self.handshakeTimeout = handshakeTimeout
+        self.requestTimeout = requestTimeout
+        self.heartbeat = heartbeat
+        self.frameMax = frameMax
+        self.channelMax = channelMax
         var properties: FieldTable = [
             "product": "swift-rabbitmq",
             "version": "0.1.0",
@@ -49,14 +70,14 @@ struct ConnectionParameters: Sendable {
                 "per_consumer_qos": true,
             ],
         ]
-        if let name = configuration.connectionName { properties["connection_name"] = .string(name) }
-        clientProperties = properties.merging(configuration.clientProperties)
+        if let connectionName { properties["connection_name"] = .string(connectionName) }
+        self.clientProperties = properties.merging(clientProperties)
     }
 }
 
 /// What the broker and the client agreed on at login.
 struct NegotiatedParameters: Sendable {
-    var endpoint: RabbitMQClient.Configuration.Endpoint
+    var endpoint: ConnectionParameters.Endpoint
     var heartbeatSeconds: Int
     var frameMax: Int
     var channelMax: Int
@@ -125,7 +146,7 @@ private func login(_ state: amqp_connection_state_t, _ parameters: ConnectionPar
         usesTLS: parameters.tls != nil)
 }
 
-private func configureTLS(_ socket: OpaquePointer, _ tls: TLSConfiguration) throws(RabbitMQError) {
+private func configureTLS(_ socket: OpaquePointer, _ tls: ConnectionParameters.TLS) throws(RabbitMQError) {
     amqp_ssl_socket_set_verify_peer(socket, tls.verifyPeer ? 1 : 0)
     amqp_ssl_socket_set_verify_hostname(socket, tls.verifyHostname ? 1 : 0)
     if let ca = tls.caCertificatePath, amqp_ssl_socket_set_cacert(socket, ca) != AMQP_STATUS_OK.rawValue {
@@ -158,7 +179,7 @@ private func socketOpenError(_ status: Int32, _ parameters: ConnectionParameters
     case AMQP_STATUS_SSL_PEER_VERIFY_FAILED.rawValue:
         guard let ca = parameters.tls?.caCertificatePath else {
             return RabbitMQError(.tlsFailure, "the broker's certificate at \(endpoint) cannot be verified: no CA "
-                                     + "certificate file is configured (TLSConfiguration.caCertificatePath; "
+                                     + "certificate file is configured (the TLS configuration's caCertificatePath; "
                                      + "librabbitmq 0.11 reads no system store)", operation: "connect")
         }
         return RabbitMQError(.tlsFailure, "the broker's certificate at \(endpoint) is not trusted by the certificate "
@@ -217,7 +238,7 @@ private func checkLoginReply(_ reply: amqp_rpc_reply_t, _ parameters: Connection
             // A TLS listener answers the AMQP protocol header with a TLS alert and resets the connection.
             throw RabbitMQError(.connectionLost, "\(parameters.endpoint) ended the connection during the AMQP "
                                     + "handshake (\(detail)); if this port expects TLS, use an amqps:// URL or set "
-                                    + "Configuration.tls", operation: "handshake")
+                                    + "the configuration's tls", operation: "handshake")
         }
         throw RabbitMQError(.connectionLost, "the connection failed during the AMQP handshake: \(detail)",
                             operation: "handshake")

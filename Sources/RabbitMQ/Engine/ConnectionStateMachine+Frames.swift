@@ -130,7 +130,8 @@ extension ConnectionStateMachine {
         guard let closeIndex = channels[number]!.pending.firstIndex(where: {
             if case .channelClose = $0.method { true } else { false }
         }) else {
-            logger.warning("ignored a channel.close-ok with no channel.close pending", metadata: ["channel": "\(number)"])
+            logger.warning("ignored a channel.close-ok with no channel.close pending",
+                           metadata: ["channel": "\(number)"])
             return
         }
         let link = channels[number]!.link
@@ -154,7 +155,7 @@ extension ConnectionStateMachine {
         case .deliver(let consumerTag):
             channels[number]!.acks.delivered(message.deliveryTag)
             if let consumer = channels[number]!.consumers[consumerTag] {
-                consumer.batch.append(Delivery(
+                consumer.collector.collect(InboundMessage(
                     body: body, properties: message.properties, exchange: message.exchange,
                     routingKey: message.routingKey, isRedelivered: message.isRedelivered,
                     deliveryTag: message.deliveryTag, consumerTag: consumerTag, link: channels[number]!.link))
@@ -180,7 +181,7 @@ extension ConnectionStateMachine {
             } else {
                 channels[number]!.acks.delivered(message.deliveryTag)
             }
-            actions.append(.succeed(request, .message(Delivery(
+            actions.append(.succeed(request, .message(InboundMessage(
                 body: body, properties: message.properties, exchange: message.exchange,
                 routingKey: message.routingKey, isRedelivered: message.isRedelivered,
                 deliveryTag: message.deliveryTag, consumerTag: nil, link: link)), link: link))
@@ -331,6 +332,6 @@ extension ConnectionStateMachine {
 
     private mutating func endConsumer(_ tag: String, on number: UInt16, error: RabbitMQError?) {
         guard let consumer = channels[number]!.consumers.removeValue(forKey: tag) else { return }
-        actions.append(.finishConsumer(consumer, error))
+        actions.append(.finishConsumer(consumer.collector, error))
     }
 }

@@ -128,14 +128,13 @@ struct ConnectionStateMachine {
         }
     }
 
-    /// Routes deliveries for `consumerTag` to `buffer` (registered before the basic.consume request).
-    mutating func registerConsumer(_ link: ChannelLink, consumerTag: String, _ buffer: DeliveryBuffer) {
-        let consumer = ConsumerState(buffer: buffer)
+    /// Routes deliveries for `consumerTag` to `sink` (registered before the basic.consume request).
+    mutating func registerConsumer(_ link: ChannelLink, consumerTag: String, _ sink: any DeliverySink) {
         guard let number = openChannel(of: link) else {
-            actions.append(.finishConsumer(consumer, link.inFlightError))
+            actions.append(.finishSink(sink, link.inFlightError))
             return
         }
-        channels[number]!.consumers[consumerTag] = consumer
+        channels[number]!.consumers[consumerTag] = ConsumerState(collector: sink.makeCollector())
     }
 
     /// The application settled a delivery: acks wait for ``flushAcks()`` to be merged, nacks and rejects go out.
@@ -199,7 +198,7 @@ struct ConnectionStateMachine {
         if !touchedConsumers.isEmpty { handedOverDeliveries = true }
         for consumer in touchedConsumers {
             consumer.isTouched = false
-            actions.append(.pushDeliveries(consumer))
+            actions.append(.handOverDeliveries(consumer.collector))
         }
         touchedConsumers.removeAll(keepingCapacity: true)
         for number in releaseList where channels.contains(number) {
@@ -333,7 +332,8 @@ struct ConnectionStateMachine {
     /// late reply could no longer be matched), unconfirmed and held publishes, and the closing handshake.
     mutating func tick(now: ContinuousClock.Instant) {
         if let closeDeadline, now >= closeDeadline {
-            finish(RabbitMQError(.clientClosed, "the client closed the connection (the broker did not confirm in time)"))
+            finish(RabbitMQError(.clientClosed,
+                                 "the client closed the connection (the broker did not confirm in time)"))
             return
         }
         for number in channels.numbers {
@@ -437,8 +437,7 @@ struct ConnectionStateMachine {
         for consumer in channels[number]!.consumers.values {
             // Deliveries not handed out yet can no longer be settled: drop them (the broker requeues them). A
             // consumer kept for recovery then gets only the recovered channel's deliveries.
-            consumer.batch.removeAll()
-            actions.append(.abandonConsumer(consumer, of: link, error, finish: !keepConsumers))
+            actions.append(.abandonConsumer(consumer.collector, of: link, ending: keepConsumers ? nil : error))
         }
         channels[number]!.consumers.removeAll()
         channels[number]!.incoming = nil

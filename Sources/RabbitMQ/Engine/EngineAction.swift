@@ -23,12 +23,14 @@ enum EngineAction {
     case markSettled(ChannelLink, Settlement)
     case dropStaleSettlement(ChannelLink, Settlement)
     /// Hand the consumer its deliveries of this pass.
-    case pushDeliveries(ConsumerState)
+    case handOverDeliveries(any DeliveryCollector)
     /// End a consumer's stream after what it has (`nil`: cancelled normally).
-    case finishConsumer(ConsumerState, RabbitMQError?)
-    /// The consumer's channel closed: drop its deliveries of that channel; end its stream unless it is kept for
-    /// recovery.
-    case abandonConsumer(ConsumerState, of: ChannelLink, RabbitMQError, finish: Bool)
+    case finishConsumer(any DeliveryCollector, RabbitMQError?)
+    /// End a stream that never started (the consumer was registered on a closed channel).
+    case finishSink(any DeliverySink, RabbitMQError)
+    /// The consumer's channel closed: drop its deliveries of that channel; end its stream with the error unless it
+    /// is `nil` (kept for recovery).
+    case abandonConsumer(any DeliveryCollector, of: ChannelLink, ending: RabbitMQError?)
     case report(EngineEvent)
     /// Refuse further commands and fail those queued.
     case terminateCommands(RabbitMQError)

@@ -16,8 +16,8 @@ enum EngineCommand: Sendable {
     case publish(OutgoingPublish)
     /// Ack, nack or reject deliveries.
     case settle(ChannelLink, Settlement)
-    /// Route deliveries for `consumerTag` to `buffer` (sent before the basic.consume request).
-    case registerConsumer(ChannelLink, consumerTag: String, DeliveryBuffer)
+    /// Route deliveries for `consumerTag` to `sink` (sent before the basic.consume request).
+    case registerConsumer(ChannelLink, consumerTag: String, any DeliverySink)
     /// Close the connection with the AMQP handshake, then stop the thread.
     case closeConnection(CheckedContinuation<Void, Never>?)
 
@@ -44,7 +44,7 @@ enum MethodReply: Sendable {
     case messageCount(UInt32)
     case consumerTag(String)
     case getEmpty
-    case message(Delivery)
+    case message(InboundMessage)
 }
 
 /// A publish handed to the I/O thread. A class, so that queueing and handing it over retains one object rather

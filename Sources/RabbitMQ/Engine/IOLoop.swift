@@ -198,7 +198,7 @@ final class IOLoop {
         case .openChannel(_, let continuation): continuation.resume(throwing: error)
         case .request(let request): PendingRequest(request).fail(error)
         case .publish(let publish): publish.ticket.complete(.failure(error))
-        case .registerConsumer(_, _, let buffer): buffer.finish(error)
+        case .registerConsumer(_, _, let sink): sink.finish(error)
         case .closeConnection(let waiter): waiter?.resume()
         case .settle, .abandonRequest: break
         }
@@ -263,14 +263,14 @@ final class IOLoop {
             _ = link.markSettled(settlement)
         case .dropStaleSettlement(let link, let settlement):
             link.dropStaleSettlement(settlement)
-        case .pushDeliveries(let consumer):
-            consumer.buffer.push(&consumer.batch)
-        case .finishConsumer(let consumer, let error):
-            if !consumer.batch.isEmpty { consumer.buffer.push(&consumer.batch) }
-            consumer.buffer.finish(error)
-        case .abandonConsumer(let consumer, let link, let error, let finish):
-            consumer.buffer.drop(deliveriesOf: link)
-            if finish { consumer.buffer.finish(error) }
+        case .handOverDeliveries(let collector):
+            collector.handOver()
+        case .finishConsumer(let collector, let error):
+            collector.finish(error)
+        case .finishSink(let sink, let error):
+            sink.finish(error)
+        case .abandonConsumer(let collector, let link, let error):
+            collector.abandon(deliveriesOf: link, ending: error)
         case .report(let event):
             onEvent(event)
         case .terminateCommands(let error):

@@ -35,9 +35,9 @@ final class ChannelLink: Sendable {
     }
 
     /// Whether the broker nacked a run of publishes on the channel with no ack between them
-    /// (``ConnectionStateMachine/nackRunBeforeRecycling``). A channel opened while a quorum queue's leader failed over can nack every
-    /// publish for as long as it lives, while a new channel works: the client replaces its shared confirm channel
-    /// once this is set. Set by the I/O thread.
+    /// (``ConnectionStateMachine/nackRunBeforeRecycling``). A channel opened while a quorum queue's leader failed
+    /// over can nack every publish for as long as it lives, while a new channel works: the client replaces its
+    /// shared confirm channel once this is set. Set by the I/O thread.
     var keepsNacking: Bool {
         get { nacking.load(ordering: .acquiring) }
         set { nacking.store(newValue, ordering: .releasing) }

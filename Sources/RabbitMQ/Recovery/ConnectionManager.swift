@@ -153,7 +153,8 @@ final class ConnectionManager: Sendable {
         var lastError: RabbitMQError?
         for endpoint in configuration.endpoints {
             do {
-                let engine = try await ConnectionEngine.connect(configuration, endpoint: endpoint, logger: logger,
+                let engine = try await ConnectionEngine.connect(ConnectionParameters(configuration, endpoint: endpoint),
+                                                                logger: logger,
                                                                 observability: observability) {
                     [weak self] event, engine in self?.handle(event, from: engine)
                 }

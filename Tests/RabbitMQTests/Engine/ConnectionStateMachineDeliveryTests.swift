@@ -39,8 +39,9 @@ struct ConnectionStateMachineDeliveryTests {
         #expect(!harness.machine.expectsHeader(on: 9))
         harness.receive(.deliver(consumerTag: "c", deliveryTag: 1, isRedelivered: true, exchange: "", routingKey: "q"),
                         on: 1)
-        harness.machine.receiveHeader(on: 1, properties: MessageProperties(), body: IncomingBody(size: 4, pool: BodyPool()))
-        harness.machine.receiveHeader(on: 1, properties: MessageProperties(), body: IncomingBody(size: 1, pool: BodyPool()))
+        let pool = BodyPool()
+        harness.machine.receiveHeader(on: 1, properties: MessageProperties(), body: IncomingBody(size: 4, pool: pool))
+        harness.machine.receiveHeader(on: 1, properties: MessageProperties(), body: IncomingBody(size: 1, pool: pool))
         [UInt8]([1, 2, 3, 4, 5]).withUnsafeBytes { harness.machine.receiveBody(on: 1, $0) }  // beyond the size: dropped
         harness.endPass()
         let batch = try await buffer.next()

@@ -191,14 +191,14 @@ final class MachineHarness {
             _ = link.markSettled(settlement)
         case .dropStaleSettlement(let link, let settlement):
             link.dropStaleSettlement(settlement)
-        case .pushDeliveries(let consumer):
-            consumer.buffer.push(&consumer.batch)
-        case .finishConsumer(let consumer, let error):
-            if !consumer.batch.isEmpty { consumer.buffer.push(&consumer.batch) }
-            consumer.buffer.finish(error)
-        case .abandonConsumer(let consumer, let link, let error, let finish):
-            consumer.buffer.drop(deliveriesOf: link)
-            if finish { consumer.buffer.finish(error) }
+        case .handOverDeliveries(let collector):
+            collector.handOver()
+        case .finishConsumer(let collector, let error):
+            collector.finish(error)
+        case .finishSink(let sink, let error):
+            sink.finish(error)
+        case .abandonConsumer(let collector, let link, let error):
+            collector.abandon(deliveriesOf: link, ending: error)
         case .report(let event):
             events.append(event)
         case .terminateCommands(let error):
