@@ -13,9 +13,13 @@ struct ChannelTable {
     /// The highest channel number.
     var highestNumber: Int { byNumber.count - 1 }
 
-    /// The channel numbered `number`, changed in place through `_modify` (a get and a set would copy its queues).
+    /// The channel numbered `number`, read and changed in place (`_read` and `_modify`: a get would retain every
+    /// field of the channel, and a get and a set would copy its queues). Reading a number past channel_max gives
+    /// `nil`.
     subscript(number: UInt16) -> ChannelState? {
-        get { Int(number) < byNumber.count ? byNumber[Int(number)] : nil }
+        _read {
+            if Int(number) < byNumber.count { yield byNumber[Int(number)] } else { yield nil }
+        }
         _modify { yield &byNumber[Int(number)] }
     }
 

@@ -16,8 +16,7 @@ extension ConnectionStateMachine {
 
     /// Whether a content header frame on `channel` is expected now (a delivery, get-ok or return came first).
     func expectsHeader(on number: UInt16) -> Bool {
-        guard let incoming = channels[number]?.incoming else { return false }
-        return incoming.body == nil
+        channels[number]?.incoming != nil && channels[number]?.incoming?.body == nil
     }
 
     /// A content header frame: the message's properties and an empty body of the announced size. Ignored unless
@@ -272,13 +271,13 @@ extension ConnectionStateMachine {
     private mutating func resolve(_ publish: UnconfirmedPublish, nacked: Bool, on number: UInt16,
                                   window: PublishWindow) {
         if nacked {
-            actions.append(.completePublish(publish.ticket, .failure(RabbitMQError(
-                .publishNacked, "the broker refused the message (basic.nack)", operation: "basic.publish")),
+            actions.append(.failPublish(publish.ticket, RabbitMQError(
+                .publishNacked, "the broker refused the message (basic.nack)", operation: "basic.publish"),
                 recordFailureOn: window))
         } else if let returned = publish.mandatory?.returned {
-            actions.append(.completePublish(publish.ticket, .failure(returned), recordFailureOn: window))
+            actions.append(.failPublish(publish.ticket, returned, recordFailureOn: window))
         } else {
-            actions.append(.completePublish(publish.ticket, .success(())))
+            actions.append(.confirmPublish(publish.ticket))
         }
         releaseSlot(on: number)
     }
@@ -318,7 +317,7 @@ extension ConnectionStateMachine {
                 + "(\(error.operation ?? "unknown")) failed", cause: error) : error
         // Closed first: a caller told of its failure must not find the channel open.
         actions.append(.markChannelClosed(link, error, inFlight: others))
-        for ticket in chargedPublishes { actions.append(.completePublish(ticket, .failure(error))) }
+        for ticket in chargedPublishes { actions.append(.failPublish(ticket, error)) }
         if let culprit { actions.append(.fail(culprit, error)) }
         tearDown(number, others)
     }

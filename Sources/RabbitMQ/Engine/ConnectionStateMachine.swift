@@ -52,8 +52,7 @@ struct ConnectionStateMachine {
 
     /// The channel's number if it is open and still the incarnation `link` refers to.
     func openChannel(of link: ChannelLink) -> UInt16? {
-        guard let channel = channels[link.number], channel.isOpen(as: link) else { return nil }
-        return link.number
+        channels[link.number]?.isOpen(as: link) == true ? link.number : nil
     }
 
     // MARK: Commands
@@ -180,7 +179,7 @@ struct ConnectionStateMachine {
         guard closeDeadline == nil else { return }
         closeDeadline = now + min(requestTimeout, .seconds(5))
         let error = RabbitMQError(.clientClosed, "the client closed the connection")
-        for publish in held { actions.append(.completePublish(publish.ticket, .failure(error))) }
+        for publish in held { actions.append(.failPublish(publish.ticket, error)) }
         held.removeAll()
         actions.append(.send(.connectionClose(replyCode: 200, replyText: "client closed the connection"), channel: 0))
     }
@@ -230,9 +229,8 @@ struct ConnectionStateMachine {
         guard handedOverDeliveries else { return false }
         var anyUnsettled = false
         for number in channels.numbers {
-            guard let channel = channels[number] else { continue }
-            if !channel.brokerMaySendMore { return false }
-            if channel.acks.unsettledCount > 0 { anyUnsettled = true }
+            if channels[number]?.brokerMaySendMore == false { return false }
+            if (channels[number]?.acks.unsettledCount ?? 0) > 0 { anyUnsettled = true }
         }
         return anyUnsettled
     }
@@ -248,7 +246,7 @@ struct ConnectionStateMachine {
     /// (its channel is closed).
     mutating func publish(_ publish: OutgoingPublish) -> PublishDecision {
         guard let number = openChannel(of: publish.link) else {
-            actions.append(.completePublish(publish.ticket, .failure(publish.link.inFlightError)))
+            actions.append(.failPublish(publish.ticket, publish.link.inFlightError))
             return .none
         }
         if isBlocked || !held.isEmpty {
@@ -267,7 +265,7 @@ struct ConnectionStateMachine {
     mutating func nextHeldPublish() -> (OutgoingPublish, PublishDecision)? {
         while !isBlocked, finalError == nil, let next = held.popFirst() {
             guard let number = openChannel(of: next.link) else {
-                actions.append(.completePublish(next.ticket, .failure(next.link.inFlightError)))
+                actions.append(.failPublish(next.ticket, next.link.inFlightError))
                 continue
             }
             // Timed out while held back: the publisher was told it failed, so it must not go out now.
@@ -296,7 +294,7 @@ struct ConnectionStateMachine {
 
     /// A publish could not be written and nothing was sent (its properties do not fit in a frame).
     mutating func publishRefused(_ publish: OutgoingPublish, on number: UInt16, _ error: RabbitMQError) {
-        actions.append(.completePublish(publish.ticket, .failure(error)))
+        actions.append(.failPublish(publish.ticket, error))
         releaseSlot(on: number)
     }
 
@@ -304,7 +302,7 @@ struct ConnectionStateMachine {
     mutating func writesFlushed() {
         guard !awaitingWrite.isEmpty else { return }
         for (number, link, ticket) in awaitingWrite {
-            actions.append(.completePublish(ticket, .success(())))
+            actions.append(.confirmPublish(ticket))
             if channels[number]?.link === link { releaseSlot(on: number) }
         }
         awaitingWrite.removeAll(keepingCapacity: true)
@@ -348,7 +346,7 @@ struct ConnectionStateMachine {
                 channels[number]!.unconfirmed.removeFirst()
                 let error = RabbitMQError(.timeout, "the broker did not confirm the publish in time",
                                           operation: "publish confirm")
-                actions.append(.completePublish(head.ticket, .failure(error),
+                actions.append(.failPublish(head.ticket, error,
                                                 recordFailureOn: channels[number]!.link.window))
                 releaseSlot(on: number)
             }
@@ -357,7 +355,7 @@ struct ConnectionStateMachine {
             held.removeFirst()
             let error = RabbitMQError(.timeout, "the broker blocked the connection and the publish timed out waiting",
                                       operation: "publish")
-            actions.append(.completePublish(head.ticket, .failure(error)))
+            actions.append(.failPublish(head.ticket, error))
             if let number = openChannel(of: head.link) {
                 actions.append(.recordPublishFailure(head.link.window, error))
                 releaseSlot(on: number)
@@ -374,9 +372,8 @@ struct ConnectionStateMachine {
             next = next.map { min($0, deadline) } ?? deadline
         }
         for number in channels.numbers {
-            guard let channel = channels[number] else { continue }
-            consider(channel.pending.first?.deadline)
-            consider(channel.unconfirmed.first?.ticket.deadline)
+            consider(channels[number]?.pending.first?.deadline)
+            consider(channels[number]?.unconfirmed.first?.ticket.deadline)
         }
         consider(held.first?.ticket.deadline)
         return next
@@ -411,9 +408,9 @@ struct ConnectionStateMachine {
             tearDown(number, others, keepConsumers: connectionLost && channels[number]!.link.isRecoverable)
         }
         for request in culprits { actions.append(.fail(request, error)) }
-        for publish in held { actions.append(.completePublish(publish.ticket, .failure(others))) }
+        for publish in held { actions.append(.failPublish(publish.ticket, others)) }
         held.removeAll()
-        for (_, _, ticket) in awaitingWrite { actions.append(.completePublish(ticket, .failure(others))) }
+        for (_, _, ticket) in awaitingWrite { actions.append(.failPublish(ticket, others)) }
         awaitingWrite.removeAll()
         flushBatches()
     }
@@ -432,7 +429,7 @@ struct ConnectionStateMachine {
         actions.append(.markChannelClosed(link, error))
         while let request = channels[number]!.pending.popFirst() { actions.append(.fail(request, error)) }
         while let publish = channels[number]!.unconfirmed.popFirst() {
-            actions.append(.completePublish(publish.ticket, .failure(error)))
+            actions.append(.failPublish(publish.ticket, error))
         }
         for consumer in channels[number]!.consumers.values {
             // Deliveries not handed out yet can no longer be settled: drop them (the broker requeues them). A

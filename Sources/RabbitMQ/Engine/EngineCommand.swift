@@ -44,7 +44,8 @@ enum MethodReply: Sendable {
     case messageCount(UInt32)
     case consumerTag(String)
     case getEmpty
-    case message(InboundMessage)
+    /// Boxed: a message is large, and replies travel inside ``EngineAction``s.
+    indirect case message(InboundMessage)
 }
 
 /// A publish handed to the I/O thread. A class, so that queueing and handing it over retains one object rather

@@ -245,10 +245,10 @@ final class IOLoop {
             request.succeed(reply, link: link)
         case .fail(let request, let error):
             request.fail(error)
-        case .completePublish(let ticket, let outcome, let window):
-            if ticket.complete(outcome), let window, case .failure(let error) = outcome {
-                window.recordFailure(error)
-            }
+        case .confirmPublish(let ticket):
+            ticket.complete(.success(()))
+        case .failPublish(let ticket, let error, let window):
+            if ticket.complete(.failure(error)) { window?.recordFailure(error) }
         case .recordPublishFailure(let window, let error):
             window.recordFailure(error)
         case .releaseSlots(let window, let count):
