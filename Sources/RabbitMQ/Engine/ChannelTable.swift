@@ -13,14 +13,11 @@ struct ChannelTable {
     /// The highest channel number.
     var highestNumber: Int { byNumber.count - 1 }
 
-    /// The channel numbered `number`, read and changed in place (`_read` and `_modify`: a get would retain every
-    /// field of the channel, and a get and a set would copy its queues). Reading a number past channel_max gives
-    /// `nil`.
+    /// The channel numbered `number` (at most ``highestNumber``), read and changed in place: a get would retain
+    /// every field of the channel, and a get and a set would copy its queues.
     subscript(number: UInt16) -> ChannelState? {
-        _read {
-            if Int(number) < byNumber.count { yield byNumber[Int(number)] } else { yield nil }
-        }
-        _modify { yield &byNumber[Int(number)] }
+        @inline(__always) _read { yield byNumber[Int(number)] }
+        @inline(__always) _modify { yield &byNumber[Int(number)] }
     }
 
     /// Whether a channel has the number.

@@ -16,12 +16,13 @@ extension ConnectionStateMachine {
 
     /// Whether a content header frame on `channel` is expected now (a delivery, get-ok or return came first).
     func expectsHeader(on number: UInt16) -> Bool {
-        channels[number]?.incoming != nil && channels[number]?.incoming?.body == nil
+        channels.contains(number) && channels[number]!.incoming != nil && channels[number]!.incoming!.body == nil
     }
 
     /// A content header frame: the message's properties and an empty body of the announced size. Ignored unless
     /// ``expectsHeader(on:)``.
-    mutating func receiveHeader(on number: UInt16, properties: MessageProperties, body: IncomingBody) {
+    mutating func receiveHeader(on number: UInt16, properties: consuming MessageProperties,
+                                body: consuming IncomingBody) {
         guard expectsHeader(on: number) else { return }
         // The message is changed in place and moved out with take(): copying it costs a retain per field.
         channels[number]!.incoming!.properties = properties
@@ -149,15 +150,15 @@ extension ConnectionStateMachine {
     }
 
     /// A message is complete: hand it to its consumer, its get request, or its publisher (returns).
-    private mutating func complete(_ message: IncomingMessage, body: Data, on number: UInt16) {
+    private mutating func complete(_ message: consuming IncomingMessage, body: Data, on number: UInt16) {
         switch message.kind {
         case .deliver(let consumerTag):
             channels[number]!.acks.delivered(message.deliveryTag)
             if let consumer = channels[number]!.consumers[consumerTag] {
-                consumer.collector.collect(InboundMessage(
+                consumer.collector.collect(
                     body: body, properties: message.properties, exchange: message.exchange,
                     routingKey: message.routingKey, isRedelivered: message.isRedelivered,
-                    deliveryTag: message.deliveryTag, consumerTag: consumerTag, link: channels[number]!.link))
+                    deliveryTag: message.deliveryTag, consumerTag: consumerTag, link: channels[number]!.link)
                 touch(consumer)
             } else {
                 // Its consumer is gone (cancelled while this was in flight): give the message back.

@@ -1,6 +1,7 @@
 import Foundation
 
-/// A message the broker delivered to a consumer or answered a basic.get with, copied out of librabbitmq's memory.
+/// A message the broker answered a basic.get with, copied out of librabbitmq's memory. (A consumer's deliveries
+/// go to its ``DeliveryCollector`` part by part instead.)
 struct InboundMessage: Sendable {
     var body: Data
     var properties: MessageProperties
@@ -26,8 +27,11 @@ protocol DeliverySink: Sendable {
 /// Collects one consumer's deliveries on the I/O thread and hands them over once per pass. Confined to that
 /// thread.
 protocol DeliveryCollector: AnyObject {
-    /// Adds a delivery to the pass's batch.
-    func collect(_ message: consuming InboundMessage)
+    /// Adds a delivery to the pass's batch. Its parts are passed one by one and owned, so that they move into
+    /// the consumer's value without a copy (a delivery's properties alone are a dozen references).
+    func collect(body: consuming Data, properties: consuming MessageProperties, exchange: consuming String,
+                 routingKey: consuming String, isRedelivered: Bool, deliveryTag: UInt64, consumerTag: consuming String,
+                 link: ChannelLink)
     /// Hands the pass's batch to the consumer, in one crossing.
     func handOver()
     /// Hands over what is collected, then ends the stream (`nil`: cancelled normally).

@@ -1,3 +1,4 @@
+import Foundation
 import DequeModule
 
 /// A consumer's deliveries of the current I/O pass, not yet handed to its ``DeliveryBuffer``. Created and used on
@@ -10,8 +11,12 @@ final class DeliveryBatch: DeliveryCollector {
         self.buffer = buffer
     }
 
-    func collect(_ message: consuming InboundMessage) {
-        deliveries.append(Delivery(message))
+    func collect(body: consuming Data, properties: consuming MessageProperties, exchange: consuming String,
+                 routingKey: consuming String, isRedelivered: Bool, deliveryTag: UInt64, consumerTag: consuming String,
+                 link: ChannelLink) {
+        deliveries.append(Delivery(body: body, properties: properties, exchange: exchange, routingKey: routingKey,
+                                   isRedelivered: isRedelivered, deliveryTag: deliveryTag, consumerTag: consumerTag,
+                                   link: link))
     }
 
     func handOver() {
