@@ -11,7 +11,7 @@ import Tracing
 struct ObservabilityUnitTests {
     private static func makeObservability(metrics: TestMetrics? = nil,
                                           tracer: TestTracer? = nil) -> Observability {
-        Observability(ObservabilityConfiguration(metricsFactory: metrics, tracer: tracer),
+        Observability(RabbitMQClient.Configuration.Observability(metricsFactory: metrics, tracer: tracer),
                       logger: Logger(label: "test"))
     }
 
@@ -108,9 +108,9 @@ struct ObservabilityUnitTests {
     }
 
     @Test func noOpBackendsTurnTheHooksOff() throws {
-        let observability = Observability(ObservabilityConfiguration(metricsFactory: NOOPMetricsHandler.instance,
-                                                                     tracer: NoOpTracer()),
-                                          logger: Logger(label: "test"))
+        let configuration = RabbitMQClient.Configuration.Observability(metricsFactory: NOOPMetricsHandler.instance,
+                                                                       tracer: NoOpTracer())
+        let observability = Observability(configuration, logger: Logger(label: "test"))
         #expect(observability.factory == nil)
         #expect(observability.tracer == nil)
         #expect(observability.exchange("orders") == nil)

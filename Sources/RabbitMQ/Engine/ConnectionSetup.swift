@@ -11,7 +11,7 @@ struct ConnectionParameters: Sendable {
     var username: String
     var password: String
     var virtualHost: String
-    var tls: TLSConfiguration?
+    var tls: RabbitMQClient.Configuration.TLS?
     var connectTimeout: Duration
     var handshakeTimeout: Duration
     var requestTimeout: Duration
@@ -125,7 +125,7 @@ private func login(_ state: amqp_connection_state_t, _ parameters: ConnectionPar
         usesTLS: parameters.tls != nil)
 }
 
-private func configureTLS(_ socket: OpaquePointer, _ tls: TLSConfiguration) throws(RabbitMQError) {
+private func configureTLS(_ socket: OpaquePointer, _ tls: RabbitMQClient.Configuration.TLS) throws(RabbitMQError) {
     amqp_ssl_socket_set_verify_peer(socket, tls.verifyPeer ? 1 : 0)
     amqp_ssl_socket_set_verify_hostname(socket, tls.verifyHostname ? 1 : 0)
     if let ca = tls.caCertificatePath, amqp_ssl_socket_set_cacert(socket, ca) != AMQP_STATUS_OK.rawValue {
@@ -158,7 +158,7 @@ private func socketOpenError(_ status: Int32, _ parameters: ConnectionParameters
     case AMQP_STATUS_SSL_PEER_VERIFY_FAILED.rawValue:
         guard let ca = parameters.tls?.caCertificatePath else {
             return RabbitMQError(.tlsFailure, "the broker's certificate at \(endpoint) cannot be verified: no CA "
-                                     + "certificate file is configured (TLSConfiguration.caCertificatePath; "
+                                     + "certificate file is configured (Configuration.TLS.caCertificatePath; "
                                      + "librabbitmq 0.11 reads no system store)", operation: "connect")
         }
         return RabbitMQError(.tlsFailure, "the broker's certificate at \(endpoint) is not trusted by the certificate "

@@ -4,9 +4,9 @@ import Logging
 import Synchronization
 import Tracing
 
-/// One client's observability state, created once from its ``ObservabilityConfiguration``: the resolved metrics
-/// factory and tracer, and the metric handles, created on first use and cached per exchange and per queue
-/// (creating swift-metrics handles per message would cost far more than the message itself).
+/// One client's observability state, created once from its ``RabbitMQClient/Configuration/Observability``: the
+/// resolved metrics factory and tracer, and the metric handles, created on first use and cached per exchange and per
+/// queue (creating swift-metrics handles per message would cost far more than the message itself).
 ///
 /// With the no-op metrics factory and the no-op tracer (nothing bootstrapped, nothing injected), ``factory`` and
 /// ``tracer`` are `nil` and the per-message hooks do nothing but test for that.
@@ -29,7 +29,7 @@ final class Observability: Sendable {
     /// How the default exchange (empty name) is named in metrics and spans.
     static let defaultExchangeName = "amq.default"
 
-    init(_ configuration: ObservabilityConfiguration, logger: Logger) {
+    init(_ configuration: RabbitMQClient.Configuration.Observability, logger: Logger) {
         let factory = configuration.metricsFactory ?? MetricsSystem.factory
         self.factory = factory is NOOPMetricsHandler ? nil : factory
         let tracer = configuration.tracer ?? InstrumentationSystem.tracer
