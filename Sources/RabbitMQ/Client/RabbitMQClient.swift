@@ -22,6 +22,13 @@ import Synchronization
 ///
 /// As a `Service` (swift-service-lifecycle), ``run()`` connects, waits for the graceful shutdown, then waits
 /// for outstanding publisher confirms and closes the connection.
+///
+/// Background work: the client starts a few tasks of its own, whether or not ``run()`` is used: the connection
+/// attempt that callers wait for (so that one caller giving up at its deadline does not cancel it for the others),
+/// connection recovery, and the closing of channels it replaces. ``close()`` ends them: it cancels a connection
+/// attempt or recovery in progress, closes the connection, and fails whatever still waits with
+/// ``RabbitMQError/Code/clientClosed``. The connection's socket I/O runs on a thread of its own, which ends with the
+/// connection.
 public final class RabbitMQClient: ChannelOperations, Service, Sendable {
     /// The configuration the client was created with.
     public let configuration: Configuration

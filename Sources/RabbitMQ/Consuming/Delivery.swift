@@ -12,7 +12,7 @@ import Foundation
 /// message when the channel closed and delivers it again. Such settlements are logged at debug and counted in the
 /// `rabbitmq.settlements.stale` metric. Settling a delivery a second time throws
 /// ``RabbitMQError/Code/alreadySettled``.
-public struct Delivery: Sendable {
+public struct Delivery: TraceableDelivery, Sendable {
     /// The message body, copied once out of the connection's frame buffers.
     ///
     /// A large body (64 KiB or more) lives in memory that the connection reuses for later bodies once every copy
@@ -46,6 +46,9 @@ public struct Delivery: Sendable {
         self.consumerTag = consumerTag
         self.link = link
     }
+
+    /// The request id the message carries (`x-request-id`), if any.
+    public var requestID: String? { properties.requestID }
 
     /// The body as a UTF-8 string (invalid bytes are replaced).
     public var bodyString: String { String(decoding: body, as: UTF8.self) }

@@ -42,7 +42,7 @@ extension QueueWorker {
                                    metadata: [LogMetadataKey.error: "\(error)"])
             }
         }
-        guard let context = observability.context(for: delivery) else {
+        guard let context = observability.context(forMessageWith: delivery.properties) else {
             await process(delivery, key: key, span: nil, run, pool, id)
             return
         }
@@ -195,7 +195,7 @@ extension QueueWorker {
     private func record(_ outcome: Outcome, _ delivery: Delivery, _ run: Run, duration: Duration? = nil,
                         error: (any Error)? = nil) {
         count(outcome)
-        if let duration { run.instruments?.recordHandler(duration, outcome: outcome) }
+        if let duration { run.instruments?.recordHandler(duration, outcome: outcome.rawValue) }
         guard run.logger.logLevel <= .debug else { return }
         var metadata: Logger.Metadata = [
             LogMetadataKey.outcome: "\(outcome.rawValue)",
