@@ -198,7 +198,7 @@ struct Run: AsyncParsableCommand {
                     if let id = SoakTopology.id(of: delivery.properties.messageID) { state.ids.append(id) }
                     state.last = .now
                 }
-                try await delivery.ack()
+                try delivery.ack()
             }
         }
         let deadline = ContinuousClock.now + .seconds(300)

@@ -249,8 +249,9 @@ final class PublisherState: Sendable {
             let started = ContinuousClock.now
             do {
                 let confirmation = try await tracker.timed("channel.publish", limit: timeout) {
-                    try await channel.publish(message.body, to: SoakTopology.exchange,
-                                              routingKey: SoakTopology.routingKey, properties: message.properties)
+                    try await channel.publishWithDeferredConfirm(message.body, to: SoakTopology.exchange,
+                                                                 routingKey: SoakTopology.routingKey,
+                                                                 properties: message.properties)
                 }
                 pending.append((next.id, next.attempt, started, confirmation))
                 if pending.count >= 500 { await settle() }

@@ -34,7 +34,7 @@ struct ClientOptions: ParsableArguments {
         configuration.handshakeTimeout = .seconds(5)
         configuration.requestTimeout = .seconds(timeout)
         configuration.confirmTimeout = .seconds(timeout)
-        configuration.recovery = RecoveryConfiguration(initialDelay: .milliseconds(100), maxDelay: .seconds(1))
+        configuration.recovery = .init(initialDelay: .milliseconds(100), maxDelay: .seconds(1))
         return configuration
     }
 

@@ -52,14 +52,14 @@ struct Publish: AsyncParsableCommand {
         let client = try connection.makeClient()
         let channel = try await client.openChannel()
         try await channel.declare(Queue(connection.queue))
-        try await channel.purge(connection.queue)
+        try await channel.purgeQueue(connection.queue)
         try await channel.enableConfirms(window: window)
         let body = Data(repeating: 0x61, count: size)
         // Read once: an option's getter looks up generic metadata on every call.
         let (queue, count) = (connection.queue, connection.count)
         let start = ContinuousClock.now
         for _ in 0..<count {
-            _ = try await channel.publish(body, routingKey: queue)
+            _ = try await channel.publishWithDeferredConfirm(body, routingKey: queue)
         }
         try await channel.waitForConfirms()
         report("pub", messages: connection.count, from: start)
@@ -82,7 +82,7 @@ struct Consume: AsyncParsableCommand {
         var start: ContinuousClock.Instant?
         for try await delivery in try await channel.consume(connection.queue) {
             if start == nil { start = .now }
-            try await delivery.ack()
+            try delivery.ack()
             received += 1
             if received == count { break }
         }
@@ -104,7 +104,7 @@ struct Latency: AsyncParsableCommand {
         let client = try connection.makeClient()
         let queue = connection.queue + "-latency"
         try await client.declare(Queue(queue))
-        try await client.purge(queue)
+        try await client.purgeQueue(queue)
         let count = connection.count
         let origin = ContinuousClock.now
         func nanosecondsSinceOrigin() -> UInt64 {
@@ -118,7 +118,7 @@ struct Latency: AsyncParsableCommand {
             for try await delivery in consumer {
                 let sent = delivery.body.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
                 _ = histogram.record((nanosecondsSinceOrigin() - sent) / 1000)
-                try await delivery.ack()
+                try delivery.ack()
                 received += 1
                 if received == count { break }
             }
@@ -134,7 +134,7 @@ struct Latency: AsyncParsableCommand {
             if due > .now { try await Task.sleep(until: due, clock: .continuous) }
             var sent = nanosecondsSinceOrigin()
             withUnsafeBytes(of: &sent) { body.replaceSubrange(0..<8, with: $0) }
-            _ = try await publisher.publish(body, routingKey: queue)
+            _ = try await publisher.publishWithDeferredConfirm(body, routingKey: queue)
         }
         try await publisher.waitForConfirms()
         let result = try await histogram.value

@@ -290,7 +290,7 @@ extension OrderPipelineCommand {
                 let client = try common.makeClient(role: "parked list", logger: logger)
                 let retry = common.topology.retry(worker)
                 do {
-                    let total = try await client.queueInfo(retry.parkingLotName).messageCount
+                    let total = try await client.inspectQueue(retry.parkingLotName).messageCount
                     let parked = try await client.parkedMessages(in: retry, limit: limit)
                     say("\(retry.parkingLotName): \(Int(total).grouped) parked message(s)")
                     for message in parked {

@@ -91,8 +91,9 @@ struct OrderService: Sendable {
                     let properties = MessageProperties(contentType: "application/json", messageID: order.orderID,
                                                        timestamp: order.placedAt, type: OrderPlaced.routingKey,
                                                        appID: "order-service")
-                    _ = try await channel.publish(body, to: topology.exchange, routingKey: OrderPlaced.routingKey,
-                                                  properties: properties)
+                    _ = try await channel.publishWithDeferredConfirm(body, to: topology.exchange,
+                                                                     routingKey: OrderPlaced.routingKey,
+                                                                     properties: properties)
                     progress.add(published: 1)
                     published.append(.init(order: order, isValid: order.validationError == nil,
                                            resent: resent.contains(index)))
@@ -100,8 +101,9 @@ struct OrderService: Sendable {
                 }
                 // The re-sent copies go out at the end of the burst, as after a missed confirm.
                 for copy in copies {
-                    _ = try await channel.publish(copy.body, to: topology.exchange,
-                                                  routingKey: OrderPlaced.routingKey, properties: copy.properties)
+                    _ = try await channel.publishWithDeferredConfirm(copy.body, to: topology.exchange,
+                                                                     routingKey: OrderPlaced.routingKey,
+                                                                     properties: copy.properties)
                     progress.add(published: 1)
                 }
                 try await store.recordPublished(published)

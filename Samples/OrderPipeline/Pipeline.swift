@@ -183,7 +183,7 @@ struct PipelineRun: Sendable {
         var counts: [WorkerKind: PipelineWorker.Counts] = [:]
         var stopped: Set<WorkerKind> = []
         for worker in workers {
-            depths[worker.kind] = Int(try await client.queueInfo(topology.queueName(worker.kind)).messageCount)
+            depths[worker.kind] = Int(try await client.inspectQueue(topology.queueName(worker.kind)).messageCount)
             counts[worker.kind] = worker.counts
             if !worker.isRunning { stopped.insert(worker.kind) }
         }
@@ -219,7 +219,7 @@ struct PipelineRun: Sendable {
             }
             if workers.allSatisfy({ $0.counts.settled >= total }) {
                 var empty = true
-                for queue in topology.pendingQueueNames where try await client.queueInfo(queue).messageCount > 0 {
+                for queue in topology.pendingQueueNames where try await client.inspectQueue(queue).messageCount > 0 {
                     empty = false
                     break
                 }

@@ -43,7 +43,7 @@ struct ClusterFailoverTests {
         var configuration = try cluster.configuration(endpoints: endpoints)
         configuration.connectionName = name
         configuration.confirmTimeout = .seconds(30)
-        configuration.recovery = RecoveryConfiguration(initialDelay: .milliseconds(100), maxDelay: .seconds(1))
+        configuration.recovery = .init(initialDelay: .milliseconds(100), maxDelay: .seconds(1))
         return configuration
     }
 

@@ -139,7 +139,7 @@ struct ConnectionTests {
         let operations: [(String, @Sendable () async throws -> Void)] = [
             ("connect", { try await client.connect() }),
             ("declare", { try await client.declare(Queue(queue, durable: false, exclusive: true)) }),
-            ("queueInfo", { _ = try await client.queueInfo(queue) }),
+            ("queueInfo", { _ = try await client.inspectQueue(queue) }),
             ("publish", { try await client.publish(Data("late".utf8), routingKey: queue) }),
             ("openChannel", { _ = try await client.openChannel() }),
             ("consume", { _ = try await client.consume(queue) }),
@@ -239,7 +239,7 @@ struct ChannelErrorTests {
     func missingQueue() async throws {
         try await TestBroker.withClient { client in
             let missing = TestBroker.uniqueName("missing")
-            let error = await #expect(throws: RabbitMQError.self) { try await client.queueInfo(missing) }
+            let error = await #expect(throws: RabbitMQError.self) { try await client.inspectQueue(missing) }
             #expect(error?.code == .channelClosed)
             #expect(error?.replyCode == 404)
             #expect(error?.replyText?.contains("NOT_FOUND") == true, "\(String(describing: error))")
@@ -250,7 +250,7 @@ struct ChannelErrorTests {
             let declared = try await client.declare(Queue(queue))
             #expect(declared.name == queue)
             try await client.publish(Data("after 404".utf8), routingKey: queue)
-            let info = try await client.queueInfo(queue)
+            let info = try await client.inspectQueue(queue)
             #expect(info.messageCount == 1)
             #expect(try await TestBroker.messageCount(queue) == 1)
             #expect(try await client.deleteQueue(queue) == 1)
@@ -272,7 +272,7 @@ struct ChannelErrorTests {
             // Same settings again: fine. The queue kept its first arguments.
             try await client.declare(Queue(queue, arguments: QueueArguments(maxLength: 10)))
             try await client.publish(Data("still here".utf8), routingKey: queue)
-            #expect(try await client.queueInfo(queue).messageCount == 1)
+            #expect(try await client.inspectQueue(queue).messageCount == 1)
             #expect(try await client.deleteQueue(queue) == 1)
         }
     }
@@ -287,7 +287,7 @@ struct ChannelErrorTests {
             #expect(failing.closeReason == nil)
 
             let missing = TestBroker.uniqueName("missing")
-            let error = await #expect(throws: RabbitMQError.self) { try await failing.queueInfo(missing) }
+            let error = await #expect(throws: RabbitMQError.self) { try await failing.inspectQueue(missing) }
             #expect(error?.code == .channelClosed)
             #expect(error?.replyCode == 404)
             #expect(!failing.isOpen)

@@ -21,16 +21,16 @@ struct ConsumingTests {
                 var received = 0
                 for try await delivery in consumer {
                     received += 1
-                    try await delivery.ack()
+                    try delivery.ack()
                 }
                 return received
             }
             try await client.publish(Data("one".utf8), routingKey: queue)
-            #expect(try await eventually { try await client.queueInfo(queue).messageCount == 0 })
+            #expect(try await eventually { try await client.inspectQueue(queue).messageCount == 0 })
             try await Task.sleep(for: .milliseconds(200))  // the loop is now waiting for a second delivery
             await consumer.cancel()
             #expect(try await loop.value == 1)  // ended normally: no error thrown
-            #expect(try await eventually { try await client.queueInfo(queue).consumerCount == 0 })
+            #expect(try await eventually { try await client.inspectQueue(queue).consumerCount == 0 })
             try await client.deleteQueue(queue)
         }
     }
@@ -48,7 +48,7 @@ struct ConsumingTests {
                         // Sampled while this delivery is still unacked: the broker must count 1...10.
                         if received % 20 == 0 { samples.append(try await TestBroker.queueStats(queue)?.unacked ?? -1) }
                         try await Task.sleep(for: .milliseconds(20))
-                        try await delivery.ack()
+                        try delivery.ack()
                         if received == 200 { break }
                     }
                     #expect(received == 200)
@@ -72,7 +72,7 @@ struct ConsumingTests {
                 var iterator = consumer.makeAsyncIterator()
                 for _ in 0..<25 {
                     let delivery = try #require(try await iterator.next())
-                    try await delivery.ack()
+                    try delivery.ack()
                 }
                 #expect(try await Self.isSettledWithItsConsumer(queue), "\(Self.stats(queue))")
                 await consumer.cancel()
@@ -90,7 +90,7 @@ struct ConsumingTests {
                     var bodies: [String] = []
                     for try await delivery in try await client.consume(queue, prefetch: 50) {
                         bodies.append(delivery.bodyString)
-                        try await delivery.ack()
+                        try delivery.ack()
                         if bodies.count == count { break }
                     }
                     return bodies
@@ -120,11 +120,11 @@ struct ConsumingTests {
                     for index in 0..<released {
                         let delivery = try #require(try await iterator.next())
                         #expect(delivery.body == body(index), "body \(index) arrived altered")
-                        try await delivery.ack()
+                        try delivery.ack()
                     }
                     var kept: [Delivery] = []  // acked (the prefetch is 10) but held
                     while kept.count < held, let delivery = try await iterator.next() {
-                        try await delivery.ack()
+                        try delivery.ack()
                         kept.append(delivery)
                     }
                     return kept
@@ -149,13 +149,13 @@ struct ConsumingTests {
                     let first = try #require(try await iterator.next())
                     #expect(first.bodyString == "message-0")
                     #expect(!first.isRedelivered)
-                    try await first.nack(requeue: true)
+                    try first.nack(requeue: true)
 
                     let second = try #require(try await iterator.next())
                     #expect(second.bodyString == "message-0")
                     #expect(second.isRedelivered)
                     #expect(second.deliveryTag != first.deliveryTag)
-                    try await second.reject(requeue: false)
+                    try second.reject(requeue: false)
 
                     // Dropped, not requeued: nothing ready, nothing unacked, while the consumer is still there.
                     #expect(try await Self.isSettledWithItsConsumer(queue), "\(Self.stats(queue))")
@@ -179,14 +179,14 @@ struct ConsumingTests {
                     #expect(try await eventually { try await TestBroker.queueStats(queue)?.unacked == 5 })
 
                     // One nack on the newest settles all five.
-                    try await firstRound[4].nack(requeue: true, multiple: true)
+                    try firstRound[4].nack(requeue: true, multiple: true)
                     let secondRound = try await Self.take(5, from: &iterator)
                     #expect(Set(secondRound.map(\.bodyString)) == Set(Self.bodies(5)))
                     #expect(secondRound.allSatisfy { $0.isRedelivered })
 
                     // And a nack multiple without requeue drops them all.
                     let newest = try #require(secondRound.max { $0.deliveryTag < $1.deliveryTag })
-                    try await newest.nack(requeue: false, multiple: true)
+                    try newest.nack(requeue: false, multiple: true)
                     #expect(try await Self.isSettledWithItsConsumer(queue), "\(Self.stats(queue))")
                     await consumer.cancel()
                 }
@@ -205,7 +205,7 @@ struct ConsumingTests {
                     let deliveries = try await Self.take(8, from: &iterator)
                     #expect(deliveries.count == 8)
                     #expect(try await eventually { try await TestBroker.queueStats(queue)?.unacked == 8 })
-                    try await deliveries[7].ack(multiple: true)
+                    try deliveries[7].ack(multiple: true)
                     #expect(try await Self.isSettledWithItsConsumer(queue), "\(Self.stats(queue))")
                     await consumer.cancel()
                 }
@@ -351,7 +351,7 @@ struct ConsumingTests {
                     var iterator = exclusive.makeAsyncIterator()
                     let delivery = try #require(try await iterator.next())
                     #expect(delivery.bodyString == "to the exclusive one")
-                    try await delivery.ack()
+                    try delivery.ack()
                 }
                 await exclusive.cancel()
                 #expect(try await Self.isSettledAndIdle(queue), "\(Self.stats(queue))")
@@ -374,7 +374,7 @@ struct ConsumingTests {
                     Task {
                         for try await delivery in consumer {
                             tally.add(delivery.bodyString)
-                            try await delivery.ack()
+                            try delivery.ack()
                         }
                     }
                 }
@@ -418,7 +418,7 @@ struct ConsumingTests {
                     try await TestBroker.queueStats(queue).map { $0.ready == 0 && $0.unacked == 1 } ?? false
                 })
 
-                try await delivery.ack()
+                try delivery.ack()
                 #expect(try await eventually {
                     try await TestBroker.queueStats(queue).map { $0.ready == 0 && $0.unacked == 0 } ?? false
                 })
@@ -469,9 +469,9 @@ struct ConsumingTests {
                     #expect(fresh.deliveryTag == stale.deliveryTag)
 
                     // Settling the delivery of the closed channel does nothing; settling it again is still a mistake.
-                    try await stale.ack()
-                    for settle: @Sendable () async throws -> Void in [{ try await stale.nack() },
-                                                                     { try await stale.reject() }] {
+                    try stale.ack()
+                    for settle: @Sendable () async throws -> Void in [{ try stale.nack() },
+                                                                     { try stale.reject() }] {
                         await #expect { try await settle() } throws: {
                             ($0 as? RabbitMQError)?.code == .alreadySettled
                         }
@@ -481,7 +481,7 @@ struct ConsumingTests {
                     #expect(try await TestBroker.queueStats(queue).map { $0 == (0, 1, 1) } == true)
                     #expect(channel.isOpen)
 
-                    try await fresh.ack()
+                    try fresh.ack()
                     await second.cancel()
                     try await channel.close()
                 }
@@ -501,7 +501,7 @@ struct ConsumingTests {
                     var iterator = consumer.makeAsyncIterator()
                     let delivery = try #require(try await iterator.next())
                     try await channel.close()
-                    try await delivery.ack(multiple: true)  // nothing to do: the broker requeues it
+                    try delivery.ack(multiple: true)  // nothing to do: the broker requeues it
                 }
                 #expect(try await eventually {
                     try await TestBroker.queueStats(queue).map { $0 == (3, 0, 0) } ?? false
@@ -555,7 +555,7 @@ struct ConsumingTests {
                     Task {
                         for try await delivery in consumer {
                             tally.add(delivery.bodyString)
-                            try await delivery.ack()
+                            try delivery.ack()
                         }
                     }
                 }
@@ -588,7 +588,7 @@ struct ConsumingTests {
                     let deliveries = try await Self.take(count, from: &iterator)
                     #expect(deliveries.count == count)
                     // Every ack returns before the close starts: none may be dropped by it.
-                    for delivery in deliveries { try await delivery.ack() }
+                    for delivery in deliveries { try delivery.ack() }
                     try await channel.close()
                 }
                 #expect(try await Self.isSettledAndIdle(queue), "\(Self.stats(queue))")
@@ -608,7 +608,7 @@ struct ConsumingTests {
                         var iterator = consumer.makeAsyncIterator()
                         let deliveries = try await Self.take(count, from: &iterator)
                         #expect(deliveries.count == count)
-                        for delivery in deliveries { try await delivery.ack() }
+                        for delivery in deliveries { try delivery.ack() }
                         await client.close()
                     }
                 } catch {
@@ -632,7 +632,7 @@ struct ConsumingTests {
         let channel = try await client.openChannel()
         try await channel.enableConfirms()
         for body in bodies(count) {
-            _ = try await channel.publish(Data(body.utf8), routingKey: queue)
+            _ = try await channel.publishWithDeferredConfirm(Data(body.utf8), routingKey: queue)
         }
         try await channel.waitForConfirms()
         try await channel.close()

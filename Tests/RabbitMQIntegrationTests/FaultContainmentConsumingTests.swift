@@ -21,7 +21,7 @@ struct FaultContainmentConsumingTests {
         let metrics = TestMetrics()
         try await TestBroker.withClient(configure: { configuration in
             configuration.observability.metricsFactory = metrics
-            configuration.recovery = RecoveryConfiguration(initialDelay: .milliseconds(100), maxDelay: .seconds(1))
+            configuration.recovery = .init(initialDelay: .milliseconds(100), maxDelay: .seconds(1))
         }) { client in
             try await ConsumingTests.withQueue(client, "fc.readme") { queue in
                 try await ConsumingTests.fill(client, queue, count: count)
@@ -45,7 +45,7 @@ struct FaultContainmentConsumingTests {
                                 return true
                             }
                             while holds, !log.withLock({ $0.released }) { try await Task.sleep(for: .milliseconds(10)) }
-                            try await delivery.ack()
+                            try delivery.ack()
                             let done = log.withLock { log in
                                 log.processed.append(delivery.bodyString)
                                 if delivery.isRedelivered { log.redelivered += 1 }
@@ -111,10 +111,10 @@ struct FaultContainmentConsumingTests {
                 let deliveries = try await ConsumingTests.take(8, from: &iterator)
                 try #require(deliveries.map(\.bodyString) == ConsumingTests.bodies(8))
 
-                func expectAlreadySettled(_ settle: () async throws -> Void,
-                                          sourceLocation: SourceLocation = #_sourceLocation) async {
+                func expectAlreadySettled(_ settle: () throws -> Void,
+                                          sourceLocation: SourceLocation = #_sourceLocation) {
                     do {
-                        try await settle()
+                        try settle()
                         Issue.record("a second settlement did not throw", sourceLocation: sourceLocation)
                     } catch let error as RabbitMQError {
                         #expect(error.code == .alreadySettled, "\(error)", sourceLocation: sourceLocation)
@@ -123,21 +123,21 @@ struct FaultContainmentConsumingTests {
                         Issue.record("unexpected error \(error)", sourceLocation: sourceLocation)
                     }
                 }
-                try await deliveries[0].ack()
-                await expectAlreadySettled { try await deliveries[0].ack() }
-                try await deliveries[1].ack()
-                await expectAlreadySettled { try await deliveries[1].nack(requeue: true) }  // must not requeue it
-                try await deliveries[2].nack(requeue: false)
-                await expectAlreadySettled { try await deliveries[2].reject(requeue: true) }  // must not bring it back
-                try await deliveries[3].reject(requeue: false)
-                await expectAlreadySettled { try await deliveries[3].ack() }
+                try deliveries[0].ack()
+                expectAlreadySettled { try deliveries[0].ack() }
+                try deliveries[1].ack()
+                expectAlreadySettled { try deliveries[1].nack(requeue: true) }  // must not requeue it
+                try deliveries[2].nack(requeue: false)
+                expectAlreadySettled { try deliveries[2].reject(requeue: true) }  // must not bring it back
+                try deliveries[3].reject(requeue: false)
+                expectAlreadySettled { try deliveries[3].ack() }
                 // A multiple ack covers the earlier deliveries: settling one of them again is the same mistake.
-                try await deliveries[6].ack(multiple: true)
-                await expectAlreadySettled { try await deliveries[4].ack() }
-                await expectAlreadySettled { try await deliveries[5].nack(requeue: true) }
-                await expectAlreadySettled { try await deliveries[6].ack(multiple: true) }
-                try await deliveries[7].ack(multiple: true)
-                await expectAlreadySettled { try await deliveries[7].nack(requeue: true, multiple: true) }
+                try deliveries[6].ack(multiple: true)
+                expectAlreadySettled { try deliveries[4].ack() }
+                expectAlreadySettled { try deliveries[5].nack(requeue: true) }
+                expectAlreadySettled { try deliveries[6].ack(multiple: true) }
+                try deliveries[7].ack(multiple: true)
+                expectAlreadySettled { try deliveries[7].nack(requeue: true, multiple: true) }
 
                 // A round trip on the channel: no second settlement reached the broker, which would have closed the
                 // channel (406 unknown delivery tag) or requeued a message.
@@ -155,12 +155,12 @@ struct FaultContainmentConsumingTests {
             try await ConsumingTests.withQueue(client, "fc.auto") { queue in
                 try await ConsumingTests.fill(client, queue, count: 2)
                 let got = try #require(try await client.get(from: queue, acknowledgement: .automatic))
-                await #expect { try await got.ack() } throws: { ($0 as? RabbitMQError)?.code == .alreadySettled }
+                #expect { try got.ack() } throws: { ($0 as? RabbitMQError)?.code == .alreadySettled }
                 let consumer = try await client.consume(queue, prefetch: 5,
                                                         options: ConsumeOptions(acknowledgement: .automatic))
                 var iterator = consumer.makeAsyncIterator()
                 let delivered = try #require(try await iterator.next())
-                await #expect { try await delivered.nack() } throws: {
+                #expect { try delivered.nack() } throws: {
                     ($0 as? RabbitMQError)?.code == .alreadySettled
                 }
                 #expect(try await ConsumingTests.isSettledWithItsConsumer(queue), "\(ConsumingTests.stats(queue))")
@@ -195,7 +195,7 @@ struct FaultContainmentConsumingTests {
                                 await client.close()
                                 closed = true
                             } else {
-                                try await delivery.ack()
+                                try delivery.ack()
                             }
                         }
                         return (handedOut, afterClose, "ended")
@@ -279,14 +279,14 @@ struct FaultContainmentConsumingTests {
                     })
                     if closedByBroker {
                         await #expect(throws: RabbitMQError.self) {
-                            _ = try await channel.queueInfo(TestBroker.uniqueName("fc.missing"))
+                            _ = try await channel.inspectQueue(TestBroker.uniqueName("fc.missing"))
                         }
                     } else {
                         try await channel.close()
                     }
                     #expect(!channel.isOpen)
                     do {
-                        try await first.ack()  // does nothing: the broker has requeued it
+                        try first.ack()  // does nothing: the broker has requeued it
                     } catch {
                         Issue.record("settling a delivery of a closed channel threw \(error)")
                     }

@@ -23,7 +23,7 @@ struct FaultContainmentPublishingTests {
             configuration.connectTimeout = .seconds(2)
             configuration.handshakeTimeout = .seconds(2)
             configuration.requestTimeout = .seconds(3)
-            configuration.recovery = RecoveryConfiguration(initialDelay: .milliseconds(100), maxDelay: .seconds(1))
+            configuration.recovery = .init(initialDelay: .milliseconds(100), maxDelay: .seconds(1))
             try await TestBroker.withClient(configuration: configuration) { client in
                 let queue = TestBroker.uniqueName("h2.outage")
                 try await client.declare(Queue(queue))
@@ -55,7 +55,7 @@ struct FaultContainmentPublishingTests {
                         group.addTask {
                             let started = ContinuousClock.now
                             let outcome = await Bounded.run(.seconds(7) + Self.hangGuard) {
-                                _ = try await client.queueInfo(queue)
+                                _ = try await client.inspectQueue(queue)
                             }
                             return ("queueInfo \(index)", outcome, ContinuousClock.now - started)
                         }
@@ -113,7 +113,7 @@ struct FaultContainmentPublishingTests {
     @Test("After a call makes the broker close the connection, the next calls wait for recovery")
     func callsAfterAConnectionErrorWaitForRecovery() async throws {
         try await TestBroker.withClient(configure: { configuration in
-            configuration.recovery = RecoveryConfiguration(initialDelay: .milliseconds(50), maxDelay: .seconds(1))
+            configuration.recovery = .init(initialDelay: .milliseconds(50), maxDelay: .seconds(1))
         }) { client in
             let queue = TestBroker.uniqueName("h2.after503")
             try await client.declare(Queue(queue))
@@ -259,7 +259,7 @@ struct FaultContainmentPublishingTests {
             let doomed = TestBroker.uniqueName("h2.doomed")
             try await Self.declareElsewhere(exchange: exchange, queue: queue)
             try await client.declare(Exchange(doomed, type: .direct, durable: false))
-            try await client.checkExchange(exchange)  // both now known to the client: no check before publishing
+            try await client.inspectExchange(exchange)  // both now known to the client: no check before publishing
             try await TestBroker.withClient(name: "h2 deleter") { other in try await other.deleteExchange(doomed) }
 
             let (good, bad) = await Self.publishWithOneBad(client, count: 200, exchange: exchange, badExchange: doomed)
@@ -349,7 +349,7 @@ struct FaultContainmentPublishingTests {
             #expect(replaced, "confirm channel \(before) was not replaced after \(nacks.count) nacks: now \(after)")
 
             // With room again, publishing goes on.
-            try await client.purge(queue)
+            try await client.purgeQueue(queue)
             try await client.publish(Data("after".utf8), routingKey: queue)
             #expect(try await TestBroker.messageCount(queue) == 1)
             print("[fault containment] nacks: \(nacks.count) nacked, confirm channel \(before) -> \(after)")

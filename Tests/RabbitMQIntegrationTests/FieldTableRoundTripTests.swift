@@ -55,7 +55,7 @@ struct FieldTableRoundTripTests {
             var received: Delivery?
             for try await delivery in try await client.consume(queue, prefetch: 1) {
                 received = delivery
-                try await delivery.ack()
+                try delivery.ack()
                 break
             }
             let delivery = try #require(received)
@@ -99,7 +99,7 @@ struct FieldTableRoundTripTests {
             try await client.publish(Data("dead".utf8), routingKey: queue,
                                      properties: MessageProperties(headers: sent))
             let original = try #require(try await client.get(from: queue))
-            try await original.reject(requeue: false)
+            try original.reject(requeue: false)
             #expect(try await eventually { try await TestBroker.messageCount(deadLetters) == 1 })
 
             let dead = try #require(try await client.get(from: deadLetters, acknowledgement: .automatic))

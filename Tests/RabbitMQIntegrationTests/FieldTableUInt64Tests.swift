@@ -47,7 +47,7 @@ struct FieldTableUInt64Tests {
             // Nothing reached the broker, and the connection carries on.
             #expect(try await ConnectionTests.connectionListed(name))
             try await client.publish(Data("fine".utf8), routingKey: queue)
-            #expect(try await client.queueInfo(queue).messageCount == 1)
+            #expect(try await client.inspectQueue(queue).messageCount == 1)
             #expect(try await client.deleteQueue(queue) == 1, "the uint64 messages reached the queue")
         }
     }

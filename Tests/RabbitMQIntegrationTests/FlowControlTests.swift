@@ -99,7 +99,7 @@ struct FlowControlTests {
                     #expect(error?.code == .timeout)
                 }
                 let channelError = await #expect(throws: RabbitMQError.self) {
-                    try await channel.publish(Data("timed out on a channel".utf8), routingKey: queue).wait()
+                    try await channel.publish(Data("timed out on a channel".utf8), routingKey: queue)
                 }
                 #expect(channelError?.code == .timeout)
                 #expect(try await broker.queueStats(queue)?.ready == 0)
@@ -112,7 +112,7 @@ struct FlowControlTests {
                 // Publishes on one channel are taken in order, and the connection's frames are read in order: once
                 // this marker is confirmed, anything written before it has arrived too.
                 try await client.publish(Data("marker".utf8), routingKey: queue)
-                _ = try await channel.publish(Data("channel marker".utf8), routingKey: queue).wait()
+                try await channel.publish(Data("channel marker".utf8), routingKey: queue)
                 #expect(try await broker.queueStats(queue)?.ready == 3)
                 var bodies: [String] = []
                 while bodies.count < 10, let delivery = try await client.get(from: queue, acknowledgement: .automatic) {

@@ -105,7 +105,7 @@ struct HeartbeatTests {
             let failure = try await Self.whileFrozen(broker) {
                 // 64 MiB: far more than the sockets' buffers hold, so the I/O thread ends up waiting to write.
                 let body = Data(repeating: 0x5A, count: 1 << 20)
-                for _ in 0..<64 { _ = try await channel.publish(body, routingKey: queue) }
+                for _ in 0..<64 { _ = try await channel.publishWithDeferredConfirm(body, routingKey: queue) }
                 return await #expect(throws: RabbitMQError.self) { try await channel.waitForConfirms() }
             }
             let failedAfter = ContinuousClock.now - frozenAt
@@ -165,7 +165,7 @@ struct HeartbeatTests {
         configuration.heartbeat = interval
         configuration.connectTimeout = .seconds(3)
         configuration.handshakeTimeout = .seconds(3)
-        configuration.recovery = RecoveryConfiguration(initialDelay: .milliseconds(100), maxDelay: .seconds(1))
+        configuration.recovery = .init(initialDelay: .milliseconds(100), maxDelay: .seconds(1))
         try await TestBroker.withClient(configuration: configuration) { client in
             try await body(client, name, HeartbeatEventLog(following: client))
         }

@@ -14,8 +14,9 @@ private func publish(_ client: RabbitMQClient, _ observability: Observability, _
                      routingKey: String = "", properties: MessageProperties = MessageProperties(),
                      mandatory: Bool = false) async throws {
     let channel = try await client.publisherChannel(until: .now + client.configuration.confirmTimeout)
-    try await channel.publish(Data(body.utf8), to: exchange, routingKey: routingKey, properties: properties,
-                              mandatory: mandatory, observability: observability).wait()
+    try await channel.publishWithDeferredConfirm(Data(body.utf8), to: exchange, routingKey: routingKey,
+                                                 properties: properties, mandatory: mandatory,
+                                                 observability: observability).wait()
 }
 
 /// A retryable failure of a test handler.
@@ -56,7 +57,7 @@ struct ObservabilityTests {
             var seen = 0
             for try await delivery in try await client.consume(queue, prefetch: 10) {
                 seen += 1
-                if seen == 5 { try await delivery.reject(requeue: false) } else { try await delivery.ack() }
+                if seen == 5 { try delivery.reject(requeue: false) } else { try delivery.ack() }
                 if seen == 5 { break }
             }
             let byQueue = [("queue", queue)]
@@ -74,7 +75,7 @@ struct ObservabilityTests {
             }
             #expect(try metrics.expectCounter("rabbitmq.delivered", byQueue).totalValue == 8)
             #expect(try metrics.expectCounter("rabbitmq.acked", byQueue).totalValue == 7)
-            #expect(try await eventually { try await client.queueInfo(queue).messageCount == 0 })
+            #expect(try await eventually { try await client.inspectQueue(queue).messageCount == 0 })
             try await client.deleteQueue(queue)
         }
     }

@@ -20,9 +20,8 @@ struct PublishingReturnTests {
             var confirmations: [PublishConfirmation] = []
             for isRoutable in routable {
                 let properties = MessageProperties(headers: ["route": isRoutable ? "yes" : "no"])
-                confirmations.append(try await channel.publish(Data("same body".utf8), to: exchange,
-                                                               routingKey: "", properties: properties,
-                                                               mandatory: true))
+                confirmations.append(try await channel.publishWithDeferredConfirm(
+                    Data("same body".utf8), to: exchange, routingKey: "", properties: properties, mandatory: true))
             }
             var wrong: [Int] = []
             for (index, confirmation) in confirmations.enumerated() {

@@ -15,7 +15,8 @@ struct PublishingTests {
             var confirmations: [PublishConfirmation] = []
             var largestInFlight = 0
             for index in 0..<5_000 {
-                confirmations.append(try await channel.publish(Data("message \(index)".utf8), routingKey: queue))
+                confirmations.append(try await channel.publishWithDeferredConfirm(Data("message \(index)".utf8),
+                                                                                  routingKey: queue))
                 largestInFlight = max(largestInFlight, channel.unconfirmedCount)
             }
             try await channel.waitForConfirms()
@@ -70,7 +71,8 @@ struct PublishingTests {
             try await channel.enableConfirms(window: 100)
             var confirmations: [PublishConfirmation] = []
             for index in 0..<20 {
-                confirmations.append(try await channel.publish(Data("message \(index)".utf8), routingKey: queue))
+                confirmations.append(try await channel.publishWithDeferredConfirm(Data("message \(index)".utf8),
+                                                                                  routingKey: queue))
             }
             var confirmed: [Int] = []
             var nacked: [Int] = []
@@ -97,7 +99,7 @@ struct PublishingTests {
                 try await client.publish(Data("one more".utf8), routingKey: queue)
             }
             #expect(clientError?.code == .publishNacked)
-            try await client.purge(queue)
+            try await client.purgeQueue(queue)
             try await client.publish(Data("after purge".utf8), routingKey: queue)
             #expect(try await TestBroker.messageCount(queue) == 1)
             try await channel.close()
@@ -143,7 +145,7 @@ struct PublishingTests {
             let routable = (0..<90).map { $0 % 3 == 0 || $0 % 7 == 0 }
             var confirmations: [PublishConfirmation] = []
             for (index, isRoutable) in routable.enumerated() {
-                confirmations.append(try await channel.publish(
+                confirmations.append(try await channel.publishWithDeferredConfirm(
                     Data("message \(index)".utf8), to: exchange, routingKey: isRoutable ? "routed" : "unbound",
                     mandatory: true))
             }
@@ -317,7 +319,7 @@ struct PublishingTests {
             #expect(error?.replyCode == nil, "refused by the client, not the broker")
             let channel = try await client.openChannel()
             let channelError = await #expect(throws: RabbitMQError.self) {
-                _ = try await channel.publish(huge, routingKey: queue)
+                _ = try await channel.publishWithDeferredConfirm(huge, routingKey: queue)
             }
             #expect(channelError?.code == .messageTooLarge)
             #expect(channel.isOpen)
@@ -380,15 +382,15 @@ struct PublishingTests {
             try await client.declare(Queue(queue))
             let channel = try await client.openChannel()
             try await channel.enableConfirms()
-            let confirmation = try await channel.publish(Data("x".utf8), to: TestBroker.uniqueName("pub.missing"),
-                                                         routingKey: queue)
+            let confirmation = try await channel.publishWithDeferredConfirm(
+                Data("x".utf8), to: TestBroker.uniqueName("pub.missing"), routingKey: queue)
             let error = await #expect(throws: RabbitMQError.self) { try await confirmation.wait() }
             #expect(error?.code == .channelClosed)
             #expect(error?.replyCode == 404)
             #expect(!channel.isOpen)
             #expect(channel.closeReason?.replyCode == 404)
             let later = await #expect(throws: RabbitMQError.self) {
-                _ = try await channel.publish(Data("y".utf8), routingKey: queue)
+                _ = try await channel.publishWithDeferredConfirm(Data("y".utf8), routingKey: queue)
             }
             #expect(later?.replyCode == 404)
             try await client.publish(Data("z".utf8), routingKey: queue)

@@ -191,7 +191,7 @@ struct QueueWorkerHealingTests {
             try await client.deleteQueue(queue)
             let consumingAgain = try await eventually(timeout: .seconds(60)) {
                 guard events.subscriptions == 2 else { return false }
-                return try await client.queueInfo(queue).consumerCount == 1
+                return try await client.inspectQueue(queue).consumerCount == 1
             }
             #expect(consumingAgain)
             try await publishNumbered(client, count: 10, to: queue, prefix: "after")
@@ -213,7 +213,7 @@ struct QueueWorkerHealingTests {
             let queue = TestBroker.uniqueName("healing.waiting")
             try await client.declare(Queue(queue))
             let probe = WorkerProbe()
-            let recovery = RecoveryConfiguration(initialDelay: .milliseconds(50), maxDelay: .milliseconds(200))
+            let recovery = RabbitMQClient.Configuration.Recovery(initialDelay: .milliseconds(50), maxDelay: .milliseconds(200))
             let worker = QueueWorker(client: client, configuration: .init(queue: queue, recovery: recovery)) { delivery in
                 probe.enter(delivery)
                 probe.leave()

@@ -300,7 +300,7 @@ struct QueueWorkerTests {
 
             let worker = QueueWorker(client: client, configuration: .init(queue: queue)) { _ in }
             let run = Task { try await worker.run() }
-            #expect(try await eventually { try await client.queueInfo(queue).consumerCount == 1 })
+            #expect(try await eventually { try await client.inspectQueue(queue).consumerCount == 1 })
             await #expect(throws: RabbitMQError.self) { try await worker.run() }
             worker.stop()
             try await run.value
@@ -317,8 +317,8 @@ struct QueueWorkerTests {
             early.stop()
             try await early.run()
             #expect(handled.value == 0)
-            #expect(try await client.queueInfo(queue).messageCount == 1)
-            try await client.purge(queue)
+            #expect(try await client.inspectQueue(queue).messageCount == 1)
+            try await client.purgeQueue(queue)
             #expect(try await drainedAtBroker(queue))
             try await client.deleteQueue(queue)
         }

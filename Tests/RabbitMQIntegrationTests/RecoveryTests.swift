@@ -41,7 +41,7 @@ struct RecoveryTests {
         var configuration = try broker.configuration
         configuration.connectionName = name
         configuration.confirmTimeout = .seconds(30)
-        configuration.recovery = RecoveryConfiguration(initialDelay: .milliseconds(100), maxDelay: .seconds(1))
+        configuration.recovery = .init(initialDelay: .milliseconds(100), maxDelay: .seconds(1))
         return configuration
     }
 

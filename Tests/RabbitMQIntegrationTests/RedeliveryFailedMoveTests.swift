@@ -60,7 +60,7 @@ struct RedeliveryFailedMoveTests {
             let refusing = Atomic<Bool>(true)
             let calls = Atomic<Int>(0)
             var configuration = QueueWorker.Configuration(queue: retry.queueName, retry: retry)
-            configuration.recovery = RecoveryConfiguration(initialDelay: .milliseconds(100), maxDelay: .seconds(1))
+            configuration.recovery = .init(initialDelay: .milliseconds(100), maxDelay: .seconds(1))
             let worker = QueueWorker(client: client, configuration: configuration) { _ in
                 calls.add(1, ordering: .relaxed)
                 if refusing.load(ordering: .relaxed) { throw RetryableError("downstream timeout") }

@@ -331,7 +331,7 @@ struct RedeliveryTests {
             try await withRetryTopology(client, "redelivery.reject", policy: RetryPolicy(maxAttempts: 2)) { retry in
                 try await client.publish(Data("rejected".utf8), routingKey: retry.queueName)
                 let delivery = try #require(try await client.get(from: retry.queueName))
-                try await delivery.reject(requeue: false)
+                try delivery.reject(requeue: false)
                 #expect(try await settlesWithOnlyParked(client, retry, 1))
 
                 let parked = try await client.parkedMessages(in: retry)
@@ -419,7 +419,7 @@ struct RedeliveryTests {
             try await client.publish(Data("invoice 7".utf8), routingKey: queue, properties: properties)
             #expect(try await eventually { first.outcomes[.acked] == 1 })
             let runSecond = Task { try await second.run() }
-            #expect(try await eventually { try await client.queueInfo(queue).consumerCount == 2 })
+            #expect(try await eventually { try await client.inspectQueue(queue).consumerCount == 2 })
             // The same message again, twice, and one other message.
             try await client.publish(Data("invoice 7".utf8), routingKey: queue, properties: properties)
             try await client.publish(Data("invoice 7".utf8), routingKey: queue, properties: properties)

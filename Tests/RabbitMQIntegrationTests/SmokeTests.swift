@@ -16,7 +16,7 @@ struct SmokeTests {
             var received: [String] = []
             for try await delivery in try await client.consume(queue, prefetch: 5) {
                 received.append(delivery.bodyString)
-                try await delivery.ack()
+                try delivery.ack()
                 if received.count == 10 { break }
             }
             #expect(received == (0..<10).map { "message \($0)" })

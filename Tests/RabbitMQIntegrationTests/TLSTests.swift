@@ -30,7 +30,7 @@ struct TLSTests {
             var received: [Data] = []
             for try await delivery in try await client.consume(queue, prefetch: 10) {
                 received.append(delivery.body)
-                try await delivery.ack()
+                try delivery.ack()
                 if received.count == bodies.count { break }
             }
             #expect(received == bodies)
@@ -75,7 +75,7 @@ struct TLSTests {
             #expect(try await TLSBroker.queueStats(queue)?.ready == 1)
             let delivery = try #require(try await client.get(from: queue))
             #expect(delivery.bodyString == "with a client certificate")
-            try await delivery.ack()
+            try delivery.ack()
             #expect(try await eventually {
                 try await TLSBroker.queueStats(queue).map { $0.ready + $0.unacked } == 0
             })

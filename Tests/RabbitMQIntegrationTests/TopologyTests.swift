@@ -236,7 +236,7 @@ struct TopologyTests {
             #expect(inUse?.replyCode == 406)
             await consumer.cancel()
 
-            #expect(try await client.purge(names.classic) == 3)
+            #expect(try await client.purgeQueue(names.classic) == 3)
             #expect(try await TestBroker.messageCount(names.classic) == 0)
             try await client.bind(.queue(names.classic, to: names.direct, routingKey: "again"))
             try await client.publish(Data("a".utf8), to: names.direct, routingKey: "again")
@@ -256,7 +256,7 @@ struct TopologyTests {
         let second = try await client.declare(Queue.temporary())
         #expect(second.name != info.name)
         try await client.publish(Data("to temporary".utf8), routingKey: info.name)
-        #expect(try await client.queueInfo(info.name).messageCount == 1)
+        #expect(try await client.inspectQueue(info.name).messageCount == 1)
         #expect(try await TestBroker.messageCount(info.name) == 1)
         await client.close()
         #expect(try await eventually {
@@ -284,9 +284,9 @@ struct TopologyTests {
             ("declare exchange", { try await client.declare(Exchange(long)) }),
             ("declare topology", { try await client.declare(Topology { Queue("fine"); Queue(long) }) }),
             ("bind", { try await client.bind(.queue("fine", to: "fine", routingKey: long)) }),
-            ("queueInfo", { _ = try await client.queueInfo(long) }),
+            ("queueInfo", { _ = try await client.inspectQueue(long) }),
             ("deleteQueue", { try await client.deleteQueue(long) }),
-            ("purge", { try await client.purge(long) }),
+            ("purge", { try await client.purgeQueue(long) }),
             ("publish", { try await client.publish(Data(), routingKey: long) }),
         ]
         for (label, operation) in operations {

@@ -70,7 +70,7 @@ struct ConfigurationTests {
         #expect(configuration.username == "app@corp")
         #expect(configuration.password == "p@ss:w/ord")
         #expect(configuration.virtualHost == "/orders")
-        #expect(configuration.tls == TLSConfiguration())
+        #expect(configuration.tls == RabbitMQClient.Configuration.TLS())
         #expect(configuration.heartbeat == .seconds(15))
         #expect(configuration.connectTimeout == .milliseconds(2500))
         #expect(configuration.frameMax == 65536)
@@ -161,7 +161,7 @@ struct ConfigurationTests {
     func descriptionScheme() {
         var configuration = Configuration(host: "h", virtualHost: "v")
         #expect(configuration.description == "amqp://guest:***@h:5672/v")
-        configuration.tls = TLSConfiguration()
+        configuration.tls = RabbitMQClient.Configuration.TLS()
         #expect(configuration.description == "amqps://guest:***@h:5672/v")
     }
 
@@ -172,14 +172,14 @@ struct ConfigurationTests {
 
     @Test("TLS settings default to full verification")
     func tlsDefaults() {
-        let tls = TLSConfiguration()
+        let tls = RabbitMQClient.Configuration.TLS()
         #expect(tls.verifyPeer)
         #expect(tls.verifyHostname)
         #expect(tls.caCertificatePath == nil)
         #expect(tls.certificatePath == nil)
         #expect(tls.keyPath == nil)
-        let custom = TLSConfiguration(caCertificatePath: "/ca.pem", certificatePath: "/c.pem", keyPath: "/k.pem",
-                                      verifyPeer: false, verifyHostname: false)
+        let custom = RabbitMQClient.Configuration.TLS(caCertificatePath: "/ca.pem", certificatePath: "/c.pem",
+                                                      keyPath: "/k.pem", verifyPeer: false, verifyHostname: false)
         #expect(custom.caCertificatePath == "/ca.pem")
         #expect(custom.certificatePath == "/c.pem")
         #expect(custom.keyPath == "/k.pem")

@@ -30,11 +30,11 @@ struct DeliverySettlementTests {
         let link = ChannelLink.unserved(commands: queue)
         let first = Self.delivery(1, on: link)
         let second = Self.delivery(2, on: link)
-        try await first.ack()
-        await #expect { try await first.ack() } throws: { Self.isAlreadySettled($0) }
-        await #expect { try await first.nack(requeue: true) } throws: { Self.isAlreadySettled($0) }
-        try await second.reject(requeue: false)
-        await #expect { try await second.ack() } throws: { Self.isAlreadySettled($0) }
+        try first.ack()
+        #expect { try first.ack() } throws: { Self.isAlreadySettled($0) }
+        #expect { try first.nack(requeue: true) } throws: { Self.isAlreadySettled($0) }
+        try second.reject(requeue: false)
+        #expect { try second.ack() } throws: { Self.isAlreadySettled($0) }
         #expect(Self.submitted(queue) == [.ack(deliveryTag: 1, multiple: false),
                                           .reject(deliveryTag: 2, requeue: false)])
     }
@@ -43,9 +43,9 @@ struct DeliverySettlementTests {
         let queue = try CommandQueue()
         let link = ChannelLink.unserved(commands: queue)
         let deliveries = (1...3).map { Self.delivery(UInt64($0), on: link) }
-        try await deliveries[1].nack(requeue: false, multiple: true)
-        await #expect { try await deliveries[0].ack() } throws: { Self.isAlreadySettled($0) }
-        try await deliveries[2].ack()
+        try deliveries[1].nack(requeue: false, multiple: true)
+        #expect { try deliveries[0].ack() } throws: { Self.isAlreadySettled($0) }
+        try deliveries[2].ack()
         #expect(Self.submitted(queue) == [.nack(deliveryTag: 2, multiple: true, requeue: false),
                                           .ack(deliveryTag: 3, multiple: false)])
     }
@@ -56,10 +56,10 @@ struct DeliverySettlementTests {
         let link = ChannelLink.unserved(commands: queue, metrics: metrics)
         let delivery = Self.delivery(1, on: link)
         link.markClosed(RabbitMQError(.connectionLost, "lost"))
-        try await delivery.ack()
+        try delivery.ack()
         // Still settled once only.
-        await #expect { try await delivery.reject() } throws: { Self.isAlreadySettled($0) }
-        try await Self.delivery(2, on: link).nack()
+        #expect { try delivery.reject() } throws: { Self.isAlreadySettled($0) }
+        try Self.delivery(2, on: link).nack()
         #expect(Self.submitted(queue).isEmpty, "nothing goes to the I/O thread")
         #expect(try metrics.expectCounter("rabbitmq.settlements.stale").totalValue == 2)
     }
@@ -70,7 +70,7 @@ struct DeliverySettlementTests {
         let link = ChannelLink.unserved(commands: queue, metrics: metrics)
         // The I/O thread stopped, and its channels are not marked closed yet.
         _ = queue.terminate(with: RabbitMQError(.connectionLost, "lost"))
-        try await Self.delivery(1, on: link).ack()
+        try Self.delivery(1, on: link).ack()
         #expect(try metrics.expectCounter("rabbitmq.settlements.stale").totalValue == 1)
     }
 }

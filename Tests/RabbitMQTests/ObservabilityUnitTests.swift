@@ -11,7 +11,7 @@ import Tracing
 struct ObservabilityUnitTests {
     private static func makeObservability(metrics: TestMetrics? = nil,
                                           tracer: TestTracer? = nil) -> Observability {
-        Observability(ObservabilityConfiguration(metricsFactory: metrics, tracer: tracer),
+        Observability(RabbitMQClient.Configuration.Observability(metricsFactory: metrics, tracer: tracer),
                       logger: Logger(label: "test"))
     }
 
@@ -77,7 +77,7 @@ struct ObservabilityUnitTests {
         queue.recordRetried()
         queue.recordParked()
         queue.recordDeduplicated()
-        queue.recordHandler(.milliseconds(3), outcome: .retried)
+        queue.recordHandler(.milliseconds(3), outcome: QueueWorker.Outcome.retried.rawValue)
         for label in ["delivered", "acked", "rejected", "retried", "parked", "deduplicated"] {
             #expect(try metrics.expectCounter("rabbitmq.\(label)", [("queue", "q")]).totalValue == 1, "\(label)")
         }
@@ -108,9 +108,9 @@ struct ObservabilityUnitTests {
     }
 
     @Test func noOpBackendsTurnTheHooksOff() throws {
-        let observability = Observability(ObservabilityConfiguration(metricsFactory: NOOPMetricsHandler.instance,
-                                                                     tracer: NoOpTracer()),
-                                          logger: Logger(label: "test"))
+        let configuration = RabbitMQClient.Configuration.Observability(metricsFactory: NOOPMetricsHandler.instance,
+                                                                       tracer: NoOpTracer())
+        let observability = Observability(configuration, logger: Logger(label: "test"))
         #expect(observability.factory == nil)
         #expect(observability.tracer == nil)
         #expect(observability.exchange("orders") == nil)
@@ -118,7 +118,7 @@ struct ObservabilityUnitTests {
         var properties = MessageProperties()
         #expect(observability.willPublish(exchange: "orders", routingKey: "k", properties: &properties) == nil)
         #expect(properties.headers.isEmpty)
-        #expect(observability.context(for: try Self.makeDelivery(properties: properties)) == nil)
+        #expect(observability.context(forMessageWith: try Self.makeDelivery(properties: properties).properties) == nil)
     }
 
     @Test func ticketCountsTheBrokersVerdictOnce() throws {
@@ -200,7 +200,7 @@ struct ObservabilityUnitTests {
         let producer = try #require(observability.willPublish(exchange: "orders", routingKey: "order.placed",
                                                               properties: &properties) as? TestSpan)
         let delivery = try Self.makeDelivery(properties: properties)
-        let context = try #require(observability.context(for: delivery))
+        let context = try #require(observability.context(forMessageWith: delivery.properties))
         #expect(context.requestID == "req-9")
         let consumer = try #require(observability.startProcessSpan(delivery, queue: "orders.coupon",
                                                                    context: context) as? TestSpan)
@@ -216,6 +216,6 @@ struct ObservabilityUnitTests {
 
         // Without a tracer the request id alone still makes a context.
         let plain = Self.makeObservability()
-        #expect(plain.context(for: delivery)?.requestID == "req-9")
+        #expect(plain.context(forMessageWith: delivery.properties)?.requestID == "req-9")
     }
 }

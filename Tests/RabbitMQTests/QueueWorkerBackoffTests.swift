@@ -12,8 +12,8 @@ struct QueueWorkerBackoffTests {
         let clock = MockClock()
         let client = RabbitMQClient(configuration: try .init(url: "amqp://guest:guest@127.0.0.1:1/"),
                                     logger: Logger(label: "test"), clock: clock)
-        let recovery = RecoveryConfiguration(initialDelay: .seconds(1), maxDelay: .seconds(4), jitter: 0,
-                                             maxAttempts: 4)
+        let recovery = RabbitMQClient.Configuration.Recovery(initialDelay: .seconds(1), maxDelay: .seconds(4),
+                                                             jitter: 0, maxAttempts: 4)
         let worker = QueueWorker(client: client, configuration: .init(queue: "q", recovery: recovery)) { _ in }
         let events = worker.events()
         let run = Task { try await worker.run() }

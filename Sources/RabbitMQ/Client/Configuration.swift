@@ -16,7 +16,7 @@ extension RabbitMQClient {
         /// Virtual host. Default `/`.
         public var virtualHost: String
         /// TLS settings; `nil` for a plain TCP connection. Default `nil` (set by an `amqps://` URL).
-        public var tls: TLSConfiguration?
+        public var tls: TLS?
         /// Limit for the TCP connect (and the TLS handshake). Default 10 s.
         public var connectTimeout: Duration
         /// Limit for the AMQP handshake and login after the socket opens. Default 10 s.
@@ -41,10 +41,10 @@ extension RabbitMQClient {
         /// Unconfirmed publishes the client's own publisher (``RabbitMQClient/publish(_:to:routingKey:properties:mandatory:)``)
         /// keeps in flight across all tasks; further publishes wait. Default 1000.
         public var publishWindow: Int
-        /// Reconnecting after a lost connection. Default: on, see ``RecoveryConfiguration``.
-        public var recovery: RecoveryConfiguration
+        /// Reconnecting after a lost connection. Default: on, see ``Recovery``.
+        public var recovery: Recovery
         /// Metrics, tracing and request ids. Default: the process-wide metrics system and tracer.
-        public var observability: ObservabilityConfiguration
+        public var observability: Observability
 
         /// A broker address.
         public struct Endpoint: Sendable, Hashable, CustomStringConvertible {
@@ -80,8 +80,8 @@ extension RabbitMQClient {
             self.connectionName = nil
             self.clientProperties = [:]
             self.publishWindow = 1000
-            self.recovery = RecoveryConfiguration()
-            self.observability = ObservabilityConfiguration()
+            self.recovery = Recovery()
+            self.observability = Observability()
         }
 
         /// Creates a configuration from an AMQP URL: `amqp://user:password@host:port/vhost` or `amqps://`.
@@ -95,7 +95,7 @@ extension RabbitMQClient {
             let parsed = try AMQPURL(parsing: url)
             self.init(host: parsed.host, port: parsed.port, username: parsed.username,
                       password: parsed.password, virtualHost: parsed.virtualHost)
-            if parsed.isTLS { tls = TLSConfiguration() }
+            if parsed.isTLS { tls = TLS() }
             if let heartbeat = parsed.heartbeat { self.heartbeat = heartbeat }
             if let connectTimeout = parsed.connectTimeout { self.connectTimeout = connectTimeout }
             if let frameMax = parsed.frameMax { self.frameMax = frameMax }
@@ -109,31 +109,5 @@ extension RabbitMQClient {
             let hosts = endpoints.map(\.description).joined(separator: ",")
             return "\(scheme)://\(username):***@\(hosts)/\(virtualHost)"
         }
-    }
-}
-
-/// TLS settings for `amqps` connections. Default: verify the broker's certificate and host name
-/// against ``caCertificatePath``.
-public struct TLSConfiguration: Sendable, Hashable {
-    /// PEM file with the certificate authorities to trust. librabbitmq 0.11 reads no system store, so set
-    /// this for verification to succeed. Default `nil`.
-    public var caCertificatePath: String?
-    /// PEM file with the client certificate, for brokers that require one. Default `nil`.
-    public var certificatePath: String?
-    /// PEM file with the client certificate's private key. Default `nil`.
-    public var keyPath: String?
-    /// Verify the broker's certificate chain. Default `true`.
-    public var verifyPeer: Bool
-    /// Verify that the certificate names the host connected to (DNS names only in librabbitmq 0.11). Default `true`.
-    public var verifyHostname: Bool
-
-    /// Creates TLS settings.
-    public init(caCertificatePath: String? = nil, certificatePath: String? = nil, keyPath: String? = nil,
-                verifyPeer: Bool = true, verifyHostname: Bool = true) {
-        self.caCertificatePath = caCertificatePath
-        self.certificatePath = certificatePath
-        self.keyPath = keyPath
-        self.verifyPeer = verifyPeer
-        self.verifyHostname = verifyHostname
     }
 }

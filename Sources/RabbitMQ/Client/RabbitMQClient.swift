@@ -10,19 +10,26 @@ import Synchronization
 /// try await client.declare(topology)
 /// try await client.publish(event, to: "orders", routingKey: "order.placed")   // returns once confirmed
 /// for try await delivery in try await client.consume("orders.coupon", prefetch: 50) {
-///     try await delivery.ack()
+///     try delivery.ack()
 /// }
 /// await client.close()
 /// ```
 /// The client connects on first use (or ``connect()``), trying ``Configuration/endpoints`` in order, and
-/// recovers a lost connection (see ``RecoveryConfiguration``). Requests such as declarations run on pooled
-/// channels, one request per channel at a time, so a channel error (404, 406) affects only the call that
-/// caused it. ``publish(_:to:routingKey:properties:mandatory:)`` shares one confirm-mode channel between all
-/// tasks; each consumer gets a channel of its own.
+/// recovers a lost connection (see ``Configuration/Recovery``). Its ``ChannelOperations`` (declarations and
+/// the like) run on pooled channels, one request per channel at a time, so a channel error (404, 406) affects
+/// only the call that caused it. ``publish(_:to:routingKey:properties:mandatory:)`` shares one confirm-mode channel
+/// between all tasks; each consumer gets a channel of its own.
 ///
 /// As a `Service` (swift-service-lifecycle), ``run()`` connects, waits for the graceful shutdown, then waits
 /// for outstanding publisher confirms and closes the connection.
-public final class RabbitMQClient: Service, Sendable {
+///
+/// Background work: the client starts a few tasks of its own, whether or not ``run()`` is used: the connection
+/// attempt that callers wait for (so that one caller giving up at its deadline does not cancel it for the others),
+/// connection recovery, and the closing of channels it replaces. ``close()`` ends them: it cancels a connection
+/// attempt or recovery in progress, closes the connection, and fails whatever still waits with
+/// ``RabbitMQError/Code/clientClosed``. The connection's socket I/O runs on a thread of its own, which ends with the
+/// connection.
+public final class RabbitMQClient: ChannelOperations, Service, Sendable {
     /// The configuration the client was created with.
     public let configuration: Configuration
     let logger: Logger
@@ -85,7 +92,8 @@ public final class RabbitMQClient: Service, Sendable {
         return channel
     }
 
-    /// Runs `body` with a pooled channel; the channel goes back to the pool if it is still open after.
+    /// Runs `body` with a pooled channel; the channel goes back to the pool if it is still open after. Every
+    /// ``ChannelOperations`` call of the client runs this way.
     public func withChannel<T: Sendable>(_ body: (Channel) async throws -> T) async throws -> T {
         let channel = try await pooledChannel()
         let result: T

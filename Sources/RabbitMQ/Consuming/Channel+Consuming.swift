@@ -31,17 +31,4 @@ extension Channel {
                                            acknowledgesAutomatically: options.acknowledgement == .automatic,
                                            instruments: manager.observability.queue(queue)))
     }
-
-    /// Fetches one message from `queue` (basic.get), or `nil` if it is empty. Prefer a consumer for a stream
-    /// of messages: each get is a round trip.
-    public func get(from queue: String, acknowledgement: ConsumeOptions.Acknowledgement = .manual) async throws
-        -> Delivery?
-    {
-        try NameValidation.validateEntityName(queue, as: "queue name", operation: "basic.get")
-        switch try await request(.basicGet(queue: queue, noAck: acknowledgement == .automatic)) {
-        case .message(let message): return Delivery(message)
-        case .getEmpty: return nil
-        default: throw Self.unexpectedReply("basic.get")
-        }
-    }
 }

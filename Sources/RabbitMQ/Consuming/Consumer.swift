@@ -7,7 +7,7 @@ import Synchronization
 /// ```swift
 /// for try await delivery in try await client.consume("orders.coupon", prefetch: 50) {
 ///     try await handle(delivery)
-///     try await delivery.ack()
+///     try delivery.ack()
 /// }
 /// ```
 /// Deliveries cross from the connection's I/O thread in batches, and at most the prefetch count of them is

@@ -1,17 +1,18 @@
 import Foundation
 
-/// A message delivered by the broker, to a consumer or by ``Channel/get(from:acknowledgement:)``.
+/// A message delivered by the broker, to a consumer or by ``ChannelOperations/get(from:acknowledgement:)``.
 ///
 /// Settle it exactly once with ``ack(multiple:)``, ``nack(requeue:multiple:)`` or ``reject(requeue:)``, unless it
-/// was received with automatic acknowledgement. Settling is cheap: it is queued for the connection's I/O thread,
-/// which merges the acks of many deliveries into one frame where it can.
+/// was received with automatic acknowledgement. Settling is synchronous and cheap, so it can be called from
+/// synchronous code: it is queued for the connection's I/O thread, which merges the acks of many deliveries into one
+/// frame where it can. Nothing waits for the broker: it does not answer settlements.
 ///
 /// Settling a delivery whose channel has closed since (the connection was lost and recovered, the broker or the
 /// application closed the channel, the client was closed) does nothing and does not throw: the broker requeued the
 /// message when the channel closed and delivers it again. Such settlements are logged at debug and counted in the
 /// `rabbitmq.settlements.stale` metric. Settling a delivery a second time throws
 /// ``RabbitMQError/Code/alreadySettled``.
-public struct Delivery: Sendable {
+public struct Delivery: TraceableDelivery, Sendable {
     /// The message body, copied once out of the connection's frame buffers.
     ///
     /// A large body (64 KiB or more) lives in memory that the connection reuses for later bodies once every copy
@@ -28,7 +29,7 @@ public struct Delivery: Sendable {
     public let isRedelivered: Bool
     /// The channel-scoped tag that identifies the delivery when settling it.
     public let deliveryTag: UInt64
-    /// The consumer it was delivered to; `nil` for ``Channel/get(from:acknowledgement:)``.
+    /// The consumer it was delivered to; `nil` for ``ChannelOperations/get(from:acknowledgement:)``.
     public let consumerTag: String?
     let link: ChannelLink
     /// The metric handles of the queue it came from, set by ``QueueWorker``; settling counts into them.
@@ -46,6 +47,9 @@ public struct Delivery: Sendable {
         self.link = link
     }
 
+    /// The request id the message carries (`x-request-id`), if any.
+    public var requestID: String? { properties.requestID }
+
     /// The body as a UTF-8 string (invalid bytes are replaced).
     public var bodyString: String { String(decoding: body, as: UTF8.self) }
 
@@ -54,7 +58,7 @@ public struct Delivery: Sendable {
     /// - Throws: ``RabbitMQError`` with ``RabbitMQError/Code/alreadySettled`` if the delivery was settled before
     ///   (or covered by an earlier `multiple` settlement, or acknowledged automatically); the first settlement
     ///   stands. Does nothing if its channel has closed: the broker has requeued the message.
-    public func ack(multiple: Bool = false) async throws {
+    public func ack(multiple: Bool = false) throws(RabbitMQError) {
         guard try settle(.ack(deliveryTag: deliveryTag, multiple: multiple), "basic.ack") else { return }
         instruments?.recordAcked()
     }
@@ -65,7 +69,7 @@ public struct Delivery: Sendable {
     ///   - multiple: also settle every earlier unsettled delivery on the same channel.
     /// - Throws: ``RabbitMQError`` with ``RabbitMQError/Code/alreadySettled`` if the delivery was settled before;
     ///   the first settlement stands. Does nothing if its channel has closed: the broker has requeued the message.
-    public func nack(requeue: Bool = true, multiple: Bool = false) async throws {
+    public func nack(requeue: Bool = true, multiple: Bool = false) throws(RabbitMQError) {
         guard try settle(.nack(deliveryTag: deliveryTag, multiple: multiple, requeue: requeue), "basic.nack") else {
             return
         }
@@ -76,7 +80,7 @@ public struct Delivery: Sendable {
     /// dead-letter exchange.
     /// - Throws: ``RabbitMQError`` with ``RabbitMQError/Code/alreadySettled`` if the delivery was settled before;
     ///   the first settlement stands. Does nothing if its channel has closed: the broker has requeued the message.
-    public func reject(requeue: Bool = true) async throws {
+    public func reject(requeue: Bool = true) throws(RabbitMQError) {
         guard try settle(.reject(deliveryTag: deliveryTag, requeue: requeue), "basic.reject") else { return }
         instruments?.recordRejected()
     }

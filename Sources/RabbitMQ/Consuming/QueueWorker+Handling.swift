@@ -32,7 +32,7 @@ extension QueueWorker {
             do {
                 guard try await store.claim(key) else {
                     guard pool.handlerReturned(id) else { return }
-                    try await delivery.ack()
+                    try delivery.ack()
                     run.instruments?.recordDeduplicated()
                     record(.duplicate, delivery, run)
                     return
@@ -42,7 +42,7 @@ extension QueueWorker {
                                    metadata: [LogMetadataKey.error: "\(error)"])
             }
         }
-        guard let context = observability.context(for: delivery) else {
+        guard let context = observability.context(forMessageWith: delivery.properties) else {
             await process(delivery, key: key, span: nil, run, pool, id)
             return
         }
@@ -76,7 +76,7 @@ extension QueueWorker {
         // after a lost channel is recognised as a duplicate instead of being processed again.
         if let key { try? await configuration.deduplicator?.store.commit(key) }
         do {
-            try await delivery.ack()
+            try delivery.ack()
             record(.acked, delivery, run, duration: duration)
         } catch {
             run.logger.warning("handled a delivery but could not ack it; the broker will redeliver it",
@@ -107,7 +107,7 @@ extension QueueWorker {
         guard let retry = configuration.retry else {
             let requeue = disposition == .retry
             do {
-                try await delivery.nack(requeue: requeue)
+                try delivery.nack(requeue: requeue)
                 record(requeue ? .requeued : .rejected, delivery, run, duration: duration, error: error)
             } catch {
                 run.logger.warning("cannot settle a failed delivery", metadata: [
@@ -152,7 +152,7 @@ extension QueueWorker {
         if outcome == .retried { run.instruments?.recordRetried() } else { run.instruments?.recordParked() }
         record(outcome, delivery, run, duration: duration, error: error)
         do {
-            try await delivery.ack()
+            try delivery.ack()
         } catch {
             // Moved, but the original's channel is gone: the broker redelivers it, a duplicate of the moved copy.
             run.logger.warning("moved a failed delivery but could not ack the original", metadata: [
@@ -183,7 +183,7 @@ extension QueueWorker {
         // Cancelled (the worker is stopping): the channel's close requeues it.
         guard (try? await client.manager.clock.sleep(for: pause)) != nil else { return }
         do {
-            try await delivery.nack(requeue: true)
+            try delivery.nack(requeue: true)
             record(.requeued, delivery, run, duration: duration, error: publishError)
         } catch {
             run.logger.warning("cannot requeue a failed delivery", metadata: [
@@ -195,7 +195,7 @@ extension QueueWorker {
     private func record(_ outcome: Outcome, _ delivery: Delivery, _ run: Run, duration: Duration? = nil,
                         error: (any Error)? = nil) {
         count(outcome)
-        if let duration { run.instruments?.recordHandler(duration, outcome: outcome) }
+        if let duration { run.instruments?.recordHandler(duration, outcome: outcome.rawValue) }
         guard run.logger.logLevel <= .debug else { return }
         var metadata: Logger.Metadata = [
             LogMetadataKey.outcome: "\(outcome.rawValue)",

@@ -63,9 +63,9 @@ public final class QueueWorker: Service, Sendable {
         /// How the worker subscribes again after losing its consumer, or after a failed subscription: the wait
         /// before attempt *n* (counted since the worker last consumed for at least `maxDelay`), and when to give
         /// up (`maxAttempts`, then ``QueueWorker/run()`` throws the last error). With `isEnabled` false the first
-        /// loss ends ``QueueWorker/run()``. Default ``RecoveryConfiguration/init(isEnabled:initialDelay:maxDelay:multiplier:jitter:maxAttempts:)``'s
-        /// defaults: 100 ms doubling up to 10 s, 20% jitter, never giving up.
-        public var recovery: RecoveryConfiguration
+        /// loss ends ``QueueWorker/run()``. Default: ``RabbitMQClient/Configuration/Recovery``'s defaults, 100 ms
+        /// doubling up to 10 s, 20% jitter, never giving up.
+        public var recovery: RabbitMQClient.Configuration.Recovery
         /// The exchanges, queues and bindings the worker owns, declared (with ``retry``'s queues) before each
         /// subscription, so that its queue and bindings come back if they are deleted. Default `nil`: nothing
         /// beyond ``retry``'s queues.
@@ -75,7 +75,7 @@ public final class QueueWorker: Service, Sendable {
         public init(queue: String, prefetch: UInt16 = 50, concurrency: Int = 8, drainTimeout: Duration = .seconds(30),
                     retry: RetryTopology? = nil, classifier: FailureClassifier = FailureClassifier(),
                     deduplicator: Deduplicator? = nil, handlerTimeout: Duration = .seconds(300),
-                    recovery: RecoveryConfiguration = RecoveryConfiguration(), topology: Topology? = nil) {
+                    recovery: RabbitMQClient.Configuration.Recovery = .init(), topology: Topology? = nil) {
             self.queue = queue
             self.prefetch = prefetch
             self.concurrency = concurrency

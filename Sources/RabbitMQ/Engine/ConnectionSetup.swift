@@ -179,7 +179,7 @@ private func socketOpenError(_ status: Int32, _ parameters: ConnectionParameters
     case AMQP_STATUS_SSL_PEER_VERIFY_FAILED.rawValue:
         guard let ca = parameters.tls?.caCertificatePath else {
             return RabbitMQError(.tlsFailure, "the broker's certificate at \(endpoint) cannot be verified: no CA "
-                                     + "certificate file is configured (the TLS configuration's caCertificatePath; "
+                                     + "certificate file is configured (Configuration.TLS.caCertificatePath; "
                                      + "librabbitmq 0.11 reads no system store)", operation: "connect")
         }
         return RabbitMQError(.tlsFailure, "the broker's certificate at \(endpoint) is not trusted by the certificate "

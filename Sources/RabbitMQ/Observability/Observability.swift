@@ -4,9 +4,9 @@ import Logging
 import Synchronization
 import Tracing
 
-/// One client's observability state, created once from its ``ObservabilityConfiguration``: the resolved metrics
-/// factory and tracer, and the metric handles, created on first use and cached per exchange and per queue
-/// (creating swift-metrics handles per message would cost far more than the message itself).
+/// One client's observability state, created once from its ``RabbitMQClient/Configuration/Observability``: the
+/// resolved metrics factory and tracer, and the metric handles, created on first use and cached per exchange and per
+/// queue (creating swift-metrics handles per message would cost far more than the message itself).
 ///
 /// With the no-op metrics factory and the no-op tracer (nothing bootstrapped, nothing injected), ``factory`` and
 /// ``tracer`` are `nil` and the per-message hooks do nothing but test for that.
@@ -29,7 +29,7 @@ final class Observability: Sendable {
     /// How the default exchange (empty name) is named in metrics and spans.
     static let defaultExchangeName = "amq.default"
 
-    init(_ configuration: ObservabilityConfiguration, logger: Logger) {
+    init(_ configuration: RabbitMQClient.Configuration.Observability, logger: Logger) {
         let factory = configuration.metricsFactory ?? MetricsSystem.factory
         self.factory = factory is NOOPMetricsHandler ? nil : factory
         let tracer = configuration.tracer ?? InstrumentationSystem.tracer
@@ -119,31 +119,40 @@ final class Observability: Sendable {
 
     // MARK: Consuming
 
-    /// The context a delivery's handler runs in: the current one, with the trace context of the message's
-    /// headers and its request id. `nil` when there is nothing to add (no tracer, no request id).
-    func context(for delivery: Delivery) -> ServiceContext? {
-        let requestID = delivery.requestID
+    /// The context the handler of a message with `properties` runs in: the current one, with the trace context of
+    /// the message's headers and its request id. `nil` when there is nothing to add (no tracer, no request id).
+    func context(forMessageWith properties: MessageProperties) -> ServiceContext? {
+        let requestID = properties.requestID
         guard tracer != nil || requestID != nil else { return nil }
         var context = ServiceContext.current ?? .topLevel
-        tracer?.extract(delivery.properties.headers, into: &context, using: FieldTableExtractor())
+        tracer?.extract(properties.headers, into: &context, using: FieldTableExtractor())
         if let requestID { context.requestID = requestID }
         return context
     }
 
-    /// Starts the consumer span of a delivery from `queue`, as a child of `context` (see ``context(for:)``).
-    func startProcessSpan(_ delivery: Delivery, queue: String, context: ServiceContext) -> (any Span)? {
+    /// Starts the consumer span of a message delivered from `queue`, as a child of `context` (see
+    /// ``context(forMessageWith:)``).
+    func startProcessSpan(_ message: some TraceableDelivery, queue: String, context: ServiceContext) -> (any Span)? {
         guard let tracer else { return nil }
         let span = tracer.startSpan("\(queue) process", context: context, ofKind: .consumer)
         var attributes = SpanAttributes()
         attributes["messaging.system"] = "rabbitmq"
         attributes["messaging.operation"] = "process"
-        attributes["messaging.destination.name"] = Self.displayName(ofExchange: delivery.exchange)
-        attributes["messaging.rabbitmq.destination.routing_key"] = delivery.routingKey
-        attributes["messaging.rabbitmq.message.delivery_tag"] = Int64(truncatingIfNeeded: delivery.deliveryTag)
-        if let messageID = delivery.properties.messageID { attributes["messaging.message.id"] = messageID }
+        attributes["messaging.destination.name"] = Self.displayName(ofExchange: message.exchange)
+        attributes["messaging.rabbitmq.destination.routing_key"] = message.routingKey
+        attributes["messaging.rabbitmq.message.delivery_tag"] = Int64(truncatingIfNeeded: message.deliveryTag)
+        if let messageID = message.properties.messageID { attributes["messaging.message.id"] = messageID }
         span.attributes = attributes
         return span
     }
+}
+
+/// What a consumer span describes of a delivered message.
+protocol TraceableDelivery {
+    var exchange: String { get }
+    var routingKey: String { get }
+    var deliveryTag: UInt64 { get }
+    var properties: MessageProperties { get }
 }
 
 extension Span {
@@ -207,7 +216,7 @@ final class QueueInstruments: Sendable {
     private let deduplicated: Counter
     private let consumersLost: Counter
     private let handlerTimeouts: Counter
-    private let handlerDurations: [QueueWorker.Outcome: Timer]
+    private let handlerDurations: [String: Timer]
 
     init(queue: String, factory: any MetricsFactory) {
         let dimensions = [("queue", queue)]
@@ -219,10 +228,10 @@ final class QueueInstruments: Sendable {
         deduplicated = Counter(label: "rabbitmq.deduplicated", dimensions: dimensions, factory: factory)
         consumersLost = Counter(label: "rabbitmq.consumer.lost", dimensions: dimensions, factory: factory)
         handlerTimeouts = Counter(label: "rabbitmq.handler.timeouts", dimensions: dimensions, factory: factory)
-        var durations: [QueueWorker.Outcome: Timer] = [:]
-        for outcome in [QueueWorker.Outcome.acked, .retried, .parked, .requeued, .rejected] {
+        var durations: [String: Timer] = [:]
+        for outcome in Self.handlerOutcomes {
             durations[outcome] = Timer(label: "rabbitmq.handler.duration",
-                                       dimensions: dimensions + [("outcome", outcome.rawValue)], factory: factory)
+                                       dimensions: dimensions + [("outcome", outcome)], factory: factory)
         }
         handlerDurations = durations
     }
@@ -245,8 +254,11 @@ final class QueueInstruments: Sendable {
     /// Counts a worker's handler cancelled at its timeout.
     func recordHandlerTimeout() { handlerTimeouts.increment() }
 
-    /// Records how long a handler ran, by the outcome of its delivery.
-    func recordHandler(_ duration: Duration, outcome: QueueWorker.Outcome) {
+    /// The values of the `outcome` dimension of `rabbitmq.handler.duration`: what became of a handled delivery.
+    static let handlerOutcomes = ["acked", "retried", "parked", "requeued", "rejected"]
+
+    /// Records how long a handler ran, by the outcome of its delivery (one of ``handlerOutcomes``).
+    func recordHandler(_ duration: Duration, outcome: String) {
         handlerDurations[outcome]?.record(duration: duration)
     }
 }

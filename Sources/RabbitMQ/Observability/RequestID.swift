@@ -32,8 +32,3 @@ extension MessageProperties {
         set { headers[Self.requestIDHeader] = newValue.map { .string($0) } }
     }
 }
-
-extension Delivery {
-    /// The request id the message carries (`x-request-id`), if any.
-    public var requestID: String? { properties.requestID }
-}

@@ -21,36 +21,56 @@ extension Channel {
         recordConfirms(window: window)
     }
 
-    /// Publishes a message and returns without waiting for the broker's confirmation, unless the window of
-    /// messages in flight is full or the broker has blocked the connection (then it waits for room, at most the
-    /// confirm timeout).
+    /// Publishes a message and returns once the broker has confirmed it, or, on a channel without publisher
+    /// confirms, once it is written to the socket. Messages are persistent unless `properties` says otherwise.
     ///
-    /// Await ``PublishConfirmation/wait()`` on the result, or ``waitForConfirms()`` for everything published.
-    /// Messages are persistent unless `properties` says otherwise.
+    /// For many messages from one task, ``publishWithDeferredConfirm(_:to:routingKey:properties:mandatory:)``
+    /// keeps a window of them in flight instead of one.
     /// - Parameters:
     ///   - body: the message body. Over 16 KiB it is written to the socket from this buffer; a smaller one is
     ///     copied once, into the connection's write buffer.
     ///   - exchange: the exchange; `""` is the default exchange, which routes to the queue named `routingKey`.
     ///   - routingKey: the routing key.
     ///   - properties: headers and basic properties.
-    ///   - mandatory: return the message as ``RabbitMQError/Code/unroutable`` if no queue gets it (needs
-    ///     publisher confirms to be reported; such messages carry the ``publishSequenceHeader``).
-    /// - Throws: ``RabbitMQError`` for an invalid name or an oversized body, a closed channel, or a timeout
-    ///   waiting for room.
+    ///   - mandatory: fail with ``RabbitMQError/Code/unroutable`` if no queue gets it (needs publisher confirms
+    ///     to be reported; such messages carry the ``publishSequenceHeader``).
+    /// - Throws: ``RabbitMQError``: ``RabbitMQError/Code/publishNacked``, ``RabbitMQError/Code/unroutable``,
+    ///   ``RabbitMQError/Code/timeout`` (the confirm timeout), ``RabbitMQError/Code/messageTooLarge``, an invalid
+    ///   name, or the channel's or connection's failure.
     public func publish(
         _ body: Data,
         to exchange: String = "",
         routingKey: String,
         properties: MessageProperties = MessageProperties(),
         mandatory: Bool = false
-    ) async throws -> PublishConfirmation {
-        try await publish(body, to: exchange, routingKey: routingKey, properties: properties, mandatory: mandatory,
-                          observability: manager.observability)
+    ) async throws {
+        try await publishWithDeferredConfirm(body, to: exchange, routingKey: routingKey, properties: properties,
+                                             mandatory: mandatory).wait()
     }
 
-    /// ``publish(_:to:routingKey:properties:mandatory:)`` reporting to `observability`: the request id of the
-    /// current `ServiceContext`, a producer span whose context goes into the headers, the publish metrics.
-    func publish(
+    /// Publishes a message and returns without waiting for the broker's confirmation, unless the window of
+    /// messages in flight is full or the broker has blocked the connection (then it waits for room, at most the
+    /// confirm timeout). This is the fast way to publish many messages from one task.
+    ///
+    /// Await ``PublishConfirmation/wait()`` on the result, or ``waitForConfirms()`` for everything published.
+    /// The parameters are those of ``publish(_:to:routingKey:properties:mandatory:)``.
+    /// - Throws: ``RabbitMQError`` for an invalid name or an oversized body, a closed channel, or a timeout
+    ///   waiting for room. The broker's verdict comes through the returned confirmation.
+    public func publishWithDeferredConfirm(
+        _ body: Data,
+        to exchange: String = "",
+        routingKey: String,
+        properties: MessageProperties = MessageProperties(),
+        mandatory: Bool = false
+    ) async throws -> PublishConfirmation {
+        try await publishWithDeferredConfirm(body, to: exchange, routingKey: routingKey, properties: properties,
+                                             mandatory: mandatory, observability: manager.observability)
+    }
+
+    /// ``publishWithDeferredConfirm(_:to:routingKey:properties:mandatory:)`` reporting to `observability`: the
+    /// request id of the current `ServiceContext`, a producer span whose context goes into the headers, the
+    /// publish metrics.
+    func publishWithDeferredConfirm(
         _ body: Data,
         to exchange: String,
         routingKey: String,
@@ -128,20 +148,6 @@ extension Channel {
         }
         instruments?.recordPublished()
         return PublishConfirmation(ticket: ticket)
-    }
-
-    /// Publishes `value` encoded as JSON (content type `application/json`).
-    public func publish(
-        json value: some Encodable,
-        to exchange: String = "",
-        routingKey: String,
-        properties: MessageProperties = MessageProperties(),
-        mandatory: Bool = false,
-        encoder: JSONEncoder = JSONEncoder()
-    ) async throws -> PublishConfirmation {
-        let message = try Self.jsonMessage(value, properties: properties, encoder: encoder)
-        return try await publish(message.body, to: exchange, routingKey: routingKey, properties: message.properties,
-                                 mandatory: mandatory)
     }
 
     /// Waits until every message published on this channel so far is confirmed (or written, without confirms).

@@ -29,7 +29,7 @@ extension RabbitMQClient {
         let channel = try await openChannel()
         var parked: [ParkedMessage] = []
         do {
-            let available = Int(try await channel.queueInfo(retry.parkingLotName).messageCount)
+            let available = Int(try await channel.inspectQueue(retry.parkingLotName).messageCount)
             while parked.count < min(limit, available),
                   let delivery = try await channel.get(from: retry.parkingLotName) {
                 parked.append(ParkedMessage(delivery: delivery))
@@ -56,7 +56,7 @@ extension RabbitMQClient {
         var replayed = 0
         do {
             // Only the messages parked when the replay starts: each is looked at once.
-            var remaining = Int(try await channel.queueInfo(retry.parkingLotName).messageCount)
+            var remaining = Int(try await channel.inspectQueue(retry.parkingLotName).messageCount)
             while remaining > 0, replayed < limit, let delivery = try await channel.get(from: retry.parkingLotName) {
                 remaining -= 1
                 let message = ParkedMessage(delivery: delivery)
@@ -68,7 +68,7 @@ extension RabbitMQClient {
                     properties.headers[header] = nil
                 }
                 try await publish(delivery.body, to: "", routingKey: retry.queueName, properties: properties)
-                try await delivery.ack()
+                try delivery.ack()
                 replayed += 1
             }
         } catch {

@@ -10,5 +10,5 @@ func publishNumbered(_ client: RabbitMQClient, count: Int, to queue: String, pre
 
 /// Ready messages in `queue`, by a passive declare: far cheaper than a `rabbitmqctl` run while polling.
 func readyCount(_ client: RabbitMQClient, _ queue: String) async throws -> Int {
-    Int(try await client.queueInfo(queue).messageCount)
+    Int(try await client.inspectQueue(queue).messageCount)
 }

@@ -324,7 +324,8 @@ enum RecoveryHarness {
             index += 1
             let properties = properties(id: id)
             let published = await Bounded.run(limits.perPublish) {
-                try await channel.publish(Data(id.utf8), routingKey: routingKey, properties: properties)
+                try await channel.publishWithDeferredConfirm(Data(id.utf8), routingKey: routingKey,
+                                                             properties: properties)
             }
             switch published {
             case .value(let confirmation):
@@ -350,7 +351,7 @@ enum RecoveryHarness {
         do {
             for try await delivery in consumer {
                 log.record(delivery)
-                do { try await delivery.ack() } catch { log.recordAckFailure() }
+                do { try delivery.ack() } catch { log.recordAckFailure() }
             }
         } catch {
             log.recordEnd("\(error)")

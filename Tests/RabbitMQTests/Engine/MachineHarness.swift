@@ -10,7 +10,7 @@ import RabbitMQTestSupport
 final class MachineHarness {
     var machine: ConnectionStateMachine
     let commands: CommandQueue
-    let observability = Observability(ObservabilityConfiguration(), logger: Logger(label: "test"))
+    let observability = Observability(RabbitMQClient.Configuration.Observability(), logger: Logger(label: "test"))
     /// Methods and settlements written, with their channel, in order.
     private(set) var sent: [Written] = []
     /// Publishes written (by the test's `publish`, or after an unblock), with their channel.
