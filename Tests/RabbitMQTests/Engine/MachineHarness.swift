@@ -1,5 +1,4 @@
 import CRabbitMQ
-import DequeModule
 import Foundation
 import Logging
 import RabbitMQTestSupport
