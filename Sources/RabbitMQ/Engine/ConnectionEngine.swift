@@ -27,14 +27,14 @@ final class ConnectionEngine: Sendable {
     /// Starts the I/O thread, which connects and logs in to `parameters.endpoint`, then serves commands.
     static func connect(_ parameters: ConnectionParameters,
                         logger: Logger,
-                        observability: Observability,
+                        makeLink: @escaping ChannelLinkFactory,
                         onEvent: @escaping EngineEventHandler) async throws -> ConnectionEngine {
         let commands = try CommandQueue()
         let endpoint = parameters.endpoint
         let negotiated = try await withCheckedThrowingContinuation {
             (continuation: CheckedContinuation<NegotiatedParameters, any Error>) in
             let thread = Thread {
-                runConnection(parameters, commands: commands, logger: logger, observability: observability,
+                runConnection(parameters, commands: commands, logger: logger, makeLink: makeLink,
                               onEvent: onEvent) { result in
                     continuation.resume(with: result)
                 }
@@ -53,7 +53,7 @@ final class ConnectionEngine: Sendable {
 
     /// The body of the I/O thread: connect, report, then serve until the connection ends.
     private static func runConnection(_ parameters: ConnectionParameters, commands: CommandQueue, logger: Logger,
-                                      observability: Observability, onEvent: @escaping EngineEventHandler,
+                                      makeLink: @escaping ChannelLinkFactory, onEvent: @escaping EngineEventHandler,
                                       connected: (Result<NegotiatedParameters, RabbitMQError>) -> Void) {
         let arena = CArena()
         let loop: IOLoop
@@ -61,7 +61,7 @@ final class ConnectionEngine: Sendable {
             let (connection, negotiated) = try openConnection(parameters, arena: arena)
             loop = IOLoop(connection: connection, negotiated: negotiated, commands: commands,
                           requestTimeout: parameters.requestTimeout, arena: arena, logger: logger,
-                          observability: observability,
+                          makeLink: makeLink,
                           onEvent: { event in onEvent(event, ObjectIdentifier(commands)) })
         } catch {
             _ = commands.terminate(with: error)

@@ -107,6 +107,11 @@ enum EngineEvent: Sendable {
     case terminated(RabbitMQError)
 }
 
+/// Creates the link of a channel the I/O thread opens, numbered `number`, whose publish window allows `window`
+/// messages in flight and whose commands go to `commands` (supplied by the layer above: links also carry its
+/// metrics).
+typealias ChannelLinkFactory = @Sendable (_ number: UInt16, _ window: Int, _ commands: CommandQueue) -> ChannelLink
+
 /// Receives ``EngineEvent``s on the I/O thread with the identity of the connection's command queue; it must
 /// return quickly.
 typealias EngineEventHandler = @Sendable (EngineEvent, ObjectIdentifier) -> Void

@@ -23,8 +23,8 @@ final class IOLoop {
     let arena: CArena
     let negotiated: NegotiatedParameters
     let onEvent: @Sendable (EngineEvent) -> Void
-    /// The client's metrics and logs, which every channel's stale settlements go to.
-    let observability: Observability
+    /// Creates the link of each channel the loop opens.
+    let makeLink: ChannelLinkFactory
     private let socket: Int32
     /// Encodes publishes and settlements and writes them once per pass; `nil` over TLS (librabbitmq writes them).
     let writer: FrameWriter?
@@ -46,10 +46,10 @@ final class IOLoop {
     private static let ackDelayMilliseconds: Int32 = 1
 
     init(connection: amqp_connection_state_t, negotiated: NegotiatedParameters, commands: CommandQueue,
-         requestTimeout: Duration, arena: CArena, logger: Logger, observability: Observability,
+         requestTimeout: Duration, arena: CArena, logger: Logger, makeLink: @escaping ChannelLinkFactory,
          onEvent: @escaping @Sendable (EngineEvent) -> Void) {
         self.onEvent = onEvent
-        self.observability = observability
+        self.makeLink = makeLink
         self.connection = connection
         self.negotiated = negotiated
         self.commands = commands
@@ -173,7 +173,7 @@ final class IOLoop {
         switch command {
         case .openChannel(let window, let continuation):
             machine.openChannel(window: window, continuation, now: .now) { number, window in
-                ChannelLink(number: number, commands: commands, windowCapacity: window, observability: observability)
+                makeLink(number, window, commands)
             }
         case .request(let request):
             machine.request(request)

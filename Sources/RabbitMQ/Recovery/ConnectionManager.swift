@@ -153,9 +153,12 @@ final class ConnectionManager: Sendable {
         var lastError: RabbitMQError?
         for endpoint in configuration.endpoints {
             do {
-                let engine = try await ConnectionEngine.connect(ConnectionParameters(configuration, endpoint: endpoint),
-                                                                logger: logger,
-                                                                observability: observability) {
+                let engine = try await ConnectionEngine.connect(
+                    ConnectionParameters(configuration, endpoint: endpoint), logger: logger,
+                    makeLink: { [observability] number, window, commands in
+                        ChannelLink(number: number, commands: commands, windowCapacity: window,
+                                    observability: observability)
+                    }) {
                     [weak self] event, engine in self?.handle(event, from: engine)
                 }
                 emit(.connected(endpoint: endpoint.description))

@@ -168,7 +168,10 @@ private final class PeerSession: Sendable {
             let logger = Logger(label: "scripted-peer-test")
             let loop = IOLoop(connection: state, negotiated: negotiated, commands: commands,
                               requestTimeout: .seconds(10), arena: CArena(), logger: logger,
-                              observability: Observability(RabbitMQClient.Configuration.Observability(), logger: logger),
+                              makeLink: { number, window, commands in
+                                  ChannelLink(number: number, commands: commands, windowCapacity: window,
+                                              observability: Observability(.init(), logger: logger))
+                              },
                               onEvent: { _ in })
             let error = loop.run()
             let waiter = ended.withLock { state in
