@@ -53,19 +53,19 @@ tls: deps ## Make certificates in .broker/tls and start swiftrmq-tls@localhost (
 tls-stop: ## Stop the TLS node and remove its certificates
 	@scripts/tls.sh stop
 
-bench: ## Run the benchmarks (scripts/bench.sh)
-	@scripts/bench.sh
+bench: ## Run the benchmarks (scripts/bench.sh; the Benchmarks package)
+	@SWIFT_SCRATCH_PATH=$(SCRATCH) scripts/bench.sh
 
-demo: ## Run the sample order pipeline (10,000 orders) on a fresh local broker, then stop it; DEMO_ARGS=...
+demo: ## Run the sample order pipeline (Samples/, 10,000 orders) on a fresh local broker, then stop it; DEMO_ARGS=...
 	@SWIFT_SCRATCH=$(SCRATCH) scripts/demo.sh $(DEMO_ARGS)
 
 chaos: ## The chaos soak: 35 faults on a cluster of its own (5881-5883), no confirmed message lost; CHAOS_ARGS=...
 	@SWIFT_SCRATCH=$(SCRATCH) scripts/chaos.sh $(CHAOS_ARGS)
 
-clean: ## Stop all throwaway nodes, remove .broker/, .build and .build-tsan
+clean: ## Stop all throwaway nodes, remove .broker/ and the build folders
 	@scripts/cluster.sh stop
 	@CLUSTER_NAME=swiftrmq-x CLUSTER_PORTS="5881 5882 5883" scripts/cluster.sh stop
 	@scripts/tls.sh stop
 	@scripts/broker.sh stop $(BROKER_NAME)
 	@for d in .broker/*/; do [ -f "$$d/port" ] && scripts/broker.sh stop "$$(basename "$$d")"; done; true
-	rm -rf .broker .chaos $(SCRATCH) $(TSAN_SCRATCH)
+	rm -rf .broker .chaos $(SCRATCH) $(TSAN_SCRATCH) Samples/.build Benchmarks/.build

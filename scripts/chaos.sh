@@ -4,7 +4,7 @@
 # connection closes) while they work. It checks that no confirmed message is lost, that no call overran its
 # timeout and that memory stays flat, prints the figures and appends them to RELIABILITY.md.
 #   1. installs what is missing (scripts/deps.sh);
-#   2. builds rabbitmq-chaos (Benchmarks/ChaosSoak) in release mode;
+#   2. builds rabbitmq-chaos (Benchmarks/ChaosSoak, in the Benchmarks package) in release mode;
 #   3. starts the cluster CHAOS_CLUSTER_NAME1..3@localhost on CHAOS_PORTS, from empty folders;
 #   4. runs 'rabbitmq-chaos run' against it;
 #   5. stops every node of the cluster, also when the run fails or is interrupted (Ctrl-C);
@@ -30,8 +30,8 @@ read -r -a ports <<<"$CHAOS_PORTS"
 "$SCRIPTS/deps.sh"
 
 log "building rabbitmq-chaos (release)"
-swift build -c release --scratch-path "$SWIFT_SCRATCH" --product rabbitmq-chaos
-bin="$(swift build -c release --scratch-path "$SWIFT_SCRATCH" --show-bin-path)/rabbitmq-chaos"
+swift build -c release --package-path Benchmarks --scratch-path "$SWIFT_SCRATCH" --product rabbitmq-chaos
+bin="$(swift build -c release --package-path Benchmarks --scratch-path "$SWIFT_SCRATCH" --show-bin-path)/rabbitmq-chaos"
 
 cluster() { CLUSTER_NAME="$CHAOS_CLUSTER_NAME" CLUSTER_PORTS="$CHAOS_PORTS" "$SCRIPTS/cluster.sh" "$@"; }
 stopped=0

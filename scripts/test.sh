@@ -2,8 +2,10 @@
 # 'make test' and 'make test-tsan': install what is missing, build, start throwaway
 # brokers, run 'swift test' with its output as is, stop every broker the run started
 # (also when the tests fail or the run is interrupted), exit with the tests' status.
+# The library's tests run first, then the sample package's (Samples/, its pipeline test),
+# built in the same build folder so that the library compiles once.
 #
-# Arguments are passed on to 'swift test' (e.g. --filter Consumer).
+# Arguments are passed on to both 'swift test' runs (e.g. --filter Consumer).
 #
 # Environment (all optional):
 #   AMQP_URL          use this broker; then no local node is started
@@ -39,14 +41,18 @@ swift_flags=(--scratch-path "$SWIFT_SCRATCH")
 if [ -n "$SWIFT_SANITIZE" ]; then swift_flags+=("--sanitize=$SWIFT_SANITIZE"); fi
 # ThreadSanitizer cannot follow Synchronization.Mutex on Linux: the library then locks with pthread mutexes.
 if [ "$SWIFT_SANITIZE" = thread ]; then swift_flags+=(-Xswiftc -DRABBITMQ_TSAN_LOCKS); fi
-# The sample keeps the idiomatic Synchronization.Mutex, so its pipeline test is left out of sanitizer runs.
-skip_flags=()
-if [ "$SWIFT_SANITIZE" = thread ]; then skip_flags+=(--skip 'OrderPipelineTests'); fi
+# The sample keeps the idiomatic Synchronization.Mutex, so its package is left out of sanitizer runs.
+if [ -z "$SWIFT_SANITIZE" ]; then with_samples=1; else with_samples=0; fi
+samples_flags=(--package-path Samples "${swift_flags[@]}")
 
 "$SCRIPTS/deps.sh"
 
 log "swift build --build-tests ${swift_flags[*]}"
 swift build --build-tests "${swift_flags[@]}"
+if [ "$with_samples" = 1 ]; then
+    log "swift build --build-tests ${samples_flags[*]}"
+    swift build --build-tests "${samples_flags[@]}"
+fi
 
 # Every node started from here on (by us, or by the tests through
 # RABBITMQ_BROKER_SCRIPT) is listed in this file and stopped at the end.
@@ -133,12 +139,18 @@ else
     # so that dozens of parallel tests and brokers competing for two cores do not distort what they measure.
     TIMED_TESTS='HeartbeatTests|retriesFollowThePolicysDelaysThenPark'
     log "swift test ${swift_flags[*]} --skip '$TIMED_TESTS'"
-    swift test "${swift_flags[@]}" --skip "$TIMED_TESTS" "${skip_flags[@]}"
+    swift test "${swift_flags[@]}" --skip "$TIMED_TESTS"
     rc=$?
     log "swift test ${swift_flags[*]} --filter '$TIMED_TESTS' (timing-sensitive tests, alone)"
     swift test "${swift_flags[@]}" --filter "$TIMED_TESTS"
     timed_rc=$?
     [ "$rc" -ne 0 ] || rc=$timed_rc
+fi
+if [ "$with_samples" = 1 ]; then
+    log "swift test ${samples_flags[*]} $*"
+    swift test "${samples_flags[@]}" "$@"
+    samples_rc=$?
+    [ "$rc" -ne 0 ] || rc=$samples_rc
 fi
 set -e
 log "swift test exited with status $rc"
