@@ -15,6 +15,7 @@
 #   WITH_CLUSTER      1: also start the 3-node cluster (scripts/cluster.sh); same defaults
 #   SWIFT_SCRATCH     build folder (default .build)
 #   SWIFT_SANITIZE    e.g. thread: passed as --sanitize=
+#   CI                true (as CI sets it): warnings are errors (both packages)
 #
 # Exported to the tests:
 #   AMQP_URL=amqp://guest:guest@127.0.0.1:5673/   RABBITMQ_NODE=swiftrmq@localhost
@@ -41,6 +42,9 @@ swift_flags=(--scratch-path "$SWIFT_SCRATCH")
 if [ -n "$SWIFT_SANITIZE" ]; then swift_flags+=("--sanitize=$SWIFT_SANITIZE"); fi
 # ThreadSanitizer cannot follow Synchronization.Mutex on Linux: the library then locks with pthread mutexes.
 if [ "$SWIFT_SANITIZE" = thread ]; then swift_flags+=(-Xswiftc -DRABBITMQ_TSAN_LOCKS); fi
+# CI keeps the build free of warnings. The flag reaches the library, the tests and the sample, not the dependencies:
+# SwiftPM builds those with warnings suppressed.
+if [ "${CI:-}" = true ]; then swift_flags+=(-Xswiftc -warnings-as-errors); fi
 # The sample keeps the idiomatic Synchronization.Mutex, so its package is left out of sanitizer runs.
 if [ -z "$SWIFT_SANITIZE" ]; then with_samples=1; else with_samples=0; fi
 samples_flags=(--package-path Samples "${swift_flags[@]}")
