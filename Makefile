@@ -17,7 +17,7 @@ CHAOS_ARGS ?=
 export BROKER_NAME BROKER_PORT
 
 .DEFAULT_GOAL := help
-.PHONY: help deps broker broker-stop test test-tsan cluster cluster-stop tls tls-stop bench demo chaos clean
+.PHONY: help deps broker broker-stop test test-tsan lint format cluster cluster-stop tls tls-stop bench demo chaos clean
 
 help: ## List the targets
 	@echo "swift-rabbitmq make targets:"
@@ -40,6 +40,12 @@ test: ## deps, build, start the brokers, swift test, stop the brokers
 
 test-tsan: ## The same under ThreadSanitizer (swift test --sanitize=thread, in .build-tsan)
 	@SWIFT_SCRATCH=$(TSAN_SCRATCH) SWIFT_SANITIZE=thread scripts/test.sh $(ARGS)
+
+lint: ## Check the Swift code against .swift-format's rules (swift format lint --strict; make test runs it if CI=true)
+	@scripts/format.sh lint
+
+format: ## Rewrite the Swift code in place with swift format (.swift-format's rules)
+	@scripts/format.sh format
 
 cluster: deps ## Start a 3-node cluster swiftrmq-c1..c3@localhost on ports 5681-5683
 	@scripts/cluster.sh start

@@ -15,7 +15,8 @@
 #   WITH_CLUSTER      1: also start the 3-node cluster (scripts/cluster.sh); same defaults
 #   SWIFT_SCRATCH     build folder (default .build)
 #   SWIFT_SANITIZE    e.g. thread: passed as --sanitize=
-#   CI                true (as CI sets it): warnings are errors (both packages)
+#   CI                true (as CI sets it): first 'scripts/format.sh lint', then warnings are errors
+#                     (both packages)
 #
 # Exported to the tests:
 #   AMQP_URL=amqp://guest:guest@127.0.0.1:5673/   RABBITMQ_NODE=swiftrmq@localhost
@@ -50,6 +51,8 @@ if [ -z "$SWIFT_SANITIZE" ]; then with_samples=1; else with_samples=0; fi
 samples_flags=(--package-path Samples "${swift_flags[@]}")
 
 "$SCRIPTS/deps.sh"
+
+if [ "${CI:-}" = true ]; then "$SCRIPTS/format.sh" lint; fi
 
 log "swift build --build-tests ${swift_flags[*]}"
 swift build --build-tests "${swift_flags[@]}"
