@@ -17,7 +17,7 @@ CHAOS_ARGS ?=
 export BROKER_NAME BROKER_PORT
 
 .DEFAULT_GOAL := help
-.PHONY: help deps broker broker-stop test test-tsan lint format cluster cluster-stop tls tls-stop bench demo chaos clean
+.PHONY: help deps broker broker-stop test test-tsan lint format docs cluster cluster-stop tls tls-stop bench demo chaos clean
 
 help: ## List the targets
 	@echo "swift-rabbitmq make targets:"
@@ -47,6 +47,9 @@ lint: ## Check the Swift code against .swift-format's rules (swift format lint -
 format: ## Rewrite the Swift code in place with swift format (.swift-format's rules)
 	@scripts/format.sh format
 
+docs: ## Build the DocC documentation of the library into .docs/RabbitMQ.doccarchive (make test does if CI=true)
+	@scripts/docs.sh --scratch-path $(SCRATCH)
+
 cluster: deps ## Start a 3-node cluster swiftrmq-c1..c3@localhost on ports 5681-5683
 	@scripts/cluster.sh start
 
@@ -74,4 +77,4 @@ clean: ## Stop all throwaway nodes, remove .broker/ and the build folders
 	@scripts/tls.sh stop
 	@scripts/broker.sh stop $(BROKER_NAME)
 	@for d in .broker/*/; do [ -f "$$d/port" ] && scripts/broker.sh stop "$$(basename "$$d")"; done; true
-	rm -rf .broker .chaos $(SCRATCH) $(TSAN_SCRATCH) Samples/.build Benchmarks/.build
+	rm -rf .broker .chaos .docs $(SCRATCH) $(TSAN_SCRATCH) Samples/.build Benchmarks/.build

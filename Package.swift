@@ -66,3 +66,9 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// The documentation plugin, for `make docs` (scripts/docs.sh sets RABBITMQ_DOCS), and only then, so that users of the
+// library do not resolve it.
+if Context.environment["RABBITMQ_DOCS"] != nil {
+    package.dependencies.append(.package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"))
+}
