@@ -17,7 +17,8 @@ CHAOS_ARGS ?=
 export BROKER_NAME BROKER_PORT
 
 .DEFAULT_GOAL := help
-.PHONY: help deps broker broker-stop test test-tsan lint format docs cluster cluster-stop tls tls-stop bench demo chaos clean
+.PHONY: help deps broker broker-stop test test-tsan lint format docs
+.PHONY: cluster cluster-stop tls tls-stop bench demo chaos clean
 
 help: ## List the targets
 	@echo "swift-rabbitmq make targets:"
@@ -41,13 +42,13 @@ test: ## deps, build, start the brokers, swift test, stop the brokers
 test-tsan: ## The same under ThreadSanitizer (swift test --sanitize=thread, in .build-tsan)
 	@SWIFT_SCRATCH=$(TSAN_SCRATCH) SWIFT_SANITIZE=thread scripts/test.sh $(ARGS)
 
-lint: ## Check the Swift code against .swift-format's rules (swift format lint --strict; make test runs it if CI=true)
+lint: ## swift format lint --strict with .swift-format's rules (make test runs it when CI=true)
 	@scripts/format.sh lint
 
-format: ## Rewrite the Swift code in place with swift format (.swift-format's rules)
+format: ## swift format in place with .swift-format's rules
 	@scripts/format.sh format
 
-docs: ## Build the DocC documentation of the library into .docs/RabbitMQ.doccarchive (make test does if CI=true)
+docs: ## The library's DocC documentation, in .docs/RabbitMQ.doccarchive (make test builds it when CI=true)
 	@scripts/docs.sh --scratch-path $(SCRATCH)
 
 cluster: deps ## Start a 3-node cluster swiftrmq-c1..c3@localhost on ports 5681-5683

@@ -30,8 +30,9 @@ read -r -a ports <<<"$CHAOS_PORTS"
 "$SCRIPTS/deps.sh"
 
 log "building rabbitmq-chaos (release)"
-swift build -c release --package-path Benchmarks --scratch-path "$SWIFT_SCRATCH" --product rabbitmq-chaos
-bin="$(swift build -c release --package-path Benchmarks --scratch-path "$SWIFT_SCRATCH" --show-bin-path)/rabbitmq-chaos"
+build=(swift build -c release --package-path Benchmarks --scratch-path "$SWIFT_SCRATCH")
+"${build[@]}" --product rabbitmq-chaos
+bin="$("${build[@]}" --show-bin-path)/rabbitmq-chaos"
 
 cluster() { CLUSTER_NAME="$CHAOS_CLUSTER_NAME" CLUSTER_PORTS="$CHAOS_PORTS" "$SCRIPTS/cluster.sh" "$@"; }
 stopped=0
