@@ -6,9 +6,12 @@ SHELL := /usr/bin/env bash
 # The default test node: NAME@localhost on 127.0.0.1:PORT (distribution on PORT+20000).
 BROKER_NAME ?= swiftrmq
 BROKER_PORT ?= 5673
-# Build folders: 'make test' and 'make test-tsan'.
-SCRATCH      ?= .build
-TSAN_SCRATCH ?= .build-tsan
+# Build folders: 'make test' and 'make test-tsan'; the Samples and Benchmarks packages (one folder per package:
+# SwiftPM keeps one build plan per folder).
+SCRATCH         ?= .build
+TSAN_SCRATCH    ?= .build-tsan
+SAMPLES_SCRATCH ?= .build-samples
+BENCH_SCRATCH   ?= .build-benchmarks
 # Extra arguments for 'swift test', e.g. make test ARGS='--filter Consumer'.
 ARGS ?=
 # Extra arguments for 'rabbitmq-chaos run', e.g. make chaos CHAOS_ARGS='--seed 42'.
@@ -37,7 +40,7 @@ broker-stop: ## Stop the test node
 	@scripts/broker.sh stop $(BROKER_NAME)
 
 test: ## deps, build, start the brokers, swift test, stop the brokers
-	@SWIFT_SCRATCH=$(SCRATCH) scripts/test.sh $(ARGS)
+	@SWIFT_SCRATCH=$(SCRATCH) SAMPLES_SCRATCH=$(SAMPLES_SCRATCH) scripts/test.sh $(ARGS)
 
 test-tsan: ## The same under ThreadSanitizer (swift test --sanitize=thread, in .build-tsan)
 	@SWIFT_SCRATCH=$(TSAN_SCRATCH) SWIFT_SANITIZE=thread scripts/test.sh $(ARGS)
@@ -64,13 +67,13 @@ tls-stop: ## Stop the TLS node and remove its certificates
 	@scripts/tls.sh stop
 
 bench: ## Run the benchmarks (scripts/bench.sh; the Benchmarks package)
-	@SWIFT_SCRATCH_PATH=$(SCRATCH) scripts/bench.sh
+	@SWIFT_SCRATCH_PATH=$(BENCH_SCRATCH) scripts/bench.sh
 
 demo: ## Run the sample order pipeline (Samples/, 10,000 orders) on a fresh local broker, then stop it; DEMO_ARGS=...
-	@SWIFT_SCRATCH=$(SCRATCH) scripts/demo.sh $(DEMO_ARGS)
+	@SWIFT_SCRATCH=$(SAMPLES_SCRATCH) scripts/demo.sh $(DEMO_ARGS)
 
 chaos: ## The chaos soak: 35 faults on a cluster of its own (5881-5883), no confirmed message lost; CHAOS_ARGS=...
-	@SWIFT_SCRATCH=$(SCRATCH) scripts/chaos.sh $(CHAOS_ARGS)
+	@SWIFT_SCRATCH=$(BENCH_SCRATCH) scripts/chaos.sh $(CHAOS_ARGS)
 
 clean: ## Stop all throwaway nodes, remove .broker/ and the build folders
 	@scripts/cluster.sh stop
@@ -78,4 +81,5 @@ clean: ## Stop all throwaway nodes, remove .broker/ and the build folders
 	@scripts/tls.sh stop
 	@scripts/broker.sh stop $(BROKER_NAME)
 	@for d in .broker/*/; do [ -f "$$d/port" ] && scripts/broker.sh stop "$$(basename "$$d")"; done; true
-	rm -rf .broker .chaos .docs $(SCRATCH) $(TSAN_SCRATCH) Samples/.build Benchmarks/.build
+	rm -rf .broker .chaos .docs $(SCRATCH) $(TSAN_SCRATCH) $(SAMPLES_SCRATCH) $(BENCH_SCRATCH) Samples/.build \
+		Benchmarks/.build

@@ -25,7 +25,7 @@
 #   SWIFT_BENCH         path of a ready rabbitmq-bench binary (no Swift build)
 #   SKIP_SWIFT=1        C baseline only
 #   SWIFT_SCRATCH_PATH  --scratch-path for the Swift build of the Benchmarks package (default: SwiftPM's,
-#                       Benchmarks/.build; 'make bench' passes the library's build folder, .build)
+#                       Benchmarks/.build; 'make bench' passes .build-benchmarks, as 'make chaos' uses)
 #   BENCH_DIR [.bench]  where binaries, logs and the report go
 set -euo pipefail
 

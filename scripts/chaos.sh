@@ -15,7 +15,7 @@
 # Options of 'rabbitmq-chaos run' (see --help): --seed N (default: random, printed), --messages N (200000),
 # --output FILE (RELIABILITY.md), --label TEXT (a note in the report's heading), --heartbeat S (3).
 # Environment: CHAOS_CLUSTER_NAME (swiftrmq-x), CHAOS_PORTS ("5881 5882 5883"; distribution ports +20000),
-# SWIFT_SCRATCH (build folder, default .build).
+# SWIFT_SCRATCH (the Benchmarks package's build folder, default .build-benchmarks).
 set -euo pipefail
 # shellcheck source=scripts/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -23,7 +23,7 @@ cd "$ROOT"
 
 CHAOS_CLUSTER_NAME="${CHAOS_CLUSTER_NAME:-swiftrmq-x}"
 CHAOS_PORTS="${CHAOS_PORTS:-5881 5882 5883}"
-SWIFT_SCRATCH="${SWIFT_SCRATCH:-.build}"
+SWIFT_SCRATCH="${SWIFT_SCRATCH:-.build-benchmarks}"
 read -r -a ports <<<"$CHAOS_PORTS"
 [ "${#ports[@]}" -eq 3 ] || die "CHAOS_PORTS must hold three ports"
 

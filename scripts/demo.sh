@@ -10,14 +10,14 @@
 #
 #   scripts/demo.sh [order-pipeline run options…]    e.g. scripts/demo.sh --count 2000
 #
-# Environment: BROKER_NAME, BROKER_PORT, AMQP_URL, SWIFT_SCRATCH (build folder, default .build, shared with the
-# library's own builds).
+# Environment: BROKER_NAME, BROKER_PORT, AMQP_URL, SWIFT_SCRATCH (the Samples package's build folder, default
+# .build-samples, as for make test).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 BROKER_NAME="${BROKER_NAME:-swiftrmq}"
 BROKER_PORT="${BROKER_PORT:-5673}"
-SWIFT_SCRATCH="${SWIFT_SCRATCH:-.build}"
+SWIFT_SCRATCH="${SWIFT_SCRATCH:-.build-samples}"
 
 scripts/deps.sh
 

@@ -3,7 +3,8 @@
 # brokers, run 'swift test' with its output as is, stop every broker the run started
 # (also when the tests fail or the run is interrupted), exit with the tests' status.
 # The library's tests run first, then the sample package's (Samples/, its pipeline test),
-# built in the same build folder so that the library compiles once.
+# in a build folder of its own: SwiftPM keeps one build plan per folder, and two packages
+# sharing one have run the library's test bundle in place of the sample's.
 #
 # Arguments are passed on to both 'swift test' runs (e.g. --filter Consumer).
 #
@@ -14,6 +15,7 @@
 #   WITH_TLS          1: also start the TLS node (scripts/tls.sh); default 1, 0 when AMQP_URL is set
 #   WITH_CLUSTER      1: also start the 3-node cluster (scripts/cluster.sh); same defaults
 #   SWIFT_SCRATCH     build folder (default .build)
+#   SAMPLES_SCRATCH   the sample package's build folder (default: SWIFT_SCRATCH-samples)
 #   SWIFT_SANITIZE    e.g. thread: passed as --sanitize=
 #   CI                true (as CI sets it): first 'scripts/format.sh lint', then warnings are errors
 #                     (both packages), and the documentation is built too (scripts/docs.sh)
@@ -33,22 +35,24 @@ cd "$ROOT"
 BROKER_NAME="${BROKER_NAME:-swiftrmq}"
 BROKER_PORT="${BROKER_PORT:-5673}"
 SWIFT_SCRATCH="${SWIFT_SCRATCH:-.build}"
+SAMPLES_SCRATCH="${SAMPLES_SCRATCH:-$SWIFT_SCRATCH-samples}"
 SWIFT_SANITIZE="${SWIFT_SANITIZE:-}"
 if [ -n "${AMQP_URL:-}" ]; then user_url=1; else user_url=0; fi
 if [ "$user_url" = 1 ]; then default_extra=0; else default_extra=1; fi
 WITH_TLS="${WITH_TLS:-$default_extra}"
 WITH_CLUSTER="${WITH_CLUSTER:-$default_extra}"
 
-swift_flags=(--scratch-path "$SWIFT_SCRATCH")
-if [ -n "$SWIFT_SANITIZE" ]; then swift_flags+=("--sanitize=$SWIFT_SANITIZE"); fi
+build_flags=()
+if [ -n "$SWIFT_SANITIZE" ]; then build_flags+=("--sanitize=$SWIFT_SANITIZE"); fi
 # ThreadSanitizer cannot follow Synchronization.Mutex on Linux: the library then locks with pthread mutexes.
-if [ "$SWIFT_SANITIZE" = thread ]; then swift_flags+=(-Xswiftc -DRABBITMQ_TSAN_LOCKS); fi
+if [ "$SWIFT_SANITIZE" = thread ]; then build_flags+=(-Xswiftc -DRABBITMQ_TSAN_LOCKS); fi
 # CI keeps the build free of warnings. The flag reaches the library, the tests and the sample, not the dependencies:
 # SwiftPM builds those with warnings suppressed.
-if [ "${CI:-}" = true ]; then swift_flags+=(-Xswiftc -warnings-as-errors); fi
+if [ "${CI:-}" = true ]; then build_flags+=(-Xswiftc -warnings-as-errors); fi
+swift_flags=(--scratch-path "$SWIFT_SCRATCH" "${build_flags[@]}")
 # The sample keeps the idiomatic Synchronization.Mutex, so its package is left out of sanitizer runs.
 if [ -z "$SWIFT_SANITIZE" ]; then with_samples=1; else with_samples=0; fi
-samples_flags=(--package-path Samples "${swift_flags[@]}")
+samples_flags=(--package-path Samples --scratch-path "$SAMPLES_SCRATCH" "${build_flags[@]}")
 
 "$SCRIPTS/deps.sh"
 
