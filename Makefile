@@ -6,9 +6,12 @@ SHELL := /usr/bin/env bash
 # The default test node: NAME@localhost on 127.0.0.1:PORT (distribution on PORT+20000).
 BROKER_NAME ?= swiftrmq
 BROKER_PORT ?= 5673
-# Build folders: 'make test' and 'make test-tsan'.
-SCRATCH      ?= .build
-TSAN_SCRATCH ?= .build-tsan
+# Build folders: 'make test' and 'make test-tsan'; the Samples and Benchmarks packages (one folder per package:
+# SwiftPM keeps one build plan per folder).
+SCRATCH         ?= .build
+TSAN_SCRATCH    ?= .build-tsan
+SAMPLES_SCRATCH ?= .build-samples
+BENCH_SCRATCH   ?= .build-benchmarks
 # Extra arguments for 'swift test', e.g. make test ARGS='--filter Consumer'.
 ARGS ?=
 # Extra arguments for 'rabbitmq-chaos run', e.g. make chaos CHAOS_ARGS='--seed 42'.
@@ -17,7 +20,8 @@ CHAOS_ARGS ?=
 export BROKER_NAME BROKER_PORT
 
 .DEFAULT_GOAL := help
-.PHONY: help deps broker broker-stop test test-tsan cluster cluster-stop tls tls-stop bench demo chaos clean
+.PHONY: help deps broker broker-stop test test-tsan lint format docs
+.PHONY: cluster cluster-stop tls tls-stop bench demo chaos clean
 
 help: ## List the targets
 	@echo "swift-rabbitmq make targets:"
@@ -36,10 +40,19 @@ broker-stop: ## Stop the test node
 	@scripts/broker.sh stop $(BROKER_NAME)
 
 test: ## deps, build, start the brokers, swift test, stop the brokers
-	@SWIFT_SCRATCH=$(SCRATCH) scripts/test.sh $(ARGS)
+	@SWIFT_SCRATCH=$(SCRATCH) SAMPLES_SCRATCH=$(SAMPLES_SCRATCH) scripts/test.sh $(ARGS)
 
 test-tsan: ## The same under ThreadSanitizer (swift test --sanitize=thread, in .build-tsan)
 	@SWIFT_SCRATCH=$(TSAN_SCRATCH) SWIFT_SANITIZE=thread scripts/test.sh $(ARGS)
+
+lint: ## swift format lint --strict with .swift-format's rules (make test runs it when CI=true)
+	@scripts/format.sh lint
+
+format: ## swift format in place with .swift-format's rules
+	@scripts/format.sh format
+
+docs: ## The library's DocC documentation, in .docs/RabbitMQ.doccarchive (make test builds it when CI=true)
+	@scripts/docs.sh --scratch-path $(SCRATCH)
 
 cluster: deps ## Start a 3-node cluster swiftrmq-c1..c3@localhost on ports 5681-5683
 	@scripts/cluster.sh start
@@ -53,19 +66,20 @@ tls: deps ## Make certificates in .broker/tls and start swiftrmq-tls@localhost (
 tls-stop: ## Stop the TLS node and remove its certificates
 	@scripts/tls.sh stop
 
-bench: ## Run the benchmarks (scripts/bench.sh)
-	@scripts/bench.sh
+bench: ## Run the benchmarks (scripts/bench.sh; the Benchmarks package)
+	@SWIFT_SCRATCH_PATH=$(BENCH_SCRATCH) scripts/bench.sh
 
-demo: ## Run the sample order pipeline (10,000 orders) on a fresh local broker, then stop it; DEMO_ARGS=...
-	@SWIFT_SCRATCH=$(SCRATCH) scripts/demo.sh $(DEMO_ARGS)
+demo: ## Run the sample order pipeline (Samples/, 10,000 orders) on a fresh local broker, then stop it; DEMO_ARGS=...
+	@SWIFT_SCRATCH=$(SAMPLES_SCRATCH) scripts/demo.sh $(DEMO_ARGS)
 
 chaos: ## The chaos soak: 35 faults on a cluster of its own (5881-5883), no confirmed message lost; CHAOS_ARGS=...
-	@SWIFT_SCRATCH=$(SCRATCH) scripts/chaos.sh $(CHAOS_ARGS)
+	@SWIFT_SCRATCH=$(BENCH_SCRATCH) scripts/chaos.sh $(CHAOS_ARGS)
 
-clean: ## Stop all throwaway nodes, remove .broker/, .build and .build-tsan
+clean: ## Stop all throwaway nodes, remove .broker/ and the build folders
 	@scripts/cluster.sh stop
 	@CLUSTER_NAME=swiftrmq-x CLUSTER_PORTS="5881 5882 5883" scripts/cluster.sh stop
 	@scripts/tls.sh stop
 	@scripts/broker.sh stop $(BROKER_NAME)
 	@for d in .broker/*/; do [ -f "$$d/port" ] && scripts/broker.sh stop "$$(basename "$$d")"; done; true
-	rm -rf .broker .chaos $(SCRATCH) $(TSAN_SCRATCH)
+	rm -rf .broker .chaos .docs $(SCRATCH) $(TSAN_SCRATCH) $(SAMPLES_SCRATCH) $(BENCH_SCRATCH) Samples/.build \
+		Benchmarks/.build

@@ -11,9 +11,6 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "RabbitMQ", targets: ["RabbitMQ"]),
-        .executable(name: "rabbitmq-bench", targets: ["RabbitMQBench"]),
-        .executable(name: "order-pipeline", targets: ["OrderPipeline"]),
-        .executable(name: "rabbitmq-chaos", targets: ["ChaosSoak"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.6.0"),
@@ -21,9 +18,6 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.5.0"),
         .package(url: "https://github.com/apple/swift-distributed-tracing.git", from: "1.1.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
-        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
-        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.1.0"),
-        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.0.0"),
     ],
     targets: [
         .systemLibrary(
@@ -41,39 +35,6 @@ let package = Package(
                 .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
-            swiftSettings: strictSettings
-        ),
-        .executableTarget(
-            name: "RabbitMQBench",
-            dependencies: [
-                "RabbitMQ",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Histogram", package: "hdrhistogram-swift"),
-            ],
-            path: "Benchmarks/RabbitMQBench",
-            swiftSettings: strictSettings
-        ),
-        .executableTarget(
-            name: "ChaosSoak",
-            dependencies: [
-                "RabbitMQ",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
-            ],
-            path: "Benchmarks/ChaosSoak",
-            swiftSettings: strictSettings
-        ),
-        .executableTarget(
-            name: "OrderPipeline",
-            dependencies: [
-                "RabbitMQ",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "Histogram", package: "hdrhistogram-swift"),
-                .product(name: "GRDB", package: "GRDB.swift"),
-            ],
-            path: "Samples/OrderPipeline",
             swiftSettings: strictSettings
         ),
         .target(
@@ -97,7 +58,6 @@ let package = Package(
             dependencies: [
                 "RabbitMQ",
                 "RabbitMQTestSupport",
-                "OrderPipeline",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ],
@@ -106,3 +66,9 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// The documentation plugin, for `make docs` (scripts/docs.sh sets RABBITMQ_DOCS), and only then, so that users of the
+// library do not resolve it.
+if Context.environment["RABBITMQ_DOCS"] != nil {
+    package.dependencies.append(.package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"))
+}

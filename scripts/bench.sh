@@ -24,7 +24,8 @@
 #   RUN_TIMEOUT [900]   seconds before one benchmark process is killed
 #   SWIFT_BENCH         path of a ready rabbitmq-bench binary (no Swift build)
 #   SKIP_SWIFT=1        C baseline only
-#   SWIFT_SCRATCH_PATH  --scratch-path for the Swift build (default: SwiftPM's .build)
+#   SWIFT_SCRATCH_PATH  --scratch-path for the Swift build of the Benchmarks package (default: SwiftPM's,
+#                       Benchmarks/.build; 'make bench' passes .build-benchmarks, as 'make chaos' uses)
 #   BENCH_DIR [.bench]  where binaries, logs and the report go
 set -euo pipefail
 
@@ -61,12 +62,12 @@ elif [ -n "${SWIFT_BENCH:-}" ]; then
 elif ! command -v swift >/dev/null; then
     SWIFT_STATUS="NOT BUILT: no swift toolchain on PATH"
 else
-    scratch=()
-    [ -n "${SWIFT_SCRATCH_PATH:-}" ] && scratch=(--scratch-path "$SWIFT_SCRATCH_PATH")
+    build=(swift build -c release --package-path Benchmarks)
+    [ -n "${SWIFT_SCRATCH_PATH:-}" ] && build+=(--scratch-path "$SWIFT_SCRATCH_PATH")
     build_log="$BENCH_DIR/swift-build.log"
-    log "building rabbitmq-bench (swift build -c release --product rabbitmq-bench ${scratch[*]}; log: $build_log)"
-    if swift build -c release --product rabbitmq-bench "${scratch[@]}" >"$build_log" 2>&1; then
-        bin_dir="$(swift build -c release "${scratch[@]}" --show-bin-path)"
+    log "building rabbitmq-bench (${build[*]} --product rabbitmq-bench; log: $build_log)"
+    if "${build[@]}" --product rabbitmq-bench >"$build_log" 2>&1; then
+        bin_dir="$("${build[@]}" --show-bin-path)"
         SWIFT_BIN="$bin_dir/rabbitmq-bench"
         [ -x "$SWIFT_BIN" ] || { SWIFT_STATUS="NOT BUILT: $SWIFT_BIN missing after the build"; SWIFT_BIN=""; }
         [ -n "$SWIFT_BIN" ] && SWIFT_STATUS="release build OK"

@@ -4,7 +4,7 @@
 # connection closes) while they work. It checks that no confirmed message is lost, that no call overran its
 # timeout and that memory stays flat, prints the figures and appends them to RELIABILITY.md.
 #   1. installs what is missing (scripts/deps.sh);
-#   2. builds rabbitmq-chaos (Benchmarks/ChaosSoak) in release mode;
+#   2. builds rabbitmq-chaos (Benchmarks/ChaosSoak, in the Benchmarks package) in release mode;
 #   3. starts the cluster CHAOS_CLUSTER_NAME1..3@localhost on CHAOS_PORTS, from empty folders;
 #   4. runs 'rabbitmq-chaos run' against it;
 #   5. stops every node of the cluster, also when the run fails or is interrupted (Ctrl-C);
@@ -15,7 +15,7 @@
 # Options of 'rabbitmq-chaos run' (see --help): --seed N (default: random, printed), --messages N (200000),
 # --output FILE (RELIABILITY.md), --label TEXT (a note in the report's heading), --heartbeat S (3).
 # Environment: CHAOS_CLUSTER_NAME (swiftrmq-x), CHAOS_PORTS ("5881 5882 5883"; distribution ports +20000),
-# SWIFT_SCRATCH (build folder, default .build).
+# SWIFT_SCRATCH (the Benchmarks package's build folder, default .build-benchmarks).
 set -euo pipefail
 # shellcheck source=scripts/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -23,15 +23,16 @@ cd "$ROOT"
 
 CHAOS_CLUSTER_NAME="${CHAOS_CLUSTER_NAME:-swiftrmq-x}"
 CHAOS_PORTS="${CHAOS_PORTS:-5881 5882 5883}"
-SWIFT_SCRATCH="${SWIFT_SCRATCH:-.build}"
+SWIFT_SCRATCH="${SWIFT_SCRATCH:-.build-benchmarks}"
 read -r -a ports <<<"$CHAOS_PORTS"
 [ "${#ports[@]}" -eq 3 ] || die "CHAOS_PORTS must hold three ports"
 
 "$SCRIPTS/deps.sh"
 
 log "building rabbitmq-chaos (release)"
-swift build -c release --scratch-path "$SWIFT_SCRATCH" --product rabbitmq-chaos
-bin="$(swift build -c release --scratch-path "$SWIFT_SCRATCH" --show-bin-path)/rabbitmq-chaos"
+build=(swift build -c release --package-path Benchmarks --scratch-path "$SWIFT_SCRATCH")
+"${build[@]}" --product rabbitmq-chaos
+bin="$("${build[@]}" --show-bin-path)/rabbitmq-chaos"
 
 cluster() { CLUSTER_NAME="$CHAOS_CLUSTER_NAME" CLUSTER_PORTS="$CHAOS_PORTS" "$SCRIPTS/cluster.sh" "$@"; }
 stopped=0

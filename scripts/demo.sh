@@ -3,19 +3,21 @@
 #   1. installs what is missing (scripts/deps.sh);
 #   2. starts a throwaway broker BROKER_NAME@localhost on BROKER_PORT (default swiftrmq, 5673) from empty data,
 #      unless AMQP_URL is set, in which case that broker is used and none is started;
-#   3. builds and runs 'order-pipeline run' in release mode with AMQP_URL pointing at the broker;
+#   3. builds 'order-pipeline' (the Samples package) in release mode and runs 'order-pipeline run' with AMQP_URL
+#      pointing at the broker;
 #   4. stops the broker it started, also when the run fails;
 # and exits with the pipeline's status: non-zero when an invariant fails.
 #
 #   scripts/demo.sh [order-pipeline run options…]    e.g. scripts/demo.sh --count 2000
 #
-# Environment: BROKER_NAME, BROKER_PORT, AMQP_URL, SWIFT_SCRATCH (build folder, default .build).
+# Environment: BROKER_NAME, BROKER_PORT, AMQP_URL, SWIFT_SCRATCH (the Samples package's build folder, default
+# .build-samples, as for make test).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 BROKER_NAME="${BROKER_NAME:-swiftrmq}"
 BROKER_PORT="${BROKER_PORT:-5673}"
-SWIFT_SCRATCH="${SWIFT_SCRATCH:-.build}"
+SWIFT_SCRATCH="${SWIFT_SCRATCH:-.build-samples}"
 
 scripts/deps.sh
 
@@ -26,10 +28,11 @@ if [ -z "${AMQP_URL:-}" ]; then
 fi
 
 echo "==> building order-pipeline (release)" >&2
-swift build -c release --scratch-path "$SWIFT_SCRATCH" --product order-pipeline
+swift_flags=(-c release --package-path Samples --scratch-path "$SWIFT_SCRATCH")
+swift build "${swift_flags[@]}" --product order-pipeline
 echo "==> order-pipeline run against $AMQP_URL" >&2
 status=0
-swift run -c release --skip-build --scratch-path "$SWIFT_SCRATCH" order-pipeline run "$@" || status=$?
+swift run "${swift_flags[@]}" --skip-build order-pipeline run "$@" || status=$?
 if [ "$status" -ne 0 ]; then
     echo "==> the pipeline failed (exit status $status)" >&2
 fi

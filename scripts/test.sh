@@ -2,8 +2,11 @@
 # 'make test' and 'make test-tsan': install what is missing, build, start throwaway
 # brokers, run 'swift test' with its output as is, stop every broker the run started
 # (also when the tests fail or the run is interrupted), exit with the tests' status.
+# The library's tests run first, then the sample package's (Samples/, its pipeline test),
+# in a build folder of its own: SwiftPM keeps one build plan per folder, and two packages
+# sharing one have run the library's test bundle in place of the sample's.
 #
-# Arguments are passed on to 'swift test' (e.g. --filter Consumer).
+# Arguments are passed on to both 'swift test' runs (e.g. --filter Consumer).
 #
 # Environment (all optional):
 #   AMQP_URL          use this broker; then no local node is started
@@ -12,7 +15,10 @@
 #   WITH_TLS          1: also start the TLS node (scripts/tls.sh); default 1, 0 when AMQP_URL is set
 #   WITH_CLUSTER      1: also start the 3-node cluster (scripts/cluster.sh); same defaults
 #   SWIFT_SCRATCH     build folder (default .build)
+#   SAMPLES_SCRATCH   the sample package's build folder (default: SWIFT_SCRATCH-samples)
 #   SWIFT_SANITIZE    e.g. thread: passed as --sanitize=
+#   CI                true (as CI sets it): first 'scripts/format.sh lint', then warnings are errors
+#                     (both packages), and the documentation is built too (scripts/docs.sh)
 #
 # Exported to the tests:
 #   AMQP_URL=amqp://guest:guest@127.0.0.1:5673/   RABBITMQ_NODE=swiftrmq@localhost
@@ -29,24 +35,37 @@ cd "$ROOT"
 BROKER_NAME="${BROKER_NAME:-swiftrmq}"
 BROKER_PORT="${BROKER_PORT:-5673}"
 SWIFT_SCRATCH="${SWIFT_SCRATCH:-.build}"
+SAMPLES_SCRATCH="${SAMPLES_SCRATCH:-$SWIFT_SCRATCH-samples}"
 SWIFT_SANITIZE="${SWIFT_SANITIZE:-}"
 if [ -n "${AMQP_URL:-}" ]; then user_url=1; else user_url=0; fi
 if [ "$user_url" = 1 ]; then default_extra=0; else default_extra=1; fi
 WITH_TLS="${WITH_TLS:-$default_extra}"
 WITH_CLUSTER="${WITH_CLUSTER:-$default_extra}"
 
-swift_flags=(--scratch-path "$SWIFT_SCRATCH")
-if [ -n "$SWIFT_SANITIZE" ]; then swift_flags+=("--sanitize=$SWIFT_SANITIZE"); fi
+build_flags=()
+if [ -n "$SWIFT_SANITIZE" ]; then build_flags+=("--sanitize=$SWIFT_SANITIZE"); fi
 # ThreadSanitizer cannot follow Synchronization.Mutex on Linux: the library then locks with pthread mutexes.
-if [ "$SWIFT_SANITIZE" = thread ]; then swift_flags+=(-Xswiftc -DRABBITMQ_TSAN_LOCKS); fi
-# The sample keeps the idiomatic Synchronization.Mutex, so its pipeline test is left out of sanitizer runs.
-skip_flags=()
-if [ "$SWIFT_SANITIZE" = thread ]; then skip_flags+=(--skip 'OrderPipelineTests'); fi
+if [ "$SWIFT_SANITIZE" = thread ]; then build_flags+=(-Xswiftc -DRABBITMQ_TSAN_LOCKS); fi
+# CI keeps the build free of warnings. The flag reaches the library, the tests and the sample, not the dependencies:
+# SwiftPM builds those with warnings suppressed.
+if [ "${CI:-}" = true ]; then build_flags+=(-Xswiftc -warnings-as-errors); fi
+swift_flags=(--scratch-path "$SWIFT_SCRATCH" "${build_flags[@]}")
+# The sample keeps the idiomatic Synchronization.Mutex, so its package is left out of sanitizer runs.
+if [ -z "$SWIFT_SANITIZE" ]; then with_samples=1; else with_samples=0; fi
+samples_flags=(--package-path Samples --scratch-path "$SAMPLES_SCRATCH" "${build_flags[@]}")
 
 "$SCRIPTS/deps.sh"
 
+if [ "${CI:-}" = true ]; then "$SCRIPTS/format.sh" lint; fi
+
 log "swift build --build-tests ${swift_flags[*]}"
 swift build --build-tests "${swift_flags[@]}"
+# With the same flags, the library just built is not built again (about 25 s on a fresh clone, 10 s after).
+if [ "${CI:-}" = true ] && [ -z "$SWIFT_SANITIZE" ]; then "$SCRIPTS/docs.sh" "${swift_flags[@]}"; fi
+if [ "$with_samples" = 1 ]; then
+    log "swift build --build-tests ${samples_flags[*]}"
+    swift build --build-tests "${samples_flags[@]}"
+fi
 
 # Every node started from here on (by us, or by the tests through
 # RABBITMQ_BROKER_SCRIPT) is listed in this file and stopped at the end.
@@ -133,12 +152,18 @@ else
     # so that dozens of parallel tests and brokers competing for two cores do not distort what they measure.
     TIMED_TESTS='HeartbeatTests|retriesFollowThePolicysDelaysThenPark'
     log "swift test ${swift_flags[*]} --skip '$TIMED_TESTS'"
-    swift test "${swift_flags[@]}" --skip "$TIMED_TESTS" "${skip_flags[@]}"
+    swift test "${swift_flags[@]}" --skip "$TIMED_TESTS"
     rc=$?
     log "swift test ${swift_flags[*]} --filter '$TIMED_TESTS' (timing-sensitive tests, alone)"
     swift test "${swift_flags[@]}" --filter "$TIMED_TESTS"
     timed_rc=$?
     [ "$rc" -ne 0 ] || rc=$timed_rc
+fi
+if [ "$with_samples" = 1 ]; then
+    log "swift test ${samples_flags[*]} $*"
+    swift test "${samples_flags[@]}" "$@"
+    samples_rc=$?
+    [ "$rc" -ne 0 ] || rc=$samples_rc
 fi
 set -e
 log "swift test exited with status $rc"

@@ -2,7 +2,6 @@ import Foundation
 @testable import OrderPipeline
 import RabbitMQ
 import Testing
-import RabbitMQTestSupport
 
 /// The sample order pipeline (Samples/OrderPipeline), run in-process on a small count: the same invariants as
 /// `make demo`, cross-checked at the broker.
