@@ -17,4 +17,4 @@ export RABBITMQ_DOCS=1
 mkdir -p .docs
 log "swift package $* generate-documentation --target RabbitMQ (into .docs/RabbitMQ.doccarchive)"
 swift package "$@" --allow-writing-to-directory .docs \
-    generate-documentation --target RabbitMQ --output-path .docs/RabbitMQ.doccarchive
+    generate-documentation --target RabbitMQ --warnings-as-errors --output-path .docs/RabbitMQ.doccarchive

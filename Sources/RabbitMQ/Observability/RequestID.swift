@@ -2,7 +2,7 @@ import Tracing
 
 /// The `ServiceContext` key of the request id that travels with messages in the `x-request-id` header.
 ///
-/// Set it (through ``ServiceContext/requestID``) around the code that publishes, and every message published
+/// Set it (through `ServiceContext.requestID`) around the code that publishes, and every message published
 /// without an `x-request-id` of its own carries it; ``QueueWorker`` sets it while a delivery's handler runs.
 public enum RequestIDKey: ServiceContextKey {
     /// The request id.

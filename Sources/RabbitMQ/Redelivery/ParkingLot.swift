@@ -47,6 +47,7 @@ extension RabbitMQClient {
     /// Each message is republished with confirms and only then removed from the parking lot. Messages that
     /// `predicate` declines stay parked.
     /// - Parameters:
+    ///   - retry: the retry topology whose parking lot to replay.
     ///   - limit: most messages to replay.
     ///   - predicate: which messages to replay; all by default.
     @discardableResult

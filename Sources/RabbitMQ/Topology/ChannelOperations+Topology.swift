@@ -79,6 +79,7 @@ extension ChannelOperations {
 
     /// Deletes a queue.
     /// - Parameters:
+    ///   - name: the queue.
     ///   - ifUnused: only if it has no consumers (else the broker answers 406).
     ///   - ifEmpty: only if it holds no messages (else the broker answers 406).
     /// - Returns: how many messages it held.
@@ -95,7 +96,9 @@ extension ChannelOperations {
     }
 
     /// Deletes an exchange and its bindings.
-    /// - Parameter ifUnused: only if nothing is bound to it (else the broker answers 406).
+    /// - Parameters:
+    ///   - name: the exchange.
+    ///   - ifUnused: only if nothing is bound to it (else the broker answers 406).
     public func deleteExchange(_ name: String, ifUnused: Bool = false) async throws {
         try NameValidation.validateEntityName(name, as: "exchange name", operation: "exchange.delete")
         try await withChannel { channel in
