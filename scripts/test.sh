@@ -87,7 +87,7 @@ cleanup() {
     if [ -s "$BROKER_STARTED_LIST" ]; then
         for name in $(sort -u "$BROKER_STARTED_LIST"); do
             # tls.sh stop (above) stops its node itself.
-            if [ "$tls_started" = 1 ] && [ "$name" = swiftrmq-tls ]; then continue; fi
+            if [ "$tls_started" = 1 ] && [ "$name" = "${TLS_NODE_NAME:-swiftrmq-tls}" ]; then continue; fi
             "$SCRIPTS/broker.sh" stop "$name" & pids+=($!)
         done
     fi

@@ -21,12 +21,13 @@
 # librabbitmq checks DNS names only: connect to "localhost" (not 127.0.0.1) to pass the
 # hostname check; connecting to 127.0.0.1 with hostname checking on must fail.
 #
-# Environment: TLS_AMQP_PORT (5690), TLS_PORT (5691); BROKER_EXTRA_CONFIG is added.
+# Environment: TLS_NODE_NAME (swiftrmq-tls), TLS_AMQP_PORT (5690), TLS_PORT (5691);
+# BROKER_EXTRA_CONFIG is added.
 set -euo pipefail
 # shellcheck source=scripts/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-NAME=swiftrmq-tls
+NAME="${TLS_NODE_NAME:-swiftrmq-tls}"
 NODE="$NAME@localhost"
 AMQP_PORT="${TLS_AMQP_PORT:-5690}"
 TLS_PORT="${TLS_PORT:-5691}"
