@@ -122,9 +122,10 @@ public final class Channel: Sendable {
         }
         if snapshot.confirms { _ = try await engine.request(.confirmSelect, on: link) }
         for (tag, consumer) in snapshot.consumers {
-            try link.submit(.registerConsumer(link, consumerTag: tag, consumer.buffer))
+            let noAck = consumer.options.acknowledgement == .noAck
+            try link.submit(.registerConsumer(link, consumerTag: tag, consumer.buffer, noAck: noAck))
             _ = try await engine.request(.basicConsume(
-                queue: manager.recorder.renamed(consumer.queue), consumerTag: tag, noAck: false,
+                queue: manager.recorder.renamed(consumer.queue), consumerTag: tag, noAck: noAck,
                 exclusive: consumer.options.exclusive, arguments: consumer.arguments), on: link)
         }
         let closedMeanwhile = session.withLock { session in

@@ -35,6 +35,8 @@ public final class RabbitMQClient: ChannelOperations, Service, Sendable {
     let logger: Logger
     let manager: ConnectionManager
     private let publisher = SingleFlight<Channel>()
+    /// The reply channel and the calls waiting for replies of ``call(_:to:routingKey:properties:timeout:)``.
+    let replies = ReplyDispatcher()
     private let pool = StateLock<[Channel]>([])
     private let isClosed = Atomic<Bool>(false)
 
@@ -113,6 +115,7 @@ public final class RabbitMQClient: ChannelOperations, Service, Sendable {
         guard !isClosed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         pool.withLock { $0.removeAll() }
         _ = publisher.close()
+        await replies.close()
         await manager.close()
         logger.info("client closed")
     }

@@ -22,8 +22,9 @@ extension Channel {
         if let priority = options.priority { arguments["x-priority"] = .int32(priority) }
         let buffer = DeliveryBuffer()
         let (link, engine) = try await activeSession(for: "basic.consume", until: .now + engine.requestTimeout)
-        try link.submit(.registerConsumer(link, consumerTag: tag, buffer))
-        _ = try await engine.request(.basicConsume(queue: queue, consumerTag: tag, noAck: false,
+        let noAck = options.acknowledgement == .noAck
+        try link.submit(.registerConsumer(link, consumerTag: tag, buffer, noAck: noAck))
+        _ = try await engine.request(.basicConsume(queue: queue, consumerTag: tag, noAck: noAck,
                                                    exclusive: options.exclusive, arguments: arguments), on: link)
         recordConsumer(tag: tag, ConsumerRegistration(queue: queue, options: options, arguments: arguments,
                                                       buffer: buffer))

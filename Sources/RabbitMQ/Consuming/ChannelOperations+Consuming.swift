@@ -7,7 +7,7 @@ extension ChannelOperations {
     {
         try NameValidation.validateEntityName(queue, as: "queue name", operation: "basic.get")
         return try await withChannel { channel in
-            switch try await channel.request(.basicGet(queue: queue, noAck: acknowledgement == .automatic)) {
+            switch try await channel.request(.basicGet(queue: queue, noAck: acknowledgement != .manual)) {
             case .message(let message): return Delivery(message)
             case .getEmpty: return nil
             default: throw Channel.unexpectedReply("basic.get")

@@ -8,6 +8,11 @@ public struct ConsumeOptions: Sendable, Hashable {
         /// The library acknowledges each delivery as the sequence hands it over. Unlike AMQP's `no-ack`, the
         /// prefetch limit still applies, so a slow consumer never buffers more than the prefetch.
         case automatic
+        /// AMQP `no-ack`: the broker considers each message acknowledged as it sends it. Nothing is settled (settling
+        /// throws ``RabbitMQError/Code/alreadySettled``), the prefetch limit does not apply, and messages on the
+        /// way when the connection or channel fails are lost. Direct reply-to (`amq.rabbitmq.reply-to`) requires it;
+        /// ``RabbitMQClient/call(_:to:routingKey:properties:timeout:)`` uses it for its replies.
+        case noAck
     }
 
     /// When deliveries are acknowledged. Default ``Acknowledgement/manual``.

@@ -21,6 +21,10 @@ struct ChannelState {
     /// Whether the channel is in the machine's list of channels with slots to release.
     var isReleaseListed = false
     var consumers: [String: ConsumerState] = [:]
+    /// Tags of the consumers registered with AMQP `no-ack` on the channel, kept for its life: the broker settled
+    /// their deliveries as it sent them, so those are neither tracked for acks nor given back, also when one
+    /// arrives after its consumer was cancelled. Usually empty.
+    var noAckConsumers: Set<String> = []
     var acks = AckCoalescer()
     var hasPendingAcks = false
     /// The smallest non-zero prefetch set on the channel, 0 while none is: the broker stops delivering on the

@@ -153,6 +153,10 @@ extension ConnectionStateMachine {
     private mutating func complete(_ message: consuming IncomingMessage, body: Data, on number: UInt16) {
         switch message.kind {
         case .deliver(let consumerTag):
+            if !channels[number]!.noAckConsumers.isEmpty, channels[number]!.noAckConsumers.contains(consumerTag) {
+                completeNoAck(message, body: body, consumerTag: consumerTag, on: number)
+                return
+            }
             channels[number]!.acks.delivered(message.deliveryTag)
             if let consumer = channels[number]!.consumers[consumerTag] {
                 consumer.collector.collect(
@@ -188,6 +192,20 @@ extension ConnectionStateMachine {
         case .returned(let code, let text):
             matchReturn(message, body: body, code: code, text: text, on: number)
         }
+    }
+
+    /// A delivery to a `no-ack` consumer: the broker settled it as it sent it, so settling it again is the
+    /// application's mistake, and one whose consumer is gone is dropped (it cannot be given back).
+    private mutating func completeNoAck(_ message: consuming IncomingMessage, body: Data, consumerTag: String,
+                                        on number: UInt16) {
+        let link = channels[number]!.link
+        actions.append(.markSettled(link, .ack(deliveryTag: message.deliveryTag, multiple: false)))
+        guard let consumer = channels[number]!.consumers[consumerTag] else { return }
+        consumer.collector.collect(
+            body: body, properties: message.properties, exchange: message.exchange,
+            routingKey: message.routingKey, isRedelivered: message.isRedelivered,
+            deliveryTag: message.deliveryTag, consumerTag: consumerTag, link: link)
+        touch(consumer)
     }
 
     /// A basic.return carries no sequence number: the library's header names the publish. Without it (a message

@@ -127,13 +127,16 @@ struct ConnectionStateMachine {
         }
     }
 
-    /// Routes deliveries for `consumerTag` to `sink` (registered before the basic.consume request).
-    mutating func registerConsumer(_ link: ChannelLink, consumerTag: String, _ sink: any DeliverySink) {
+    /// Routes deliveries for `consumerTag` to `sink` (registered before the basic.consume request); `noAck` for a
+    /// consumer whose deliveries the broker settles as it sends them.
+    mutating func registerConsumer(_ link: ChannelLink, consumerTag: String, _ sink: any DeliverySink,
+                                   noAck: Bool = false) {
         guard let number = openChannel(of: link) else {
             actions.append(.finishSink(sink, link.inFlightError))
             return
         }
         channels[number]!.consumers[consumerTag] = ConsumerState(collector: sink.makeCollector())
+        if noAck { channels[number]!.noAckConsumers.insert(consumerTag) }
     }
 
     /// The application settled a delivery: acks wait for ``flushAcks()`` to be merged, nacks and rejects go out.

@@ -16,8 +16,9 @@ enum EngineCommand: Sendable {
     case publish(OutgoingPublish)
     /// Ack, nack or reject deliveries.
     case settle(ChannelLink, Settlement)
-    /// Route deliveries for `consumerTag` to `sink` (sent before the basic.consume request).
-    case registerConsumer(ChannelLink, consumerTag: String, any DeliverySink)
+    /// Route deliveries for `consumerTag` to `sink` (sent before the basic.consume request). With `noAck` the
+    /// consumer is consumed with AMQP `no-ack`: its deliveries are settled by the broker as it sends them.
+    case registerConsumer(ChannelLink, consumerTag: String, any DeliverySink, noAck: Bool = false)
     /// Close the connection with the AMQP handshake, then stop the thread.
     case closeConnection(CheckedContinuation<Void, Never>?)
 

@@ -185,8 +185,8 @@ final class IOLoop {
             }
         case .settle(let link, let settlement):
             machine.settle(settlement, on: link)
-        case .registerConsumer(let link, let tag, let buffer):
-            machine.registerConsumer(link, consumerTag: tag, buffer)
+        case .registerConsumer(let link, let tag, let buffer, let noAck):
+            machine.registerConsumer(link, consumerTag: tag, buffer, noAck: noAck)
         case .closeConnection(let waiter):
             machine.closeConnection(waiter, now: .now)
         }
@@ -198,7 +198,7 @@ final class IOLoop {
         case .openChannel(_, let continuation): continuation.resume(throwing: error)
         case .request(let request): PendingRequest(request).fail(error)
         case .publish(let publish): publish.ticket.complete(.failure(error))
-        case .registerConsumer(_, _, let sink): sink.finish(error)
+        case .registerConsumer(_, _, let sink, _): sink.finish(error)
         case .closeConnection(let waiter): waiter?.resume()
         case .settle, .abandonRequest: break
         }

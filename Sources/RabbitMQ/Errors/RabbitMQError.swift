@@ -55,6 +55,12 @@ public struct RabbitMQError: Error, Sendable, CustomStringConvertible, CustomDeb
         public static let tlsFailure = Code("tlsFailure")
         /// The broker or the library broke the protocol; the connection is closed.
         public static let protocolError = Code("protocolError")
+        /// The responder of a ``RabbitMQClient/call(_:to:routingKey:properties:timeout:)`` failed to handle the
+        /// request and answered with an error (its text is in the message). Not retryable by default.
+        public static let responderFailed = Code("responderFailed")
+        /// The connection was lost while a channel's transaction was open: the broker discarded what the
+        /// transaction held (publishes and acks). Retryable: run the whole transaction again.
+        public static let transactionLost = Code("transactionLost")
     }
 
     /// What kind of failure this is.
@@ -130,7 +136,7 @@ public struct RabbitMQError: Error, Sendable, CustomStringConvertible, CustomDeb
 
     private static func defaultRetryability(code: Code, replyCode: UInt16?) -> Bool {
         switch code {
-        case .connectionRefused, .hostNotFound, .timeout, .connectionLost, .publishNacked:
+        case .connectionRefused, .hostNotFound, .timeout, .connectionLost, .publishNacked, .transactionLost:
             return true
         case .connectionClosed:
             // 320 CONNECTION_FORCED (broker shutdown, operator) and 504/505 are transient; 403, 530 are not.

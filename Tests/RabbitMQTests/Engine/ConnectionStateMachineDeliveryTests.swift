@@ -57,6 +57,24 @@ struct ConnectionStateMachineDeliveryTests {
         #expect(harness.takeSent() == ["reject(deliveryTag: 5, requeue: true)@1"])
     }
 
+    @Test("A no-ack consumer's deliveries are settled already: not tracked, never given back, not settleable")
+    func noAckDeliveries() async throws {
+        let harness = try MachineHarness()
+        let link = try await harness.openChannel()
+        let buffer = harness.registerConsumer("r", on: link, noAck: true)
+        deliver(harness, tag: 1, consumer: "r")
+        deliver(harness, tag: 2, consumer: "r")
+        harness.endPass()
+        #expect(try await buffer.next().map(\.deliveryTag) == [1, 2])
+        #expect(harness.machine.channels[1]!.acks.unsettledCount == 0)
+        #expect(!link.markSettled(.ack(deliveryTag: 2, multiple: false)))
+        // Its consumer cancelled by the broker, a delivery still on the way is dropped, not rejected.
+        harness.receive(.cancel(consumerTag: "r", noWait: true), on: 1)
+        deliver(harness, tag: 3, consumer: "r")
+        harness.endPass()
+        #expect(harness.takeSent().isEmpty)
+    }
+
     @Test("Acks wait for the end of the pass and are merged; nacks and rejects go out at once")
     func settlements() async throws {
         let harness = try MachineHarness()

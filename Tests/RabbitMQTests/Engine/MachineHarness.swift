@@ -130,9 +130,9 @@ final class MachineHarness {
         perform()
     }
 
-    func registerConsumer(_ tag: String, on link: ChannelLink) -> DeliveryBuffer {
+    func registerConsumer(_ tag: String, on link: ChannelLink, noAck: Bool = false) -> DeliveryBuffer {
         let buffer = DeliveryBuffer()
-        machine.registerConsumer(link, consumerTag: tag, buffer)
+        machine.registerConsumer(link, consumerTag: tag, buffer, noAck: noAck)
         perform()
         return buffer
     }
