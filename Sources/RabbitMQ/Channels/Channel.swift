@@ -24,6 +24,16 @@ public final class Channel: Sendable {
         let options: ConsumeOptions
         let arguments: FieldTable
         let buffer: DeliveryBuffer
+        /// Where a stream consumer is, so that it starts again after the last delivery handed out.
+        var streamCursor: StreamCursor? = nil
+
+        /// The arguments to consume with now: a stream consumer's offset is where its cursor is.
+        var currentArguments: FieldTable {
+            guard let streamCursor else { return arguments }
+            var arguments = arguments
+            arguments[StreamCursor.header] = streamCursor.resumeOffset.argument
+            return arguments
+        }
     }
 
     private let session: StateLock<Session>
@@ -126,7 +136,7 @@ public final class Channel: Sendable {
             try link.submit(.registerConsumer(link, consumerTag: tag, consumer.buffer, noAck: noAck))
             _ = try await engine.request(.basicConsume(
                 queue: manager.recorder.renamed(consumer.queue), consumerTag: tag, noAck: noAck,
-                exclusive: consumer.options.exclusive, arguments: consumer.arguments), on: link)
+                exclusive: consumer.options.exclusive, arguments: consumer.currentArguments), on: link)
         }
         let closedMeanwhile = session.withLock { session in
             session.link = link

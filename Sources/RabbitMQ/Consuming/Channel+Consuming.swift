@@ -13,13 +13,26 @@ extension Channel {
         try await consume(queue, options: options, ownsChannel: false)
     }
 
-    func consume(_ queue: String, options: ConsumeOptions, ownsChannel: Bool) async throws -> Consumer {
+    /// Starts a consumer; a stream consumer reads from `cursor` (a ``QueueWorker``'s, kept across its
+    /// subscriptions), or from a cursor of its own when ``ConsumeOptions/streamOffset`` is set.
+    func consume(_ queue: String, options: ConsumeOptions, ownsChannel: Bool, cursor: StreamCursor? = nil)
+        async throws -> Consumer
+    {
         try NameValidation.validateEntityName(queue, as: "queue name", operation: "basic.consume")
         let tag = options.consumerTag ?? ConsumerCore.makeTag()
         try NameValidation.validate(tag, as: "consumer tag", operation: "basic.consume")
         try NameValidation.validate(options.arguments, as: "consumer arguments", operation: "basic.consume")
         var arguments = options.arguments
         if let priority = options.priority { arguments["x-priority"] = .int32(priority) }
+        if let offset = options.streamOffset {
+            try offset.validate(operation: "basic.consume")
+            guard options.acknowledgement != .noAck else {
+                throw RabbitMQError(.invalidArgument, "a stream consumer needs acknowledgements, not noAck (the broker "
+                                        + "refuses no-ack consumers on streams)", operation: "basic.consume")
+            }
+        }
+        let cursor = cursor ?? options.streamOffset.map(StreamCursor.init(initial:))
+        if let cursor { arguments[StreamCursor.header] = cursor.resumeOffset.argument }
         let buffer = DeliveryBuffer()
         let (link, engine) = try await activeSession(for: "basic.consume", until: .now + engine.requestTimeout)
         let noAck = options.acknowledgement == .noAck
@@ -27,9 +40,9 @@ extension Channel {
         _ = try await engine.request(.basicConsume(queue: queue, consumerTag: tag, noAck: noAck,
                                                    exclusive: options.exclusive, arguments: arguments), on: link)
         recordConsumer(tag: tag, ConsumerRegistration(queue: queue, options: options, arguments: arguments,
-                                                      buffer: buffer))
+                                                      buffer: buffer, streamCursor: cursor))
         return Consumer(core: ConsumerCore(tag: tag, channel: self, buffer: buffer, ownsChannel: ownsChannel,
                                            acknowledgesAutomatically: options.acknowledgement == .automatic,
-                                           instruments: manager.observability.queue(queue)))
+                                           instruments: manager.observability.queue(queue), streamCursor: cursor))
     }
 }

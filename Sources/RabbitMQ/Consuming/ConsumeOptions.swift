@@ -25,14 +25,21 @@ public struct ConsumeOptions: Sendable, Hashable {
     public var consumerTag: String?
     /// Extra consumer arguments. Default empty.
     public var arguments: FieldTable
+    /// Where to start reading a stream queue (`x-stream-offset`); `nil` for other queues. When set, the consumer
+    /// also tracks the offset of the last delivery it handed out, and connection recovery resumes from the one
+    /// after it (``Consumer/lastStreamOffset``). A stream consumer needs a prefetch and acknowledgements at the
+    /// broker: ``Acknowledgement/manual`` or ``Acknowledgement/automatic``, not ``Acknowledgement/noAck`` (refused
+    /// before anything is sent). Default `nil` (the broker then starts at `next`).
+    public var streamOffset: StreamOffset?
 
     /// Creates options; every argument has its documented default.
     public init(acknowledgement: Acknowledgement = .manual, exclusive: Bool = false, priority: Int32? = nil,
-                consumerTag: String? = nil, arguments: FieldTable = [:]) {
+                consumerTag: String? = nil, arguments: FieldTable = [:], streamOffset: StreamOffset? = nil) {
         self.acknowledgement = acknowledgement
         self.exclusive = exclusive
         self.priority = priority
         self.consumerTag = consumerTag
         self.arguments = arguments
+        self.streamOffset = streamOffset
     }
 }

@@ -25,6 +25,10 @@ public struct Consumer: AsyncSequence, Sendable {
     /// The consumer tag the broker knows this consumer by.
     public var consumerTag: String { core.tag }
 
+    /// The stream offset of the last delivery the sequence handed out, for a consumer started with
+    /// ``ConsumeOptions/streamOffset``; `nil` before the first, and for other consumers.
+    public var lastStreamOffset: Int64? { core.streamCursor?.lastOffset }
+
     /// Stops the consumer at the broker; the sequence ends after the deliveries already received.
     /// For a consumer opened by ``RabbitMQClient/consume(_:prefetch:options:)`` this also closes its channel,
     /// which returns unacknowledged deliveries to the queue; the deliveries it buffered are then dropped.
@@ -55,6 +59,7 @@ public struct Consumer: AsyncSequence, Sendable {
                     if batch.isEmpty { return nil }  // the sequence ended
                 }
                 guard var delivery = batch.popFirstSettleable() else { continue }
+                if let cursor = core.streamCursor, let offset = delivery.streamOffset { cursor.advance(to: offset) }
                 if core.acknowledgesAutomatically {
                     do {
                         guard try delivery.settle(.ack(deliveryTag: delivery.deliveryTag, multiple: false),
@@ -83,16 +88,19 @@ final class ConsumerCore: Sendable {
     let acknowledgesAutomatically: Bool
     /// The queue's metric handles; `nil` without metrics, so the iterator then does nothing extra.
     let instruments: QueueInstruments?
+    /// Where a stream consumer is; `nil` for other consumers.
+    let streamCursor: StreamCursor?
     private let cancelled = Atomic<Bool>(false)
 
     init(tag: String, channel: Channel, buffer: DeliveryBuffer, ownsChannel: Bool, acknowledgesAutomatically: Bool,
-         instruments: QueueInstruments?) {
+         instruments: QueueInstruments?, streamCursor: StreamCursor? = nil) {
         self.tag = tag
         self.channel = channel
         self.buffer = buffer
         self.ownsChannel = ownsChannel
         self.acknowledgesAutomatically = acknowledgesAutomatically
         self.instruments = instruments
+        self.streamCursor = streamCursor
     }
 
     deinit {

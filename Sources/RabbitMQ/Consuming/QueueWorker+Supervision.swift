@@ -79,7 +79,8 @@ extension QueueWorker {
             let topology = configuration.ownedTopology
             if !topology.isEmpty { try await channel.declare(topology) }
             try await channel.setPrefetch(configuration.prefetch)
-            let consumer = try await channel.consume(configuration.queue)
+            let consumer = try await channel.consume(configuration.queue, options: ConsumeOptions(), ownsChannel: false,
+                                                     cursor: streamCursor)
             // Stopped meanwhile: the consumer's sequence ends at once, and its channel is closed after.
             if !enter(.consuming(consumer.core)) { consumer.core.stopDeliveries() }
             return WorkerSubscription(channel: channel, consumer: consumer)

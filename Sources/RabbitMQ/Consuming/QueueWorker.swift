@@ -70,12 +70,18 @@ public final class QueueWorker: Service, Sendable {
         /// subscription, so that its queue and bindings come back if they are deleted. Default `nil`: nothing
         /// beyond ``retry``'s queues.
         public var topology: Topology?
+        /// Where to start reading when ``queue`` is a stream queue; `nil` for other queues. The worker then tracks
+        /// the offset of the last delivery it handed to a handler, and every later subscription (after recovery,
+        /// or after losing its consumer) starts from the one after it. To resume after a restart, store
+        /// ``Delivery/streamOffset`` once a handler is done and start with ``StreamOffset/after(_:)``. Default `nil`.
+        public var streamOffset: StreamOffset?
 
         /// Creates settings; every argument but the queue has its documented default.
         public init(queue: String, prefetch: UInt16 = 50, concurrency: Int = 8, drainTimeout: Duration = .seconds(30),
                     retry: RetryTopology? = nil, classifier: FailureClassifier = FailureClassifier(),
                     deduplicator: Deduplicator? = nil, handlerTimeout: Duration = .seconds(300),
-                    recovery: RabbitMQClient.Configuration.Recovery = .init(), topology: Topology? = nil) {
+                    recovery: RabbitMQClient.Configuration.Recovery = .init(), topology: Topology? = nil,
+                    streamOffset: StreamOffset? = nil) {
             self.queue = queue
             self.prefetch = prefetch
             self.concurrency = concurrency
@@ -86,6 +92,7 @@ public final class QueueWorker: Service, Sendable {
             self.handlerTimeout = handlerTimeout
             self.recovery = recovery
             self.topology = topology
+            self.streamOffset = streamOffset
         }
 
         /// What the worker declares before each subscription: ``retry``'s queues, then ``topology``.
@@ -102,6 +109,7 @@ public final class QueueWorker: Service, Sendable {
                 throw RabbitMQError(.invalidArgument, "the handler timeout must be positive")
             }
             try ownedTopology.validate()
+            try streamOffset?.validate(operation: "basic.consume")
         }
     }
 
@@ -152,12 +160,15 @@ public final class QueueWorker: Service, Sendable {
     private let counters = StateLock<[Outcome: Int]>([:])
     /// Failed deliveries in a row that could not be moved to a retry queue or the parking lot.
     let failedMoves = Atomic<Int>(0)
+    /// Where the worker is in its stream queue, kept across its subscriptions; `nil` for other queues.
+    let streamCursor: StreamCursor?
 
     /// Creates a worker; it starts consuming when ``run()`` is called.
     public init(client: RabbitMQClient, configuration: Configuration, handler: @escaping Handler) {
         self.client = client
         self.configuration = configuration
         self.handler = handler
+        streamCursor = configuration.streamOffset.map(StreamCursor.init(initial:))
         var logger = client.logger
         logger[metadataKey: LogMetadataKey.queue] = "\(configuration.queue)"
         self.logger = logger
