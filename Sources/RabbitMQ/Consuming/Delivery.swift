@@ -21,9 +21,12 @@ public struct Delivery: TraceableDelivery, Sendable {
     public let body: Data
     /// The message's properties and headers.
     public let properties: MessageProperties
-    /// The exchange the message was published to (empty for the default exchange).
+    /// The exchange this copy of the message was published to (empty for the default exchange). For a message a
+    /// ``QueueWorker`` moved to a retry tier or the parking lot, that is the default exchange, from its second
+    /// attempt on: ``originalExchange`` is the one it was first published to.
     public let exchange: String
-    /// The routing key it was published with.
+    /// The routing key this copy was published with: the queue's name for a message that came back from a retry
+    /// tier. ``originalRoutingKey`` is the one it was first published with.
     public let routingKey: String
     /// Whether the broker delivered it before (to this or another consumer) without it being acked.
     public let isRedelivered: Bool
@@ -45,6 +48,29 @@ public struct Delivery: TraceableDelivery, Sendable {
         self.deliveryTag = deliveryTag
         self.consumerTag = consumerTag
         self.link = link
+    }
+
+    /// The exchange the message was first published to: the `x-original-exchange` header a ``QueueWorker`` records
+    /// when the message first moves to a retry tier or the parking lot; for a message the broker dead-lettered
+    /// without it, the exchange of its first dead-lettering (`x-first-death-exchange`); else ``exchange``.
+    public var originalExchange: String {
+        if let exchange = properties.headers[RetryTopology.originalExchangeHeader]?.stringValue { return exchange }
+        return firstDeath?.exchange ?? exchange
+    }
+
+    /// The routing key the message was first published with: the `x-original-routing-key` header, else the first
+    /// routing key of its first dead-lettering, else ``routingKey`` (see ``originalExchange``).
+    public var originalRoutingKey: String {
+        if let key = properties.headers[RetryTopology.originalRoutingKeyHeader]?.stringValue { return key }
+        return firstDeath?.routingKeys.first ?? routingKey
+    }
+
+    /// The `x-death` record of the message's first dead-lettering, named by the `x-first-death-*` headers.
+    private var firstDeath: DeathRecord? {
+        guard let queue = properties.headers["x-first-death-queue"]?.stringValue,
+              let reason = properties.headers["x-first-death-reason"]?.stringValue
+        else { return nil }
+        return deaths.first { $0.queue == queue && $0.reason.rawValue == reason }
     }
 
     /// The request id the message carries (`x-request-id`), if any.

@@ -121,6 +121,8 @@ extension QueueWorker {
         if properties.headers[RetryTopology.firstFailureHeader] == nil {
             properties.headers[RetryTopology.firstFailureHeader] = .timestamp(Date())
         }
+        // From here on it travels through the default exchange: remember how it was first routed, once.
+        RetryTopology.recordOriginalRouting(of: delivery, in: &properties.headers)
         properties.headers[RetryTopology.lastErrorHeader] = .string(String(describing: error).prefix(1000).description)
         // The next attempt continues this attempt's trace (the publish below may replace it with its own span).
         observability.injectCurrentContext(into: &properties.headers)

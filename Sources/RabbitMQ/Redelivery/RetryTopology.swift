@@ -19,6 +19,13 @@ public struct RetryTopology: Sendable, Hashable {
     public static let parkedReasonHeader = "x-parked-reason"
     /// Header: when the message was parked.
     public static let parkedAtHeader = "x-parked-at"
+    /// Header: the exchange the message was first published to, recorded when it first moves to a retry tier or
+    /// the parking lot (and never changed later), since from then on it is republished through the default
+    /// exchange. Read it as ``Delivery/originalExchange``.
+    public static let originalExchangeHeader = "x-original-exchange"
+    /// Header: the routing key the message was first published with, recorded with ``originalExchangeHeader``.
+    /// Read it as ``Delivery/originalRoutingKey``.
+    public static let originalRoutingKeyHeader = "x-original-routing-key"
 
     /// The work queue, with its dead-letter settings pointing at the parking lot.
     public let workQueue: Queue
@@ -76,6 +83,16 @@ public struct RetryTopology: Sendable, Hashable {
     /// Attempts already made on `delivery` (0 on its first delivery).
     public static func attempts(of delivery: Delivery) -> Int {
         delivery.properties.headers[attemptHeader]?.int64Value.map { Int($0) } ?? 0
+    }
+
+    /// Records `delivery`'s ``Delivery/originalExchange`` and ``Delivery/originalRoutingKey`` in `headers`, unless
+    /// they hold them already: the first record stands.
+    static func recordOriginalRouting(of delivery: Delivery, in headers: inout FieldTable) {
+        guard headers[originalExchangeHeader] == nil || headers[originalRoutingKeyHeader] == nil else { return }
+        let exchange = delivery.originalExchange
+        let routingKey = delivery.originalRoutingKey
+        headers[originalExchangeHeader] = .string(exchange)
+        headers[originalRoutingKeyHeader] = .string(routingKey)
     }
 
     static func label(_ delay: Duration) -> String {
