@@ -1,4 +1,4 @@
-// swift-tools-version: 6.1
+// swift-tools-version: 6.2
 // The benchmarks (`make bench`: rabbitmq-bench against CBaseline, which scripts/bench.sh compiles with cc) and the
 // chaos soak (`make chaos`: rabbitmq-chaos), a package of their own so that the library's manifest depends only on
 // what the library needs.

@@ -1,4 +1,4 @@
-// swift-tools-version: 6.1
+// swift-tools-version: 6.2
 // The sample order pipeline, a package of its own so that the library's manifest depends only on what the library
 // needs. `make demo` runs it; `make test` runs its test (Tests/OrderPipelineTests) against the same brokers.
 import PackageDescription

@@ -16,6 +16,16 @@
 #                       consume with a prefetch and one ack per message
 #   LARGE_ROUNDS [3] LARGE_COUNT [2000] LARGE_SIZE [1048576] LARGE_WINDOW [100] LARGE_PREFETCH [100]
 #                       the large-message workload (LARGE_ROUNDS=0 skips it)
+#   TASKS_ROUNDS [ROUNDS] TASKS [64] TASKS_COUNT [32000]
+#                       TASKS tasks each calling client.publish and awaiting its confirm, against the windowed
+#                       loop (Swift and C), TASKS_COUNT messages in all (0 rounds skips it)
+#   ACTOR_ROUNDS [3]    the publish and consume loops on the main actor against the same loops in a task
+#   TLS_ROUNDS [3]      publish and consume over TLS, C against Swift. TLS_BENCH_URL and TLS_BENCH_CA name a
+#                       TLS listener and its CA; when unset, scripts/tls.sh starts one (TLS_NODE_NAME,
+#                       TLS_AMQP_PORT, TLS_PORT as for the tests) and stops it at the end (TLS_ROUNDS=0 skips it)
+#   MULTI_ROUNDS [3] MULTI_CLIENTS [4] MULTI_COUNT [50000]
+#                       MULTI_CLIENTS publishing and as many consuming connections at once, MULTI_COUNT
+#                       messages each: Swift in one process, C as separate processes
 #   LAT_RATE [5000] LAT_COUNT [50000]
 #                       Swift `latency` run (LAT_COUNT=0 skips it)
 #   MEM_COUNT [1000000] Swift consume of MEM_COUNT messages, max RSS compared with COUNT (0 skips it)
@@ -88,7 +98,16 @@ stop_broker() {
         "$ROOT/scripts/broker.sh" stop "$BENCH_BROKER_NAME" || warn "could not stop $BENCH_BROKER_NAME"
     fi
 }
-trap stop_broker EXIT
+STOP_TLS=0
+# shellcheck disable=SC2317  # called by the EXIT trap
+stop_brokers() {
+    stop_broker
+    if [ "$STOP_TLS" = 1 ]; then
+        STOP_TLS=0
+        "$ROOT/scripts/tls.sh" stop || warn "could not stop the TLS node"
+    fi
+}
+trap stop_brokers EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -103,6 +122,19 @@ else
     else
         STOP_BROKER=1
         "$ROOT/scripts/broker.sh" start "$BENCH_BROKER_NAME" "$BENCH_BROKER_PORT"
+    fi
+fi
+
+TLS_URL_ARG="${TLS_BENCH_URL:-}"
+TLS_CA_ARG="${TLS_BENCH_CA:-}"
+if [ "${TLS_ROUNDS:-3}" -gt 0 ] && [ -z "$TLS_URL_ARG" ]; then
+    log "starting a TLS node with scripts/tls.sh"
+    STOP_TLS=1
+    if "$ROOT/scripts/tls.sh" start >&2; then
+        TLS_URL_ARG="amqps://guest:guest@localhost:${TLS_PORT:-5691}/"
+        TLS_CA_ARG="$ROOT/.broker/tls/ca.pem"
+    else
+        warn "the TLS node did not start: the tls workload is skipped"
     fi
 fi
 
@@ -124,6 +156,10 @@ python3 "$ROOT/scripts/bench_report.py" \
     --large-prefetch "${LARGE_PREFETCH:-100}" \
     --lat-rate "${LAT_RATE:-5000}" --lat-count "${LAT_COUNT:-50000}" --mem-count "${MEM_COUNT:-1000000}" \
     --cf-count "${CF_COUNT:-20}" \
+    --tasks-rounds "${TASKS_ROUNDS:-${ROUNDS:-5}}" --tasks "${TASKS:-64}" --tasks-count "${TASKS_COUNT:-32000}" \
+    --actor-rounds "${ACTOR_ROUNDS:-3}" \
+    --tls-rounds "${TLS_ROUNDS:-3}" --tls-url "$TLS_URL_ARG" --tls-ca "$TLS_CA_ARG" \
+    --multi-rounds "${MULTI_ROUNDS:-3}" --multi-clients "${MULTI_CLIENTS:-4}" --multi-count "${MULTI_COUNT:-50000}" \
     "${headers[@]}" || status=$?
 
 log "report written to ${BENCH_DIR#"$ROOT"/}/report.txt"

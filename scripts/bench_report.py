@@ -7,6 +7,13 @@ the same interface:
     BIN publish --url URL --queue Q --count N --size BYTES --window W   -> last line `pub msgs=N secs=S rate=R`
     BIN consume --url URL --queue Q --count N --prefetch P              -> last line `con msgs=N secs=S rate=R`
     BIN latency --url URL --queue Q --rate R --count N (Swift only)     -> last line `lat msgs=N p50us=X p99us=Y`
+    BIN multi --url URL --queue Q --count N --publishers P --consumers C (Swift only; C runs P + C processes)
+                                                                        -> `mul pub_msgs=… pub_secs=… con_msgs=… con_secs=…`
+
+Besides the `small` and `large` workloads (C against Swift), the report compares (bench_workloads.py):
+`tasks` (N tasks calling client.publish against the windowed loop), `actor` (the loops on the main actor against
+the same loops in a task), `tls` (C against Swift over amqps) and `multi` (P publishing and C consuming
+connections at once, against as many C processes).
     BIN connect-failures --count N (Swift only, no broker)              -> last line `cf n=N refused_p50ms=…`
 
 The rate is the program's own (timed section only); CPU (user + system) and max RSS are the process's
@@ -30,9 +37,13 @@ import threading
 import time
 import urllib.parse
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_workloads  # noqa: E402  (next to this file)
+
 RESULT_RE = {
     "publish": re.compile(r"^pub msgs=(\d+) secs=([0-9.]+) rate=([0-9.]+)\s*$"),
     "consume": re.compile(r"^con msgs=(\d+) secs=([0-9.]+) rate=([0-9.]+)\s*$"),
+    "multi": re.compile(r"^mul pub_msgs=(\d+) pub_secs=([0-9.]+) con_msgs=(\d+) con_secs=([0-9.]+)\s*$"),
     "latency": re.compile(r"^lat msgs=(\d+) p50us=([0-9.]+) p99us=([0-9.]+)\s*$"),
     "connect-failures": re.compile(r"^cf n=(\d+) refused_p50ms=([0-9.]+) refused_maxms=([0-9.]+) "
                                    r"silent_timeoutms=(\d+) silent_overshoot_p50ms=(-?[0-9.]+) "
@@ -155,7 +166,13 @@ class Bench:
         if res["rc"] == 0 and m:
             rec["ok"] = True
             rec["msgs"] = int(m.group(1))
-            if op == "latency":
+            if op == "multi":
+                pub_msgs, pub_secs, con_msgs, con_secs = (float(m.group(i)) for i in range(1, 5))
+                rec["msgs"] = int(pub_msgs + con_msgs)
+                rec["pub_rate"] = pub_msgs / pub_secs if pub_secs else 0.0
+                rec["con_rate"] = con_msgs / con_secs if con_secs else 0.0
+                rec["cpu_us_per_msg"] = res["cpu"] * 1e6 / max(count, 1)
+            elif op == "latency":
                 rec["p50us"] = float(m.group(2))
                 rec["p99us"] = float(m.group(3))
             elif op == "connect-failures":
@@ -176,7 +193,10 @@ class Bench:
             rec["error"] = why + (f"; stderr: {res['stderr']}" if res["stderr"] else "")
         self.record(rec)
         if rec["ok"]:
-            if op == "latency":
+            if op == "multi":
+                detail = (f"publish {rec['pub_rate']:.0f}/s consume {rec['con_rate']:.0f}/s "
+                          f"cpu={rec['cpu_us_per_msg']:.2f}us/msg")
+            elif op == "latency":
                 detail = f"p50={rec['p50us']:.0f}us p99={rec['p99us']:.0f}us"
             elif op == "connect-failures":
                 detail = (f"refused p50={rec['refused_p50ms']:.1f}ms max={rec['refused_maxms']:.1f}ms, "
@@ -372,6 +392,8 @@ class Bench:
                 out.append(f"memory: not measured ({why})")
                 out.append("RESULT memory impl=swift status=unavailable")
 
+        out.extend(bench_workloads.report(self, a))
+
         failures = [r for r in self.records if not r["ok"] and not r.get("skipped")]
         if failures:
             out.append("")
@@ -404,6 +426,7 @@ def main():
     p.add_argument("--lat-count", type=int, default=50000)
     p.add_argument("--mem-count", type=int, default=1000000)
     p.add_argument("--cf-count", type=int, default=20)
+    bench_workloads.add_arguments(p)
     p.add_argument("--header", action="append", default=[], help="extra header line (repeatable)")
     a = p.parse_args()
 
@@ -416,6 +439,7 @@ def main():
     t0 = time.monotonic()
     b.workload("small", a.rounds, a.count, a.size, a.window, a.prefetch)
     b.workload("large", a.large_rounds, a.large_count, a.large_size, a.large_window, a.large_prefetch)
+    bench_workloads.run_all(b, a, run)
     b.latency()
     b.connect_failures()
     b.memory()

@@ -11,7 +11,7 @@ struct RabbitMQBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rabbitmq-bench",
         abstract: "Measures swift-rabbitmq against a RabbitMQ broker.",
-        subcommands: [Publish.self, Consume.self, Latency.self, ConnectFailures.self])
+        subcommands: [Publish.self, Consume.self, Latency.self, Multi.self, ConnectFailures.self])
 }
 
 struct ConnectionOptions: ParsableArguments {
@@ -24,10 +24,15 @@ struct ConnectionOptions: ParsableArguments {
     @Option(help: "Number of messages.")
     var count = 100_000
 
-    func makeClient() throws -> RabbitMQClient {
+    @Option(help: "PEM file of the CA that signed the broker's certificate (amqps URLs).")
+    var tlsCA: String?
+
+    func makeClient(publishWindow: Int? = nil) throws -> RabbitMQClient {
         var configuration = try RabbitMQClient.Configuration(url: url)
         configuration.connectionName = "rabbitmq-bench"
         configuration.confirmTimeout = .seconds(120)
+        if let tlsCA { configuration.tls?.caCertificatePath = tlsCA }
+        if let publishWindow { configuration.publishWindow = publishWindow }
         var logger = Logger(label: "rabbitmq-bench")
         logger.logLevel = .warning
         return RabbitMQClient(configuration: configuration, logger: logger)
@@ -47,9 +52,14 @@ struct Publish: AsyncParsableCommand {
     @OptionGroup var connection: ConnectionOptions
     @Option(help: "Body size in bytes.") var size = 128
     @Option(help: "Unconfirmed messages in flight at most.") var window = 1000
+    /// 0: one loop publishing with a window on a channel. N > 0: N tasks, each calling client.publish and awaiting
+    /// its confirm, the client's publish window set to --window.
+    @Option(help: "0: one windowed loop; N: N tasks each calling client.publish and awaiting its confirm.")
+    var tasks = 0
+    @Flag(help: "Run the publish loop on the main actor.") var mainActor = false
 
     func run() async throws {
-        let client = try connection.makeClient()
+        let client = try connection.makeClient(publishWindow: window)
         let channel = try await client.openChannel()
         try await channel.declare(Queue(connection.queue))
         try await channel.purgeQueue(connection.queue)
@@ -58,12 +68,46 @@ struct Publish: AsyncParsableCommand {
         // Read once: an option's getter looks up generic metadata on every call.
         let (queue, count) = (connection.queue, connection.count)
         let start = ContinuousClock.now
+        if tasks > 0 {
+            try await Self.publishFromTasks(client, tasks: tasks, count: count, body: body, queue: queue)
+        } else if mainActor {
+            try await Self.publishOnMainActor(channel, count: count, body: body, queue: queue)
+        } else {
+            try await Self.publish(channel, count: count, body: body, queue: queue)
+        }
+        report("pub", messages: connection.count, from: start)
+        await client.close()
+    }
+
+    static func publish(_ channel: Channel, count: Int, body: Data, queue: String) async throws {
         for _ in 0..<count {
             _ = try await channel.publishWithDeferredConfirm(body, routingKey: queue)
         }
         try await channel.waitForConfirms()
-        report("pub", messages: connection.count, from: start)
-        await client.close()
+    }
+
+    /// The same loop as top-level code in main.swift would run it.
+    @MainActor
+    static func publishOnMainActor(_ channel: Channel, count: Int, body: Data, queue: String) async throws {
+        for _ in 0..<count {
+            _ = try await channel.publishWithDeferredConfirm(body, routingKey: queue)
+        }
+        try await channel.waitForConfirms()
+    }
+
+    /// The request-handler pattern: many tasks, each publishing and awaiting the broker's confirm.
+    static func publishFromTasks(_ client: RabbitMQClient, tasks: Int, count: Int, body: Data, queue: String)
+        async throws
+    {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for index in 0..<tasks {
+                let share = count / tasks + (index < count % tasks ? 1 : 0)
+                group.addTask {
+                    for _ in 0..<share { try await client.publish(body, routingKey: queue) }
+                }
+            }
+            try await group.waitForAll()
+        }
     }
 }
 
@@ -72,23 +116,46 @@ struct Consume: AsyncParsableCommand {
 
     @OptionGroup var connection: ConnectionOptions
     @Option(help: "Prefetch count.") var prefetch: UInt16 = 1000
+    @Flag(help: "Run the consume loop on the main actor.") var mainActor = false
 
     func run() async throws {
         let client = try connection.makeClient()
         let channel = try await client.openChannel()
+        try await channel.declare(Queue(connection.queue))
         try await channel.setPrefetch(prefetch)
+        let consumer = try await channel.consume(connection.queue)
+        let (received, start) = mainActor
+            ? try await Self.consumeOnMainActor(consumer, count: connection.count)
+            : try await Self.consume(consumer, count: connection.count)
+        try await channel.close()
+        report("con", messages: received, from: start ?? .now)
+        await client.close()
+    }
+
+    static func consume(_ consumer: Consumer, count: Int) async throws -> (Int, ContinuousClock.Instant?) {
         var received = 0
-        let count = connection.count
         var start: ContinuousClock.Instant?
-        for try await delivery in try await channel.consume(connection.queue) {
+        for try await delivery in consumer {
             if start == nil { start = .now }
             try delivery.ack()
             received += 1
             if received == count { break }
         }
-        try await channel.close()
-        report("con", messages: received, from: start ?? .now)
-        await client.close()
+        return (received, start)
+    }
+
+    /// The same loop as top-level code in main.swift would run it.
+    @MainActor
+    static func consumeOnMainActor(_ consumer: Consumer, count: Int) async throws -> (Int, ContinuousClock.Instant?) {
+        var received = 0
+        var start: ContinuousClock.Instant?
+        for try await delivery in consumer {
+            if start == nil { start = .now }
+            try delivery.ack()
+            received += 1
+            if received == count { break }
+        }
+        return (received, start)
     }
 }
 

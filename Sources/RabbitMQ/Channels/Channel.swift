@@ -75,8 +75,8 @@ public final class Channel: Sendable {
     }
 
     /// The open incarnation of the channel, waiting (until `deadline`) while the connection is recovered.
-    func activeSession(for operation: String, until deadline: ContinuousClock.Instant) async throws
-        -> (link: ChannelLink, engine: ConnectionEngine)
+    nonisolated(nonsending) func activeSession(for operation: String, until deadline: ContinuousClock.Instant)
+        async throws -> (link: ChannelLink, engine: ConnectionEngine)
     {
         while true {
             let (link, engine, closedByApplication) = session.withLock {

@@ -19,6 +19,6 @@ public protocol ChannelOperations: Sendable {
     /// Publishes a message and returns once the broker has confirmed it (on a ``Channel`` without publisher
     /// confirms, once it is written). See ``RabbitMQClient/publish(_:to:routingKey:properties:mandatory:)`` and
     /// ``Channel/publish(_:to:routingKey:properties:mandatory:)``.
-    func publish(_ body: Data, to exchange: String, routingKey: String, properties: MessageProperties,
-                 mandatory: Bool) async throws
+    nonisolated(nonsending) func publish(_ body: Data, to exchange: String, routingKey: String,
+                                         properties: MessageProperties, mandatory: Bool) async throws
 }

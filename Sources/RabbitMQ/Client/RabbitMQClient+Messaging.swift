@@ -10,7 +10,7 @@ extension RabbitMQClient {
     /// - Throws: ``RabbitMQError``: ``RabbitMQError/Code/publishNacked``, ``RabbitMQError/Code/unroutable``
     ///   (mandatory only), ``RabbitMQError/Code/timeout``, ``RabbitMQError/Code/messageTooLarge``, or the
     ///   channel's or connection's failure.
-    public func publish(
+    nonisolated(nonsending) public func publish(
         _ body: Data,
         to exchange: String = "",
         routingKey: String,
@@ -21,7 +21,7 @@ extension RabbitMQClient {
         try Channel.validatePublish(body, to: exchange, routingKey: routingKey, properties: properties)
         // One deadline for the whole call: the exchange check, the channel (or recovery), room, the confirm.
         let deadline = ContinuousClock.now + configuration.confirmTimeout
-        try await checkExchangeBeforePublishing(exchange, until: deadline)
+        if !KnownExchanges.alwaysExists(exchange) { try await checkExchangeBeforePublishing(exchange, until: deadline) }
         var previous: Channel?
         while true {
             let channel = try await publisherChannel(until: deadline)
@@ -51,7 +51,8 @@ extension RabbitMQClient {
     /// publish to a missing exchange fails alone, on a pooled channel, rather than make the broker close the
     /// channel every task publishes on.
     /// - Throws: ``RabbitMQError/Code/channelClosed`` with reply code 404 when the exchange does not exist.
-    private func checkExchangeBeforePublishing(_ exchange: String, until deadline: ContinuousClock.Instant)
+    nonisolated(nonsending) private func checkExchangeBeforePublishing(_ exchange: String,
+                                                                       until deadline: ContinuousClock.Instant)
         async throws
     {
         do {

@@ -133,8 +133,10 @@ public final class RabbitMQClient: ChannelOperations, Service, Sendable {
     /// The shared confirm channel of ``publish(_:to:routingKey:properties:mandatory:)``, waiting for it (a new
     /// one, or recovery) until `deadline`. A channel the broker closed, or one that nacks every publish
     /// (``ChannelLink/keepsNacking``), is replaced; the replaced one is closed once its publishes are settled.
-    func publisherChannel(until deadline: ContinuousClock.Instant) async throws -> Channel {
-        try await publisher.get(
+    nonisolated(nonsending) func publisherChannel(until deadline: ContinuousClock.Instant) async throws -> Channel {
+        // The common case, without the closures below (one of them escapes, an allocation per call).
+        if let channel = publisher.current, channel.isOpen, !channel.link.keepsNacking { return channel }
+        return try await publisher.get(
             until: deadline, operation: "basic.publish",
             isValid: { $0.isOpen ? !$0.link.keepsNacking : self.manager.willRecover(from: $0.closeReason) },
             retire: { channel in
@@ -191,9 +193,9 @@ final class SingleFlight<Value: Sendable>: Sendable {
     /// - Parameters:
     ///   - retire: called with a value that is replaced because it is no longer valid.
     ///   - create: runs in a task of its own, which a caller giving up at its deadline does not cancel.
-    func get(until deadline: ContinuousClock.Instant, operation: String, isValid: (Value) -> Bool,
-             retire: (Value) -> Void = { _ in },
-             create: @escaping @Sendable () async throws -> Value) async throws -> Value {
+    nonisolated(nonsending) func get(until deadline: ContinuousClock.Instant, operation: String,
+                                     isValid: (Value) -> Bool, retire: (Value) -> Void = { _ in },
+                                     create: @escaping @Sendable () async throws -> Value) async throws -> Value {
         let (ready, creation, retired) = try state.withLock {
             state throws(RabbitMQError) -> (Value?, SharedResult<Value>?, Value?) in
             var retired: Value?

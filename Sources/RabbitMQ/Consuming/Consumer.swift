@@ -52,7 +52,14 @@ public struct Consumer: AsyncSequence, Sendable {
         /// The next delivery that can still be settled. Deliveries whose channel has closed since they were
         /// received (the connection was lost, the channel or the client closed) are dropped, not handed out: the
         /// broker requeues them, and after recovery the sequence goes on with the new channel's deliveries.
-        public mutating func next() async throws -> Delivery? {
+        nonisolated(nonsending) public mutating func next() async throws -> Delivery? {
+            try await next(isolation: #isolation)
+        }
+
+        /// ``next()`` on the caller's actor: what `for try await` calls. Implemented here, not left to the
+        /// protocol's default (which calls ``next()`` through a witness that leaves the actor), so that a loop on
+        /// an actor stays on it and suspends only when no delivery is buffered.
+        public mutating func next(isolation actor: isolated (any Actor)?) async throws -> Delivery? {
             while true {
                 if batch.isEmpty {
                     batch = try await core.buffer.next()

@@ -57,7 +57,7 @@ final class DeliveryBuffer: Sendable {
 
     /// Everything buffered, waiting if nothing is; an empty batch means the stream ended normally.
     /// The consumer pops deliveries off the batch as it hands them out, so their bodies are freed as it goes.
-    func next() async throws -> Deque<Delivery> {
+    nonisolated(nonsending) func next() async throws -> Deque<Delivery> {
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Deque<Delivery>, any Error>) in
                 let result = state.withLock { state -> Result<Deque<Delivery>, any Error>? in

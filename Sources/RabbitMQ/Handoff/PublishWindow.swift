@@ -44,17 +44,22 @@ final class PublishWindow: Sendable {
 
     /// Takes a slot, waiting until `deadline` on `clock` (a test clock in unit tests) while the window is full or the
     /// connection blocked. The clock is read only when the publisher has to wait.
-    func acquire<C: Clock>(deadline: C.Instant, clock: C = ContinuousClock()) async throws {
-        let admitted = try state.withLock { state throws(RabbitMQError) -> Bool in
+    nonisolated(nonsending) func acquire<C: Clock>(deadline: C.Instant, clock: C = ContinuousClock()) async throws {
+        if try tryAcquire() { return }
+        let operation = "publish (waiting for room in the publish window)"
+        try await withDeadline(deadline, clock: clock, operation: operation) {
+            try await self.wait { state, waiter in state.waiters.append(waiter) }
+        }
+    }
+
+    /// Takes a slot if there is room now, without waiting; `false` when the publisher would have to wait.
+    /// - Throws: the window's error once it is closed.
+    func tryAcquire() throws(RabbitMQError) -> Bool {
+        try state.withLock { state throws(RabbitMQError) -> Bool in
             if let closed = state.closed { throw closed }
             guard !state.blocked, state.inFlight < state.capacity, state.waiters.isEmpty else { return false }
             state.inFlight += 1
             return true
-        }
-        if admitted { return }
-        let operation = "publish (waiting for room in the publish window)"
-        try await withDeadline(deadline, clock: clock, operation: operation) {
-            try await self.wait { state, waiter in state.waiters.append(waiter) }
         }
     }
 
@@ -101,7 +106,9 @@ final class PublishWindow: Sendable {
 
     /// Waits until nothing is in flight, at most until `deadline` on `clock` (a test clock in unit tests); then throws
     /// if any publish failed since the last call.
-    func waitUntilDrained<C: Clock>(deadline: C.Instant, clock: C = ContinuousClock()) async throws {
+    nonisolated(nonsending) func waitUntilDrained<C: Clock>(deadline: C.Instant, clock: C = ContinuousClock())
+        async throws
+    {
         let drained = try state.withLock { state throws(RabbitMQError) -> Bool in
             if state.inFlight == 0 {
                 try Self.takeFailures(&state)
@@ -117,7 +124,7 @@ final class PublishWindow: Sendable {
         try state.withLock { state throws(RabbitMQError) in try Self.takeFailures(&state) }
     }
 
-    private func wait(register: @Sendable (inout State, Waiter) -> Void) async throws {
+    nonisolated(nonsending) private func wait(register: @Sendable (inout State, Waiter) -> Void) async throws {
         let id = state.withLock { state in
             state.nextWaiterID += 1
             return state.nextWaiterID

@@ -37,7 +37,7 @@ extension Channel {
     /// - Throws: ``RabbitMQError``: ``RabbitMQError/Code/publishNacked``, ``RabbitMQError/Code/unroutable``,
     ///   ``RabbitMQError/Code/timeout`` (the confirm timeout), ``RabbitMQError/Code/messageTooLarge``, an invalid
     ///   name, or the channel's or connection's failure.
-    public func publish(
+    nonisolated(nonsending) public func publish(
         _ body: Data,
         to exchange: String = "",
         routingKey: String,
@@ -56,7 +56,7 @@ extension Channel {
     /// The parameters are those of ``publish(_:to:routingKey:properties:mandatory:)``.
     /// - Throws: ``RabbitMQError`` for an invalid name or an oversized body, a closed channel, or a timeout
     ///   waiting for room. The broker's verdict comes through the returned confirmation.
-    public func publishWithDeferredConfirm(
+    nonisolated(nonsending) public func publishWithDeferredConfirm(
         _ body: Data,
         to exchange: String = "",
         routingKey: String,
@@ -70,7 +70,7 @@ extension Channel {
     /// ``publishWithDeferredConfirm(_:to:routingKey:properties:mandatory:)`` reporting to `observability`: the
     /// request id of the current `ServiceContext`, a producer span whose context goes into the headers, the
     /// publish metrics.
-    func publishWithDeferredConfirm(
+    nonisolated(nonsending) func publishWithDeferredConfirm(
         _ body: Data,
         to exchange: String,
         routingKey: String,
@@ -115,7 +115,7 @@ extension Channel {
 
     /// Publishes a message ``validatePublish(_:to:routingKey:properties:)`` has accepted; it must be sent and
     /// confirmed by `deadline`.
-    func enqueuePublish(
+    nonisolated(nonsending) func enqueuePublish(
         _ body: Data,
         to exchange: String,
         routingKey: String,
@@ -153,13 +153,18 @@ extension Channel {
     /// Waits until every message published on this channel so far is confirmed (or written, without confirms).
     /// - Throws: the first failure since the previous call (nack, unroutable, timeout), with the number of
     ///   failures in its message; or a timeout if confirms take longer than the confirm timeout.
-    public func waitForConfirms() async throws {
+    nonisolated(nonsending) public func waitForConfirms() async throws {
         try await link.window.waitUntilDrained(deadline: .now + manager.configuration.confirmTimeout)
     }
 
     /// A slot in the publish window of the channel's open incarnation: during an outage this waits for the
     /// recovered channel, until `deadline`.
-    private func acquirePublishSlot(until deadline: ContinuousClock.Instant) async throws -> ChannelLink {
+    nonisolated(nonsending) private func acquirePublishSlot(until deadline: ContinuousClock.Instant) async throws
+        -> ChannelLink
+    {
+        // The common case without suspension points: the channel is open and its window has room.
+        let current = link
+        if current.isOpen, (try? current.window.tryAcquire()) == true { return current }
         while true {
             let (link, _) = try await activeSession(for: "basic.publish", until: deadline)
             do {

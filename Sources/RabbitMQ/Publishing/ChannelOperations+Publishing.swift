@@ -5,7 +5,7 @@ extension ChannelOperations {
     /// returns once the broker has confirmed it.
     /// - Throws: ``RabbitMQError/Code/invalidArgument`` if `value` cannot be encoded, else what
     ///   ``publish(_:to:routingKey:properties:mandatory:)`` throws.
-    public func publish(
+    nonisolated(nonsending) public func publish(
         json value: some Encodable,
         to exchange: String = "",
         routingKey: String,

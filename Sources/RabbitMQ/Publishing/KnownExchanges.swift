@@ -26,7 +26,7 @@ final class KnownExchanges: Sendable {
     /// Returns once `exchange` is known to exist, running `check` (in a task of its own) if nobody has yet;
     /// waits at most until `deadline`.
     /// - Throws: what `check` throws (404 for a missing exchange), or a timeout.
-    func ensureExists(_ exchange: String, until deadline: ContinuousClock.Instant,
+    nonisolated(nonsending) func ensureExists(_ exchange: String, until deadline: ContinuousClock.Instant,
                       check: @escaping @Sendable () async throws -> Void) async throws {
         if Self.alwaysExists(exchange) { return }
         let pending = state.withLock { state -> SharedResult<Void>? in

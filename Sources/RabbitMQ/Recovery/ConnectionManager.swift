@@ -71,8 +71,8 @@ final class ConnectionManager: Sendable {
 
     /// The live connection: connecting, or waiting for recovery, until `deadline` at the latest, whatever the
     /// connection attempt or the recovery is doing then.
-    func engine(until deadline: ContinuousClock.Instant, operation: String = "connect") async throws
-        -> ConnectionEngine
+    nonisolated(nonsending) func engine(until deadline: ContinuousClock.Instant, operation: String = "connect")
+        async throws -> ConnectionEngine
     {
         let availability = try state.withLock { state throws(RabbitMQError) -> Availability in
             switch state {

@@ -41,8 +41,8 @@ final class SharedResult<Value: Sendable>: Sendable {
     ///   - operation: the caller's operation, named in the timeout error.
     ///   - awaited: what the caller waits for, in the timeout error's message ("the connection").
     /// - Throws: the work's error, a ``RabbitMQError/Code/timeout`` at `deadline`, or `CancellationError`.
-    func value<C: Clock>(until deadline: C.Instant?, clock: C = ContinuousClock(), operation: String,
-                         awaited: String) async throws -> Value {
+    nonisolated(nonsending) func value<C: Clock>(until deadline: C.Instant?, clock: C = ContinuousClock(),
+                                                 operation: String, awaited: String) async throws -> Value {
         if let outcome = state.withLock({ $0.outcome }) { return try outcome.get() }
         let id = state.withLock { state in
             state.nextWaiterID += 1
