@@ -132,8 +132,8 @@ struct FrameWriterTests {
 
     // MARK: Helpers
 
-    private func expectSameBytes(properties: MessageProperties, body: [UInt8], exchange: String, routingKey: String,
-                                 mandatory: Bool) throws {
+    func expectSameBytes(properties: MessageProperties, body: [UInt8], exchange: String, routingKey: String,
+                         mandatory: Bool, throughLibrary: Bool = false) throws {
         let arena = CArena()
         let expected = try librabbitmqBytes { state in
             var c = arena.basicProperties(properties)
@@ -142,7 +142,7 @@ struct FrameWriterTests {
                                    amqp_bytes_t(len: body.count, bytes: UnsafeMutableRawPointer(mutating: body.baseAddress)))
             }
         }
-        let actual = try writerBytes { writer in
+        let actual = try writerBytes(throughLibrary: throughLibrary) { writer in
             var c = arena.basicProperties(properties)
             let published = try body.withUnsafeBytes { body throws(RabbitMQError) in
                 try writer.publish(channel: 5, exchange: exchange, routingKey: routingKey, mandatory: mandatory,
@@ -167,20 +167,32 @@ struct FrameWriterTests {
         return reader.bytes()
     }
 
-    /// What the frame writer writes after `append`.
-    private func writerBytes(_ append: (FrameWriter) throws -> Void) throws -> [UInt8] {
+    /// What the frame writer writes after `append`; `throughLibrary`: through a librabbitmq socket object on the
+    /// pair (the path TLS connections take, here with librabbitmq's plain TCP socket), not with `sendmsg`.
+    func writerBytes(throughLibrary: Bool = false, _ append: (FrameWriter) throws -> Void) throws -> [UInt8] {
         let pair = try SocketPair()
         let reader = pair.startReading()
-        let writer = FrameWriter(socket: pair.writeEnd, frameMax: Self.frameMax)
+        guard throughLibrary else {
+            let writer = FrameWriter(socket: pair.writeEnd, frameMax: Self.frameMax)
+            try append(writer)
+            try writer.flush(timeout: .seconds(5))
+            pair.closeWriteEnd()
+            return reader.bytes()
+        }
+        let state = try #require(amqp_new_connection())
+        let socket = amqp_tcp_socket_new(state)
+        amqp_tcp_socket_set_sockfd(socket, pair.writeEnd)
+        pair.writeEndIsClosed = true  // amqp_destroy_connection closes it
+        let writer = FrameWriter(socket: pair.writeEnd, frameMax: Self.frameMax, librarySocket: socket)
         try append(writer)
         try writer.flush(timeout: .seconds(5))
-        pair.closeWriteEnd()
+        amqp_destroy_connection(state)
         return reader.bytes()
     }
 }
 
 /// A connected pair of stream sockets: the code under test writes to one end, the test reads the other.
-private final class SocketPair: @unchecked Sendable {
+final class SocketPair: @unchecked Sendable {
     let writeEnd: Int32
     private var readEnd: Int32
     var writeEndIsClosed = false

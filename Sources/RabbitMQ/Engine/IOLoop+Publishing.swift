@@ -29,7 +29,7 @@ extension IOLoop {
             fail(error)
             return
         }
-        if writer?.shouldFlush == true { flushWrites() }
+        if writer.shouldFlush { flushWrites() }
     }
 
     private enum SendOutcome {
@@ -40,41 +40,21 @@ extension IOLoop {
         case failed(RabbitMQError)
     }
 
-    /// Hands the frames of a publish to the frame writer, or to librabbitmq over TLS.
+    /// Hands the frames of a publish to the frame writer (over TLS too: it writes through the session).
     private func send(_ message: OutgoingMessage, properties: inout amqp_basic_properties_t,
                       on channel: UInt16) -> SendOutcome {
-        if let writer {
-            let outcome = message.body.withUnsafeBytes { body in
-                Result { () throws(RabbitMQError) in
-                    try writer.publish(channel: channel, exchange: message.exchange,
-                                       routingKey: message.routingKey, mandatory: message.mandatory,
-                                       properties: &properties, body: body, timeout: writeTimeout)
-                }
-            }
-            switch outcome {
-            case .success(true): return .sent
-            case .success(false): return .propertiesTooLarge
-            case .failure(let error): return .failed(error)
+        let outcome = message.body.withUnsafeBytes { body in
+            Result { () throws(RabbitMQError) in
+                try writer.publish(channel: channel, exchange: message.exchange,
+                                   routingKey: message.routingKey, mandatory: message.mandatory,
+                                   properties: &properties, body: body, timeout: writeTimeout)
             }
         }
-        // librabbitmq would fail the whole connection on properties larger than a frame: check first.
-        guard propertiesFitInAFrame(&properties) else { return .propertiesTooLarge }
-        let status = message.body.withUnsafeBytes { body in
-            amqp_basic_publish(connection, channel, arena.bytes(message.exchange),
-                               arena.bytes(message.routingKey), message.mandatory ? 1 : 0, 0, &properties,
-                               amqp_bytes_t(len: body.count, bytes: UnsafeMutableRawPointer(mutating: body.baseAddress)))
+        switch outcome {
+        case .success(true): return .sent
+        case .success(false): return .propertiesTooLarge
+        case .failure(let error): return .failed(error)
         }
-        guard status == AMQP_STATUS_OK.rawValue else { return .failed(connectionError(status, while: "publishing")) }
-        return .sent
-    }
-
-    /// Whether the encoded properties fit in a content header frame; only headers can exceed the smallest
-    /// frame_max (4096 bytes).
-    private func propertiesFitInAFrame(_ properties: inout amqp_basic_properties_t) -> Bool {
-        guard properties._flags & UInt32(AMQP_BASIC_HEADERS_FLAG) != 0 else { return true }
-        let capacity = negotiated.frameMax - 8 - 12  // the frame's header and end, the class, weight and body size
-        let scratch = amqp_bytes_t(len: capacity, bytes: arena.allocate(byteCount: capacity, alignment: 8))
-        return amqp_encode_properties(UInt16(AMQP_BASIC_CLASS), &properties, scratch) >= 0
     }
 
     /// Writes the frames buffered in this pass and completes the publishes that waited for it; on a socket
@@ -82,7 +62,7 @@ extension IOLoop {
     @discardableResult
     func flushWrites() -> Bool {
         guard finalError == nil else { return false }
-        if let writer, !writer.isEmpty {
+        if !writer.isEmpty {
             do {
                 try writer.flush(timeout: writeTimeout)
             } catch {

@@ -26,8 +26,8 @@ final class IOLoop {
     /// Creates the link of each channel the loop opens.
     let makeLink: ChannelLinkFactory
     private let socket: Int32
-    /// Encodes publishes and settlements and writes them once per pass; `nil` over TLS (librabbitmq writes them).
-    let writer: FrameWriter?
+    /// Encodes publishes and settlements and writes them once per pass (over TLS, through the session).
+    let writer: FrameWriter
     /// How long a write may wait for the broker to take bytes before the connection is presumed dead.
     let writeTimeout: Duration
     /// Memory for large incoming bodies, reused as the application releases them.
@@ -56,7 +56,8 @@ final class IOLoop {
         self.arena = arena
         self.logger = logger
         socket = amqp_get_sockfd(connection)
-        writer = negotiated.usesTLS ? nil : FrameWriter(socket: socket, frameMax: negotiated.frameMax)
+        writer = FrameWriter(socket: socket, frameMax: negotiated.frameMax,
+                             librarySocket: negotiated.usesTLS ? amqp_get_socket(connection) : nil)
         writeTimeout = negotiated.heartbeatSeconds > 0 ? .seconds(2 * negotiated.heartbeatSeconds) : requestTimeout
         machine = ConnectionStateMachine(channelMax: negotiated.channelMax, requestTimeout: requestTimeout,
                                          logger: logger)
@@ -295,21 +296,8 @@ final class IOLoop {
 
     func sendSettlementFrame(_ frame: AckCoalescer.Frame, on channel: UInt16) {
         guard finalError == nil else { return }
-        if let writer {
-            writer.appendSettlement(frame, channel: channel)
-            if writer.shouldFlush { flushWrites() }
-            return
-        }
-        let status: Int32
-        switch frame {
-        case .ack(let tag, let multiple):
-            status = amqp_basic_ack(connection, channel, tag, multiple ? 1 : 0)
-        case .nack(let tag, let multiple, let requeue):
-            status = amqp_basic_nack(connection, channel, tag, multiple ? 1 : 0, requeue ? 1 : 0)
-        case .reject(let tag, let requeue):
-            status = amqp_basic_reject(connection, channel, tag, requeue ? 1 : 0)
-        }
-        if status != AMQP_STATUS_OK.rawValue { fail(connectionError(status, while: "settling a delivery")) }
+        writer.appendSettlement(frame, channel: channel)
+        if writer.shouldFlush { flushWrites() }
     }
 
     /// The connection failed (socket error, missed heartbeats, protocol error).
