@@ -135,6 +135,55 @@ struct HandlerPoolTests {
         #expect(await pool.waitUntilIdle())
     }
 
+    /// A follow-up (the next delivery of a key) starts in its handler's slot: the consumer, waiting for a slot, gets
+    /// none in between; the handler stays counted while it finds its follow-up.
+    @Test func aFollowUpTakesItsHandlersSlot() async throws {
+        let (pool, watch) = startPool(limit: 1, timeout: .seconds(60))
+        defer { watch.cancel() }
+        let journal = Journal()
+        let gate = Gate()
+        let second = HandlerPool<MockClock>.Job(work: { _ in journal.note("second") }, onTimeout: {},
+                                                whenDone: { nil })
+        pool.start(HandlerPool<MockClock>.Job(work: { _ in
+            await gate.wait()
+            journal.note("first")
+        }, onTimeout: {}, whenDone: { second }))
+        let consumer = Task {
+            await pool.waitForSlot()
+            journal.note("slot")
+        }
+        try await Task.sleep(for: .milliseconds(50))
+        #expect(journal.all.isEmpty)
+        gate.open()
+        await consumer.value
+        #expect(journal.all == ["first", "second", "slot"])
+        #expect(await pool.waitUntilIdle())
+    }
+
+    /// A handler waiting for its follow-up (an in-process retry's backoff) is cancelled by `cancelFollowUps`;
+    /// running handlers are not.
+    @Test func cancellingFollowUpsLeavesRunningHandlersAlone() async throws {
+        let (pool, watch) = startPool(limit: 2, timeout: .seconds(60))
+        defer { watch.cancel() }
+        let journal = Journal()
+        let gate = Gate()
+        pool.start(HandlerPool<MockClock>.Job(work: { _ in }, onTimeout: {}, whenDone: {
+            journal.note("backing off")
+            do { try await Task.sleep(for: .seconds(60)) } catch { journal.note("backoff cancelled") }
+            return nil
+        }))
+        pool.start({ _ in
+            await gate.wait()
+            journal.note(Task.isCancelled ? "running cancelled" : "running done")
+        }, onTimeout: {}, whenDone: {})
+        #expect(try await eventually { journal.all == ["backing off"] })
+        pool.cancelFollowUps()
+        #expect(try await eventually { journal.all == ["backing off", "backoff cancelled"] })
+        gate.open()
+        #expect(await pool.waitUntilIdle())
+        #expect(journal.all.last == "running done")
+    }
+
     @Test func drainingTimesOutThenCancelsTheHandlers() async throws {
         let clock = MockClock()
         let (pool, watch) = startPool(limit: 2, timeout: .seconds(60), clock: clock)

@@ -8,6 +8,10 @@ import Synchronization
 /// notice the cancellation. A handler that ignores cancellation is left to end on its own, no longer counted; what
 /// it does afterwards must not settle the delivery (``handlerReturned(_:)`` tells it so).
 ///
+/// A handler's `whenDone` may return a follow-up, which starts at once in the handler's slot: a ``QueueWorker`` with
+/// ``QueueWorker/Configuration/ordering`` starts the next delivery of the key, or the same delivery again (an
+/// in-process retry), without the consumer taking the slot in between. The handler stays counted until then.
+///
 /// Costs per handler: one task and a few lock operations, as a task group child would; a continuation only while
 /// the pool is full (the consumer waits for a slot) or draining. One watching task per worker run sleeps until the
 /// oldest handler's deadline (handlers share one timeout, so no deadline comes before the oldest).
@@ -15,13 +19,23 @@ import Synchronization
 /// Deadlines are kept on `C`: the continuous clock in a worker, a test clock in unit tests. Generic rather than an
 /// existential, so that reading the clock per handler costs what `ContinuousClock.now` costs.
 final class HandlerPool<C: Clock>: Sendable where C.Duration == Duration {
+    /// A handler to start: its body, given its id; what settles its delivery instead once it reaches its deadline;
+    /// then what runs once either of them is over, which may return a follow-up to start in its slot.
+    struct Job: Sendable {
+        let work: @Sendable (UInt64) async -> Void
+        let onTimeout: @Sendable () async -> Void
+        let whenDone: @Sendable () async -> Job?
+    }
+
     /// The work of one handler: its body, given its id, then what runs once it is over.
     private struct Running {
         /// When the handler times out; `nil` once it returned (its settlement is under way) or for timeout work.
         var deadline: C.Instant?
         var task: Task<Void, Never>?
         let onTimeout: (@Sendable () async -> Void)?
-        let whenDone: @Sendable () async -> Void
+        let whenDone: @Sendable () async -> Job?
+        /// Whether it is over and running `whenDone`.
+        var isEnding = false
     }
 
     private struct State {
@@ -62,12 +76,23 @@ final class HandlerPool<C: Clock>: Sendable where C.Duration == Duration {
     /// it reaches its deadline; then `whenDone`, once, after whichever of them settled the delivery.
     func start(_ work: @escaping @Sendable (UInt64) async -> Void, onTimeout: @escaping @Sendable () async -> Void,
                whenDone: @escaping @Sendable () async -> Void) {
-        start(deadline: clock.now.advanced(by: timeout), work, onTimeout: onTimeout, whenDone: whenDone)
+        start(Job(work: work, onTimeout: onTimeout, whenDone: {
+            await whenDone()
+            return nil
+        }))
     }
 
+    /// Starts `job` (see ``start(_:onTimeout:whenDone:)``); the follow-up its `whenDone` returns starts in its slot.
+    func start(_ job: Job) {
+        start(deadline: clock.now.advanced(by: timeout), job.work, onTimeout: job.onTimeout, whenDone: job.whenDone)
+    }
+
+    /// Starts a handler, in place of handler `replacing` if given (which is no longer counted).
     private func start(deadline: C.Instant?, _ work: @escaping @Sendable (UInt64) async -> Void,
-                       onTimeout: (@Sendable () async -> Void)?, whenDone: @escaping @Sendable () async -> Void) {
+                       onTimeout: (@Sendable () async -> Void)?, whenDone: @escaping @Sendable () async -> Job?,
+                       replacing: UInt64? = nil) {
         let id = state.withLock { state in
+            if let replacing { state.running[replacing] = nil }
             state.nextID += 1
             state.running[state.nextID] = Running(deadline: deadline, onTimeout: onTimeout, whenDone: whenDone)
             return state.nextID
@@ -139,6 +164,13 @@ final class HandlerPool<C: Clock>: Sendable where C.Duration == Duration {
         }
     }
 
+    /// Cancels the handlers that are over and finding their follow-up (waiting out an in-process retry's backoff):
+    /// stopping does not wait for those.
+    func cancelFollowUps() {
+        let tasks = state.withLock { $0.running.values.filter(\.isEnding).compactMap(\.task) }
+        for task in tasks { task.cancel() }
+    }
+
     /// Cancels every running handler, and those started afterwards.
     func cancelAll() {
         let tasks = state.withLock { state in
@@ -148,11 +180,22 @@ final class HandlerPool<C: Clock>: Sendable where C.Duration == Duration {
         for task in tasks { task.cancel() }
     }
 
-    /// A handler's task ended: unless its deadline had taken its delivery, it is no longer counted.
+    /// A handler's task ended: unless its deadline had taken its delivery, it runs its `whenDone`, still counted
+    /// (and past any deadline), then its follow-up takes its slot, or it is no longer counted.
     private func end(_ id: UInt64) async {
-        guard let handler = state.withLock({ $0.running.removeValue(forKey: id) }) else { return }
-        await handler.whenDone()
-        resumeWaiters()
+        let handler = state.withLock { state -> Running? in
+            state.running[id]?.deadline = nil
+            state.running[id]?.isEnding = true
+            return state.running[id]
+        }
+        guard let handler else { return }
+        guard let next = await handler.whenDone() else {
+            state.withLock { $0.running[id] = nil }
+            resumeWaiters()
+            return
+        }
+        start(deadline: clock.now.advanced(by: timeout), next.work, onTimeout: next.onTimeout,
+              whenDone: next.whenDone, replacing: id)
     }
 
     private func resumeWaiters() {

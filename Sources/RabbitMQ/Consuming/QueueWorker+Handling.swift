@@ -22,8 +22,9 @@ extension QueueWorker {
 
     /// Handles one delivery: deduplication, then the handler in the delivery's context (its trace continued in a
     /// consumer span, its request id), then the settlement, unless the handler timed out meanwhile (`pool` settled
-    /// the delivery without it, through ``settleTimedOut(_:_:)``).
-    func handle(_ delivery: Delivery, _ run: Run, pool: HandlerPool<ContinuousClock>, id: UInt64) async {
+    /// the delivery without it, through ``settleTimedOut(_:)``).
+    func handle(_ job: Job, pool: HandlerPool<ContinuousClock>, id: UInt64) async {
+        let (delivery, run) = (job.delivery, job.run)
         // Its channel closed while it waited for a free handler (the client was closed, the connection lost): the
         // broker has requeued it, so it must not run now.
         guard delivery.canBeSettled else { return }
@@ -43,18 +44,19 @@ extension QueueWorker {
             }
         }
         guard let context = observability.context(forMessageWith: delivery.properties) else {
-            await process(delivery, key: key, span: nil, run, pool, id)
+            await process(job, key: key, span: nil, pool, id)
             return
         }
         let span = observability.startProcessSpan(delivery, queue: configuration.queue, context: context)
         await ServiceContext.withValue(span?.context ?? context) {
-            await process(delivery, key: key, span: span, run, pool, id)
+            await process(job, key: key, span: span, pool, id)
         }
         span?.end()
     }
 
-    private func process(_ delivery: Delivery, key: String?, span: (any Span)?, _ run: Run,
-                         _ pool: HandlerPool<ContinuousClock>, _ id: UInt64) async {
+    private func process(_ job: Job, key: String?, span: (any Span)?, _ pool: HandlerPool<ContinuousClock>,
+                         _ id: UInt64) async {
+        let (delivery, run) = (job.delivery, job.run)
         // The handler's duration is read only for metrics or debug logs.
         let started = run.timesHandlers ? ContinuousClock.now : nil
         do {
@@ -66,7 +68,7 @@ extension QueueWorker {
             if let key { try? await configuration.deduplicator?.store.release(key) }
             // A handler cancelled by the drain timeout leaves its delivery to be requeued by the channel close.
             guard !Task.isCancelled else { return }
-            await fail(delivery, error, duration: duration, run)
+            await fail(job, error, duration: duration)
             return
         }
         let duration = started.map { ContinuousClock.now - $0 }
@@ -86,7 +88,8 @@ extension QueueWorker {
 
     /// Settles the delivery of a handler that ran past ``Configuration/handlerTimeout`` (and was cancelled) as a
     /// failed attempt, with a retryable ``RabbitMQError/Code/timeout``.
-    func settleTimedOut(_ delivery: Delivery, _ run: Run) async {
+    func settleTimedOut(_ job: Job) async {
+        let (delivery, run) = (job.delivery, job.run)
         let error = RabbitMQError(.timeout, "the handler ran longer than the worker's handler timeout "
                                       + "(\(configuration.handlerTimeout)) and was cancelled", operation: "handler")
         run.instruments?.recordHandlerTimeout()
@@ -99,10 +102,11 @@ extension QueueWorker {
         }
         // Cancelled by the drain timeout: the channel's close requeues it.
         guard !Task.isCancelled else { return }
-        await fail(delivery, error, duration: run.timesHandlers ? configuration.handlerTimeout : nil, run)
+        await fail(job, error, duration: run.timesHandlers ? configuration.handlerTimeout : nil)
     }
 
-    private func fail(_ delivery: Delivery, _ error: any Error, duration: Duration?, _ run: Run) async {
+    private func fail(_ job: Job, _ error: any Error, duration: Duration?) async {
+        let (delivery, run) = (job.delivery, job.run)
         let disposition = configuration.classifier.disposition(of: error)
         guard let retry = configuration.retry else {
             let requeue = disposition == .retry
@@ -115,7 +119,15 @@ extension QueueWorker {
             }
             return
         }
-        let attempt = RetryTopology.attempts(of: delivery) + 1
+        let attempt = RetryTopology.attempts(of: delivery) + job.earlierAttempts + 1
+        if job.retriesInPlace, disposition == .retry, attempt < retry.policy.maxAttempts {
+            // A tier would let the later deliveries of its key overtake it: it is tried again here, after the same
+            // delay, while they wait (see KeyOrdering).
+            job.retryRequest.request(after: retry.policy.jittered(retry.policy.delay(afterAttempt: attempt)))
+            run.instruments?.recordRetried()
+            record(.retried, delivery, run, duration: duration, error: error)
+            return
+        }
         var properties = delivery.properties
         properties.headers[RetryTopology.attemptHeader] = .int64(Int64(attempt))
         if properties.headers[RetryTopology.firstFailureHeader] == nil {

@@ -1,4 +1,5 @@
 import Logging
+import Synchronization
 
 extension QueueWorker {
     /// Subscribes, runs handlers for the deliveries, and subscribes again after losing the consumer, until
@@ -8,8 +9,13 @@ extension QueueWorker {
         let pool = HandlerPool(limit: configuration.concurrency, timeout: configuration.handlerTimeout)
         let watch = Task { await pool.watch() }
         defer { watch.cancel() }
+        let lanes = Lanes()
         let failure = await withTaskCancellationHandler {
-            let failure = await consumeWhileHealthy(pool)
+            let failure = await consumeWhileHealthy(pool, lanes)
+            // Deliveries waiting for their key are not run: the channel's close requeues them. Nor are in-process
+            // retries waiting out their backoff.
+            _ = lanes.state.withLock { $0.close() }
+            pool.cancelFollowUps()
             await drain(pool)
             return failure
         } onCancel: {
@@ -19,7 +25,7 @@ extension QueueWorker {
     }
 
     /// The subscription loop: returns the error that ends the worker, or `nil` once it is stopped.
-    private func consumeWhileHealthy(_ pool: HandlerPool<ContinuousClock>) async -> (any Error)? {
+    private func consumeWhileHealthy(_ pool: HandlerPool<ContinuousClock>, _ lanes: Lanes) async -> (any Error)? {
         var attempt = 0  // since the worker last consumed for a while
         var lastError: RabbitMQError?
         var hasConsumed = false
@@ -55,7 +61,7 @@ extension QueueWorker {
                                                        "prefetch": "\(configuration.prefetch)"])
             broadcaster.emit(.consuming(channel: subscription.channel.number))
             let run = Run(logger: logger, instruments: observability.queue(configuration.queue))
-            let loss = await consume(subscription, run, pool)
+            let loss = await consume(subscription, run, pool, lanes)
             await subscription.consumerEnded()
             guard let loss, !isStopping else { break }
             guard let error = loss as? RabbitMQError else { return loss }  // the task was cancelled
@@ -91,17 +97,15 @@ extension QueueWorker {
     }
 
     /// Runs a handler for each delivery, at most ``Configuration/concurrency`` at once (counting those of earlier
-    /// subscriptions still running), until the consumer ends; returns its error, or `nil` when it was stopped.
-    private func consume(_ subscription: WorkerSubscription, _ run: Run, _ pool: HandlerPool<ContinuousClock>) async
-        -> (any Error)?
-    {
+    /// subscriptions still running), until the consumer ends; returns its error, or `nil` when it was stopped. With
+    /// ``Configuration/ordering``, a delivery whose key has one running waits in its lane, without a slot.
+    private func consume(_ subscription: WorkerSubscription, _ run: Run, _ pool: HandlerPool<ContinuousClock>,
+                         _ lanes: Lanes) async -> (any Error)? {
         do {
             for try await delivery in subscription.consumer {
+                guard let job = admit(delivery, run, subscription, lanes) else { continue }
                 await pool.waitForSlot()
-                subscription.handlerStarted()
-                pool.start({ id in await self.handle(delivery, run, pool: pool, id: id) },
-                           onTimeout: { await self.settleTimedOut(delivery, run) },
-                           whenDone: { await subscription.handlerEnded() })
+                start(job, pool, lanes)
             }
             return nil
         } catch {

@@ -75,13 +75,17 @@ public final class QueueWorker: Service, Sendable {
         /// or after losing its consumer) starts from the one after it. To resume after a restart, store
         /// ``Delivery/streamOffset`` once a handler is done and start with ``StreamOffset/after(_:)``. Default `nil`.
         public var streamOffset: StreamOffset?
+        /// Per-key ordering: deliveries with the same key run one at a time, in delivery order; different keys run
+        /// side by side up to ``concurrency``. See ``KeyOrdering`` for what survives retries. Default `nil`: no
+        /// ordering.
+        public var ordering: KeyOrdering?
 
         /// Creates settings; every argument but the queue has its documented default.
         public init(queue: String, prefetch: UInt16 = 50, concurrency: Int = 8, drainTimeout: Duration = .seconds(30),
                     retry: RetryTopology? = nil, classifier: FailureClassifier = FailureClassifier(),
                     deduplicator: Deduplicator? = nil, handlerTimeout: Duration = .seconds(300),
                     recovery: RabbitMQClient.Configuration.Recovery = .init(), topology: Topology? = nil,
-                    streamOffset: StreamOffset? = nil) {
+                    streamOffset: StreamOffset? = nil, ordering: KeyOrdering? = nil) {
             self.queue = queue
             self.prefetch = prefetch
             self.concurrency = concurrency
@@ -93,6 +97,7 @@ public final class QueueWorker: Service, Sendable {
             self.recovery = recovery
             self.topology = topology
             self.streamOffset = streamOffset
+            self.ordering = ordering
         }
 
         /// What the worker declares before each subscription: ``retry``'s queues, then ``topology``.
