@@ -120,10 +120,10 @@ extension QueueWorker {
             return
         }
         let attempt = RetryTopology.attempts(of: delivery) + job.earlierAttempts + 1
-        if job.retriesInPlace, disposition == .retry, attempt < retry.policy.maxAttempts {
+        if let request = job.retryRequest, disposition == .retry, attempt < retry.policy.maxAttempts {
             // A tier would let the later deliveries of its key overtake it: it is tried again here, after the same
             // delay, while they wait (see KeyOrdering).
-            job.retryRequest.request(after: retry.policy.jittered(retry.policy.delay(afterAttempt: attempt)))
+            request.request(after: retry.policy.jittered(retry.policy.delay(afterAttempt: attempt)))
             run.instruments?.recordRetried()
             record(.retried, delivery, run, duration: duration, error: error)
             return

@@ -60,8 +60,20 @@ extension QueueWorker {
         let retriesInPlace: Bool
         /// Attempts made in process before this one.
         let earlierAttempts: Int
-        /// The backoff this attempt asked for before an in-process retry, if it did.
-        let retryRequest = RetryRequest()
+        /// Where this attempt leaves the backoff it asks for before an in-process retry; `nil` when failures are
+        /// not retried in process (no allocation for unordered deliveries).
+        let retryRequest: RetryRequest?
+
+        init(delivery: Delivery, run: Run, subscription: WorkerSubscription, key: String?, retriesInPlace: Bool,
+             earlierAttempts: Int) {
+            self.delivery = delivery
+            self.run = run
+            self.subscription = subscription
+            self.key = key
+            self.retriesInPlace = retriesInPlace
+            self.earlierAttempts = earlierAttempts
+            retryRequest = retriesInPlace ? RetryRequest() : nil
+        }
 
         /// The next in-process attempt at the same delivery.
         func retried() -> Job {
@@ -121,7 +133,7 @@ extension QueueWorker {
     /// What runs next in the slot of `job`, now settled (or left to its channel's close): the same delivery after
     /// its backoff if it asked for an in-process retry, else the next delivery waiting in its key's lane, if any.
     private func followUp(of job: Job, _ lanes: Lanes) async -> Job? {
-        if let delay = job.retryRequest.requested {
+        if let delay = job.retryRequest?.requested {
             // Its lane stays blocked meanwhile. Stopping cancels the wait: the channel's close requeues the delivery.
             guard !lanes.state.withLock({ $0.isClosed }),
                   (try? await client.manager.clock.sleep(for: delay)) != nil

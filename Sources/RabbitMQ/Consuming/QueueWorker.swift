@@ -17,7 +17,8 @@ import Synchronization
 /// confirms) to the retry tier for its next attempt and only then acked, and a permanent failure, or the last
 /// attempt, is parked with the reason in its headers. Without it, a retryable failure is requeued and a
 /// permanent one rejected (dead-lettered if the queue has a dead-letter exchange). A handler that runs longer
-/// than ``Configuration/handlerTimeout`` is cancelled and its attempt fails as retryable.
+/// than ``Configuration/handlerTimeout`` is cancelled and its attempt fails as retryable. With
+/// ``Configuration/ordering``, deliveries with the same key run one at a time in delivery order (see ``KeyOrdering``).
 ///
 /// **It heals itself.** When the broker closes the worker's channel (406 after a delivery stayed unacknowledged
 /// past the broker's `consumer_timeout`), cancels its consumer (its queue was deleted or failed over), or
