@@ -19,7 +19,8 @@
 #   TASKS_ROUNDS [ROUNDS] TASKS [64] TASKS_COUNT [32000]
 #                       TASKS tasks each calling client.publish and awaiting its confirm, against the windowed
 #                       loop (Swift and C), TASKS_COUNT messages in all (0 rounds skips it)
-#   ACTOR_ROUNDS [3]    the publish and consume loops on the main actor against the same loops in a task
+#   ACTOR_ROUNDS [4]    the publish and consume loops on the main actor against the same loops in a task (an
+#                       even number: whichever consumer goes first is faster, see BENCHMARKS.md)
 #   TLS_ROUNDS [3]      publish and consume over TLS, C against Swift. TLS_BENCH_URL and TLS_BENCH_CA name a
 #                       TLS listener and its CA; when unset, scripts/tls.sh starts one (TLS_NODE_NAME,
 #                       TLS_AMQP_PORT, TLS_PORT as for the tests) and stops it at the end (TLS_ROUNDS=0 skips it)
@@ -157,7 +158,7 @@ python3 "$ROOT/scripts/bench_report.py" \
     --lat-rate "${LAT_RATE:-5000}" --lat-count "${LAT_COUNT:-50000}" --mem-count "${MEM_COUNT:-1000000}" \
     --cf-count "${CF_COUNT:-20}" \
     --tasks-rounds "${TASKS_ROUNDS:-${ROUNDS:-5}}" --tasks "${TASKS:-64}" --tasks-count "${TASKS_COUNT:-32000}" \
-    --actor-rounds "${ACTOR_ROUNDS:-3}" \
+    --actor-rounds "${ACTOR_ROUNDS:-4}" \
     --tls-rounds "${TLS_ROUNDS:-3}" --tls-url "$TLS_URL_ARG" --tls-ca "$TLS_CA_ARG" \
     --multi-rounds "${MULTI_ROUNDS:-3}" --multi-clients "${MULTI_CLIENTS:-4}" --multi-count "${MULTI_COUNT:-50000}" \
     "${headers[@]}" || status=$?
