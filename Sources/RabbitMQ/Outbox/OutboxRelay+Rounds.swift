@@ -78,7 +78,8 @@ extension OutboxRelay {
     }
 
     private func reportStoreFailure(_ error: any Error, reading: Bool) {
-        let what = reading ? "reading the outbox failed" : "marking outbox events sent failed; they will be published again"
+        let what = reading
+            ? "reading the outbox failed" : "marking outbox events sent failed; they will be published again"
         logger.error("\(what)", metadata: [LogMetadataKey.error: "\(error)"])
         broadcaster.emit(.storeFailed(description: "\(what): \(error)"))
     }

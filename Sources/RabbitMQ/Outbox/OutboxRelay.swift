@@ -114,7 +114,9 @@ public final class OutboxRelay: Service, Sendable {
         self.clock = clock
         self.logger = logger
         self.publish = publish
-        publishedCounter = metricsFactory.map { Counter(label: "rabbitmq.outbox.published", dimensions: [], factory: $0) }
+        publishedCounter = metricsFactory.map {
+            Counter(label: "rabbitmq.outbox.published", dimensions: [], factory: $0)
+        }
         failureCounter = metricsFactory.map { Counter(label: "rabbitmq.outbox.failures", dimensions: [], factory: $0) }
     }
 

@@ -1,0 +1,54 @@
+import Foundation
+
+/// A RabbitMQ node of the outbox tests' own, which they stop and start again: `scripts/broker.sh` on
+/// `OUTBOX_BROKER_PORT` (default 5831), node `t-outbox-PORT`. `make test` stops it at the end if a test did not.
+struct OutboxBroker: Sendable {
+    let port: Int
+    var name: String { "t-outbox-\(port)" }
+    var url: String { "amqp://guest:guest@127.0.0.1:\(port)/" }
+
+    static let shared = OutboxBroker(
+        port: ProcessInfo.processInfo.environment["OUTBOX_BROKER_PORT"].flatMap { Int($0) } ?? 5831)
+
+    /// `scripts/broker.sh`: `RABBITMQ_BROKER_SCRIPT`, else found relative to this source file.
+    private static var script: String {
+        if let script = ProcessInfo.processInfo.environment["RABBITMQ_BROKER_SCRIPT"], !script.isEmpty {
+            return script
+        }
+        return URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("scripts/broker.sh").path
+    }
+
+    /// Starts the node from empty data.
+    func start() async throws { try await Self.broker(["start", name, String(port)]) }
+    /// Stops it: the outage.
+    func stop() async throws { try await Self.broker(["stop", name]) }
+    /// Starts it again on the same data: durable queues and persistent messages are back.
+    func restart() async throws { try await Self.broker(["restart", name]) }
+
+    private static func broker(_ arguments: [String]) async throws {
+        let output = FileManager.default.temporaryDirectory
+            .appendingPathComponent("outbox-broker-\(UUID().uuidString.prefix(8)).log").path
+        defer { try? FileManager.default.removeItem(atPath: output) }
+        let pid = try spawn(script, arguments, environment: ProcessInfo.processInfo.environment, output: output)
+        let status = await waitForExit(pid)
+        guard status == 0 else {
+            let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+            let command = "broker.sh \(arguments.joined(separator: " "))"
+            throw WorkerProcessError(message: "\(command) exited with \(status): \(text)")
+        }
+    }
+
+    /// Runs `body` with the node started, and stops it afterwards, also when `body` throws.
+    func with<T: Sendable>(_ body: () async throws -> T) async throws -> T {
+        try await start()
+        do {
+            let result = try await body()
+            try? await stop()
+            return result
+        } catch {
+            try? await stop()
+            throw error
+        }
+    }
+}
