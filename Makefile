@@ -21,7 +21,7 @@ export BROKER_NAME BROKER_PORT
 
 .DEFAULT_GOAL := help
 .PHONY: help deps broker broker-stop test test-tsan lint format docs
-.PHONY: cluster cluster-stop tls tls-stop bench demo chaos clean
+.PHONY: cluster cluster-stop tls tls-stop postgres postgres-stop bench demo chaos clean
 
 help: ## List the targets
 	@echo "swift-rabbitmq make targets:"
@@ -30,7 +30,7 @@ help: ## List the targets
 	@echo "Variables: BROKER_NAME=$(BROKER_NAME) BROKER_PORT=$(BROKER_PORT) SCRATCH=$(SCRATCH) TSAN_SCRATCH=$(TSAN_SCRATCH) ARGS=..."
 	@echo "Set AMQP_URL=amqp://user:pass@host:port/vhost to test against your own broker (then none is started)."
 
-deps: ## Install missing Debian packages (librabbitmq-dev rabbitmq-server pkg-config openssl time)
+deps: ## Install missing Debian packages (librabbitmq-dev rabbitmq-server pkg-config openssl time libsqlite3-dev postgresql)
 	@scripts/deps.sh
 
 broker: deps ## Start the test node swiftrmq@localhost on port 5673, from empty data
@@ -66,6 +66,12 @@ tls: deps ## Make certificates in .broker/tls and start swiftrmq-tls@localhost (
 tls-stop: ## Stop the TLS node and remove its certificates
 	@scripts/tls.sh stop
 
+postgres: deps ## Start a throwaway PostgreSQL in .postgres/ on POSTGRES_PORT (5433), from empty data
+	@scripts/postgres.sh start
+
+postgres-stop: ## Stop the throwaway PostgreSQL and remove .postgres/
+	@scripts/postgres.sh stop
+
 bench: ## Run the benchmarks (scripts/bench.sh; the Benchmarks package)
 	@SWIFT_SCRATCH_PATH=$(BENCH_SCRATCH) scripts/bench.sh
 
@@ -79,6 +85,7 @@ clean: ## Stop all throwaway nodes, remove .broker/ and the build folders
 	@scripts/cluster.sh stop
 	@CLUSTER_NAME=swiftrmq-x CLUSTER_PORTS="5881 5882 5883" scripts/cluster.sh stop
 	@scripts/tls.sh stop
+	@scripts/postgres.sh stop
 	@scripts/broker.sh stop $(BROKER_NAME)
 	@for d in .broker/*/; do [ -f "$$d/port" ] && scripts/broker.sh stop "$$(basename "$$d")"; done; true
 	rm -rf .broker .chaos .docs $(SCRATCH) $(TSAN_SCRATCH) $(SAMPLES_SCRATCH) $(BENCH_SCRATCH) Samples/.build \

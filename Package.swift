@@ -86,6 +86,33 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // A worker process for the persistence tests: several of them consume one queue and share a store.
+        .executableTarget(
+            name: "DeduplicationWorker",
+            dependencies: [
+                "RabbitMQ",
+                "RabbitMQSQLite",
+                "RabbitMQPostgres",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+            ],
+            path: "Tests/DeduplicationWorker",
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "RabbitMQPersistenceTests",
+            dependencies: [
+                "RabbitMQ",
+                "RabbitMQSQLite",
+                "RabbitMQPostgres",
+                "RabbitMQTestSupport",
+                "DeduplicationWorker",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSettings
+        ),
         // The transactional outbox against real databases and a broker that goes down (issue 19).
         .testTarget(
             name: "RabbitMQOutboxTests",

@@ -4,11 +4,13 @@
 #   rabbitmq-server   for throwaway local brokers (scripts/broker.sh)
 #   openssl           to make certificates for the TLS tests (scripts/tls.sh)
 #   time              GNU time (/usr/bin/time) for the benchmarks
+#   postgresql        for a throwaway PostgreSQL cluster (scripts/postgres.sh): the PostgreSQL store's tests
 # Debian/Ubuntu only (apt). Runs 'apt-get update' only when something is missing.
 set -euo pipefail
 
 # libsqlite3-dev: the sample (and its integration test) keeps its side effects in SQLite through GRDB.
-PACKAGES=(librabbitmq-dev rabbitmq-server pkg-config openssl time libsqlite3-dev)
+# libsqlite3-dev and postgresql: the durable deduplication stores (RabbitMQSQLite, RabbitMQPostgres) and their tests.
+PACKAGES=(librabbitmq-dev rabbitmq-server pkg-config openssl time libsqlite3-dev postgresql)
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
     echo "deps.sh: this is not a Debian-like system (no dpkg-query/apt-get)." >&2

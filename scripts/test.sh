@@ -14,6 +14,10 @@
 #   BROKER_PORT       its AMQP port (5673)
 #   WITH_TLS          1: also start the TLS node (scripts/tls.sh); default 1, 0 when AMQP_URL is set
 #   WITH_CLUSTER      1: also start the 3-node cluster (scripts/cluster.sh); same defaults
+#   POSTGRES_URL      use this PostgreSQL (postgres://user@host:port/db) for the persistence tests; then none is
+#                     started
+#   WITH_POSTGRES     1: start a throwaway PostgreSQL (scripts/postgres.sh, port POSTGRES_PORT, default 5433);
+#                     default 1, 0 when POSTGRES_URL is set. A failure to start it fails the run.
 #   SWIFT_SCRATCH     build folder (default .build)
 #   SAMPLES_SCRATCH   the sample package's build folder (default: SWIFT_SCRATCH-samples)
 #   SWIFT_SANITIZE    e.g. thread: passed as --sanitize=
@@ -25,6 +29,7 @@
 #   RABBITMQCTL=/usr/lib/rabbitmq/bin/rabbitmqctl RABBITMQ_BROKER_SCRIPT=<abs>/scripts/broker.sh
 #   with the TLS node:  RABBITMQ_TLS_URL=amqps://guest:guest@localhost:5691/
 #                       RABBITMQ_TLS_DIR=<abs>/.broker/tls   RABBITMQ_TLS_NODE=swiftrmq-tls@localhost
+#   with PostgreSQL:    POSTGRES_URL=postgres://postgres@127.0.0.1:5433/postgres
 #   with the cluster:   RABBITMQ_CLUSTER_URLS=amqp://…:5681/,amqp://…:5682/,amqp://…:5683/
 #                       RABBITMQ_CLUSTER_NODES=swiftrmq-c1@localhost,swiftrmq-c2@localhost,swiftrmq-c3@localhost
 set -euo pipefail
@@ -41,6 +46,7 @@ if [ -n "${AMQP_URL:-}" ]; then user_url=1; else user_url=0; fi
 if [ "$user_url" = 1 ]; then default_extra=0; else default_extra=1; fi
 WITH_TLS="${WITH_TLS:-$default_extra}"
 WITH_CLUSTER="${WITH_CLUSTER:-$default_extra}"
+if [ -n "${POSTGRES_URL:-}" ]; then WITH_POSTGRES="${WITH_POSTGRES:-0}"; else WITH_POSTGRES="${WITH_POSTGRES:-1}"; fi
 
 build_flags=()
 if [ -n "$SWIFT_SANITIZE" ]; then build_flags+=("--sanitize=$SWIFT_SANITIZE"); fi
@@ -72,6 +78,7 @@ fi
 BROKER_STARTED_LIST="$(mktemp "${TMPDIR:-/tmp}/swiftrmq-brokers.XXXXXX")"
 export BROKER_STARTED_LIST
 tls_started=0
+postgres_started=0
 tls_pid="" cluster_pid="" extra_out=""
 cleaned=0
 cleanup() {
@@ -83,6 +90,9 @@ cleanup() {
     for p in $tls_pid $cluster_pid; do wait "$p" 2>/dev/null || true; done
     if [ "$tls_started" = 1 ]; then
         "$SCRIPTS/tls.sh" stop & pids+=($!)
+    fi
+    if [ "$postgres_started" = 1 ]; then
+        "$SCRIPTS/postgres.sh" stop & pids+=($!)
     fi
     if [ -s "$BROKER_STARTED_LIST" ]; then
         for name in $(sort -u "$BROKER_STARTED_LIST"); do
@@ -108,6 +118,16 @@ else
     "$SCRIPTS/broker.sh" start "$BROKER_NAME" "$BROKER_PORT"
     export AMQP_URL="amqp://guest:guest@127.0.0.1:$BROKER_PORT/"
     export RABBITMQ_NODE="$BROKER_NAME@localhost"
+fi
+
+if [ "$WITH_POSTGRES" = 1 ]; then
+    postgres_started=1
+    "$SCRIPTS/postgres.sh" start
+    eval "$("$SCRIPTS/postgres.sh" env)"
+    export POSTGRES_URL
+elif [ -n "${POSTGRES_URL:-}" ]; then
+    log "POSTGRES_URL is set: using it; starting no local PostgreSQL"
+    export POSTGRES_URL
 fi
 
 # The TLS node and the cluster start side by side; if one fails to start, its tests
@@ -141,7 +161,7 @@ fi
 tls_pid="" cluster_pid=""
 rm -rf "$extra_out"
 
-env | grep -E '^(AMQP_URL|RABBITMQ_[A-Z_]*|RABBITMQCTL)=' | sort | sed 's/^/    /' >&2 || true
+env | grep -E '^(AMQP_URL|POSTGRES_URL|RABBITMQ_[A-Z_]*|RABBITMQCTL)=' | sort | sed 's/^/    /' >&2 || true
 set +e
 if [ "$#" -gt 0 ]; then
     log "swift test ${swift_flags[*]} $*"

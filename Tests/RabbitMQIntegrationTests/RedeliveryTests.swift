@@ -390,7 +390,8 @@ struct RedeliveryTests {
                 worker.stop()
                 try await run.value
                 #expect(probe.invocations == 1)
-                #expect(worker.outcomes == [.acked: 1, .duplicate: 1])
+                // The two copies may arrive together: the second is then requeued until the first is processed.
+                #expect(worker.outcomes[.acked] == 1 && worker.outcomes[.duplicate] == 1)
                 #expect(store.count == 1)
                 #expect(try await settlesWithOnlyParked(client, retry, 0))
             }

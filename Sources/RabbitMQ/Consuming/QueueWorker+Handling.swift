@@ -29,13 +29,19 @@ extension QueueWorker {
         // broker has requeued it, so it must not run now.
         guard delivery.canBeSettled else { return }
         let key = configuration.deduplicator.flatMap { $0.key(delivery) }
-        if let key, let store = configuration.deduplicator?.store {
+        if let key, let deduplicator = configuration.deduplicator {
             do {
-                guard try await store.claim(key) else {
+                switch try await deduplicator.store.claim(key, for: deduplicator.claimTTL) {
+                case .claimed:
+                    break
+                case .processed:
                     guard pool.handlerReturned(id) else { return }
                     try delivery.ack()
                     run.instruments?.recordDeduplicated()
                     record(.duplicate, delivery, run)
+                    return
+                case .inProgress:
+                    await deferClaimed(delivery, after: deduplicator.inProgressDelay, run, pool, id)
                     return
                 }
             } catch {
@@ -76,13 +82,30 @@ extension QueueWorker {
         guard pool.handlerReturned(id) else { return }
         // The work is done: remember it even if the ack cannot be sent, so that the redelivery the broker makes
         // after a lost channel is recognised as a duplicate instead of being processed again.
-        if let key { try? await configuration.deduplicator?.store.commit(key) }
+        if let key { try? await configuration.deduplicator?.store.markProcessed(key) }
         do {
             try delivery.ack()
             record(.acked, delivery, run, duration: duration)
         } catch {
             run.logger.warning("handled a delivery but could not ack it; the broker will redeliver it",
                                metadata: [LogMetadataKey.error: "\(error)"])
+        }
+    }
+
+    /// Requeues a delivery whose key another handler has claimed, after a pause: that handler may still succeed
+    /// (then the redelivery is a duplicate) or fail (then it is processed). Acking it now would lose the message
+    /// if the other handler fails; requeueing it at once would spin. The pause holds this handler slot.
+    private func deferClaimed(_ delivery: Delivery, after pause: Duration, _ run: Run,
+                              _ pool: HandlerPool<ContinuousClock>, _ id: UInt64) async {
+        // Cancelled (the worker is stopping): the channel's close requeues it.
+        guard (try? await client.manager.clock.sleep(for: pause)) != nil else { return }
+        guard pool.handlerReturned(id) else { return }
+        do {
+            try delivery.nack(requeue: true)
+            record(.requeued, delivery, run)
+        } catch {
+            run.logger.warning("cannot requeue a delivery claimed by another handler", metadata: [
+                LogMetadataKey.deliveryTag: "\(delivery.deliveryTag)", LogMetadataKey.error: "\(error)"])
         }
     }
 

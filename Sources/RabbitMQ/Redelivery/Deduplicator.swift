@@ -1,17 +1,33 @@
 import Foundation
-import Synchronization
 
-/// Where a ``Deduplicator`` remembers the messages it has processed.
+/// What ``DeduplicationStore/claim(_:for:)`` found for a key.
+public enum DeduplicationClaim: Sendable, Hashable {
+    /// The key is now claimed by the caller, which processes the delivery, then calls
+    /// ``DeduplicationStore/markProcessed(_:)`` or, if processing failed, ``DeduplicationStore/release(_:)``.
+    case claimed
+    /// The key was processed already: the delivery is a duplicate, acked without running the handler.
+    case processed
+    /// Another handler (in this process or another one) holds a claim on the key that has not expired: the
+    /// delivery is requeued after ``Deduplicator/inProgressDelay``, to be seen again once that handler finished
+    /// (then it is a duplicate) or failed (then it is processed).
+    case inProgress
+}
+
+/// Where a ``Deduplicator`` remembers the messages being processed and processed.
 ///
-/// Implement it over a shared store (a database table with a unique key, Redis `SET NX`) when several
-/// processes consume the same queue; ``InMemoryDeduplicationStore`` suits a single process.
+/// A claim expires after the time-to-live given to ``claim(_:for:)``: the claim of a handler that crashed (its
+/// process killed, its machine lost) does not block the key for ever, and a later delivery claims it again.
+/// ``InMemoryDeduplicationStore`` suits a single process. For several processes on one host, or replicas on
+/// several machines, use a durable store: `SQLiteDeduplicationStore` (product `RabbitMQSQLite`) or
+/// `PostgresDeduplicationStore` (product `RabbitMQPostgres`).
 public protocol DeduplicationStore: Sendable {
-    /// Claims `key` for processing. Returns `false` if it was processed already or is being processed now.
-    func claim(_ key: String) async throws -> Bool
-    /// Records that processing under `key` succeeded: later deliveries with the key are duplicates.
-    func commit(_ key: String) async throws
-    /// Releases a claim after a failure, so that a redelivery can be processed.
-    func release(_ key: String) async throws
+    /// Claims `id` for processing, for at most `ttl` unless ``markProcessed(_:)`` or ``release(_:)`` comes first.
+    /// An expired claim of someone else is taken over.
+    func claim(_ id: String, for ttl: Duration) async throws -> DeduplicationClaim
+    /// Records that processing under `id` succeeded: later deliveries with the id are duplicates.
+    func markProcessed(_ id: String) async throws
+    /// Releases a claim after a failure, so that a redelivery can be processed. An id already processed stays so.
+    func release(_ id: String) async throws
 }
 
 /// Suppresses duplicate deliveries, keyed by message id or by a business id.
@@ -19,85 +35,36 @@ public protocol DeduplicationStore: Sendable {
 /// RabbitMQ delivers at least once: a message can arrive twice when a consumer fails after processing but
 /// before its ack reaches the broker, when a connection drops with deliveries unacknowledged, when a
 /// publisher resends after a lost confirm, or when a retry is republished and the worker stops before acking
-/// the original. A worker with a deduplicator acks such duplicates without running the handler.
+/// the original. A worker with a deduplicator acks such duplicates without running the handler, and requeues
+/// (after ``inProgressDelay``) a delivery whose key another handler is processing right now.
+///
+/// The claim and the record of success are separate from the handler's own side effect: a process that dies
+/// after the effect and before ``DeduplicationStore/markProcessed(_:)`` leaves a claim that expires, and the
+/// redelivery runs the handler again. To make the effect and the record commit together, have the handler
+/// call the store's `processOnce(id:_:)` (SQLite and PostgreSQL stores), which writes both in one transaction.
 public struct Deduplicator: Sendable {
-    /// Where processed keys are kept.
+    /// Where claimed and processed keys are kept.
     public var store: any DeduplicationStore
     /// The key of a delivery; `nil` means it cannot be deduplicated and is always processed.
     public var key: @Sendable (Delivery) -> String?
+    /// How long a claim holds before another delivery of the key may take it over: longer than a handler runs
+    /// (``QueueWorker/Configuration/handlerTimeout`` is 300 s by default). Default 600 s.
+    public var claimTTL: Duration
+    /// How long a delivery whose key is claimed by another handler waits before it is requeued. Default 1 s.
+    public var inProgressDelay: Duration
 
     /// Deduplicates by ``MessageProperties/messageID``.
-    public init(store: any DeduplicationStore = InMemoryDeduplicationStore()) {
-        self.store = store
-        self.key = { $0.properties.messageID }
+    public init(store: any DeduplicationStore = InMemoryDeduplicationStore(), claimTTL: Duration = .seconds(600),
+                inProgressDelay: Duration = .seconds(1)) {
+        self.init(store: store, claimTTL: claimTTL, inProgressDelay: inProgressDelay) { $0.properties.messageID }
     }
 
     /// Deduplicates by a key taken from the delivery, such as a business id decoded from the body.
-    public init(store: any DeduplicationStore = InMemoryDeduplicationStore(),
-                key: @escaping @Sendable (Delivery) -> String?) {
+    public init(store: any DeduplicationStore = InMemoryDeduplicationStore(), claimTTL: Duration = .seconds(600),
+                inProgressDelay: Duration = .seconds(1), key: @escaping @Sendable (Delivery) -> String?) {
         self.store = store
         self.key = key
+        self.claimTTL = claimTTL
+        self.inProgressDelay = inProgressDelay
     }
-}
-
-/// An in-process ``DeduplicationStore`` that remembers at most ``capacity`` keys, each for ``retention``.
-/// The oldest keys are forgotten first.
-public final class InMemoryDeduplicationStore: DeduplicationStore {
-    private struct State {
-        /// When each key was processed: the time since the store was created.
-        var processed: [String: Duration] = [:]
-        var order: [String] = []
-        var orderStart = 0
-        var inProgress: Set<String> = []
-    }
-
-    /// Most keys remembered. Default 100,000.
-    public let capacity: Int
-    /// How long a key is remembered. Default 24 hours.
-    public let retention: Duration
-    /// The time since the store was created, on its clock.
-    private let elapsed: @Sendable () -> Duration
-    private let state = StateLock(State())
-
-    /// Creates a store.
-    public convenience init(capacity: Int = 100_000, retention: Duration = .seconds(86_400)) {
-        self.init(capacity: capacity, retention: retention, clock: ContinuousClock())
-    }
-
-    /// Creates a store whose retention is timed by `clock`: a test clock in unit tests.
-    init<C: Clock>(capacity: Int, retention: Duration, clock: C) where C.Duration == Duration {
-        self.capacity = max(1, capacity)
-        self.retention = retention
-        let start = clock.now
-        elapsed = { start.duration(to: clock.now) }
-    }
-
-    public func claim(_ key: String) async throws -> Bool {
-        state.withLock { state in
-            if let processedAt = state.processed[key], elapsed() - processedAt < retention { return false }
-            return state.inProgress.insert(key).inserted
-        }
-    }
-
-    public func commit(_ key: String) async throws {
-        state.withLock { state in
-            state.inProgress.remove(key)
-            if state.processed.updateValue(elapsed(), forKey: key) == nil { state.order.append(key) }
-            while state.processed.count > capacity, state.orderStart < state.order.count {
-                state.processed.removeValue(forKey: state.order[state.orderStart])
-                state.orderStart += 1
-            }
-            if state.orderStart > capacity {
-                state.order.removeFirst(state.orderStart)
-                state.orderStart = 0
-            }
-        }
-    }
-
-    public func release(_ key: String) async throws {
-        _ = state.withLock { $0.inProgress.remove(key) }
-    }
-
-    /// Keys currently remembered as processed.
-    public var count: Int { state.withLock { $0.processed.count } }
 }
