@@ -26,7 +26,7 @@ struct PostgresDeduplicationStoreTests {
             do {
                 try await body(client, first, second, effects)
             } catch {
-                try? await client.query("DROP TABLE \(unescaped: table), \(unescaped: effects)")
+                _ = try? await client.query("DROP TABLE \(unescaped: table), \(unescaped: effects)")
                 throw error
             }
             try await client.query("DROP TABLE \(unescaped: table), \(unescaped: effects)")
