@@ -24,9 +24,12 @@ usage() {
 }
 
 POSTGRES_DIR="${POSTGRES_DIR:-$ROOT/.postgres}"
-DATA="$POSTGRES_DIR/data"
-LOGFILE="$POSTGRES_DIR/log"
 PORTFILE="$POSTGRES_DIR/port"
+# Where the cluster's files are: POSTGRES_DIR itself, or, when the postgres user cannot reach it (a checkout under
+# /root, mode 700), a folder under /tmp whose path is kept in POSTGRES_DIR/cluster.
+if [ -s "$POSTGRES_DIR/cluster" ]; then CLUSTER="$(cat "$POSTGRES_DIR/cluster")"; else CLUSTER="$POSTGRES_DIR"; fi
+DATA="$CLUSTER/data"
+LOGFILE="$CLUSTER/log"
 
 # The port of a running cluster is the one it was started on.
 if [ -s "$PORTFILE" ]; then
@@ -47,7 +50,7 @@ bin_dir() {
 as_owner() {
     if [ "$(id -u)" -eq 0 ]; then
         id postgres >/dev/null 2>&1 || die "running as root, and there is no 'postgres' user to run PostgreSQL as"
-        runuser -u postgres -- "$@"
+        (cd / && runuser -u postgres -- "$@")
     else
         "$@"
     fi
@@ -59,11 +62,13 @@ running() {
 
 stop() {
     if running; then
-        log "stopping PostgreSQL on port $PORT ($POSTGRES_DIR)"
+        log "stopping PostgreSQL on port $PORT ($CLUSTER)"
         as_owner "$(bin_dir)/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null ||
             warn "pg_ctl stop failed; see $LOGFILE"
     fi
+    if [ "$CLUSTER" != "$POSTGRES_DIR" ]; then rm -rf "${CLUSTER:?}"; fi
     rm -rf "${POSTGRES_DIR:?}"
+    CLUSTER="$POSTGRES_DIR" DATA="$POSTGRES_DIR/data" LOGFILE="$POSTGRES_DIR/log"
 }
 
 start() {
@@ -73,7 +78,15 @@ start() {
     PORT="${POSTGRES_PORT:-5433}"
     if port_in_use "$PORT"; then die "port $PORT is in use: set POSTGRES_PORT to a free port"; fi
     mkdir -p "$POSTGRES_DIR"
-    if [ "$(id -u)" -eq 0 ]; then chown postgres: "$POSTGRES_DIR"; fi
+    if [ "$(id -u)" -eq 0 ]; then
+        chown postgres: "$POSTGRES_DIR"
+        if ! runuser -u postgres -- test -w "$POSTGRES_DIR"; then
+            CLUSTER="$(mktemp -d "${TMPDIR:-/tmp}/swiftrmq-postgres.XXXXXX")"
+            chown postgres: "$CLUSTER"
+            echo "$CLUSTER" >"$POSTGRES_DIR/cluster"
+            DATA="$CLUSTER/data" LOGFILE="$CLUSTER/log"
+        fi
+    fi
     log "initdb $DATA"
     as_owner "$bin/initdb" -D "$DATA" -A trust -U postgres -E UTF8 --no-sync >"$POSTGRES_DIR/initdb.log" 2>&1 || {
         cat "$POSTGRES_DIR/initdb.log" >&2
@@ -81,7 +94,7 @@ start() {
     }
     log "starting PostgreSQL on 127.0.0.1:$PORT"
     # max_connections: every test opens a pool of its own, and several worker processes run at once.
-    as_owner "$bin/pg_ctl" -D "$DATA" -l "$LOGFILE" -w -t 60 -o "-p $PORT -k $POSTGRES_DIR \
+    as_owner "$bin/pg_ctl" -D "$DATA" -l "$LOGFILE" -w -t 60 -o "-p $PORT -k $CLUSTER \
 -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
 -c max_connections=300" start >/dev/null || {
         tail -20 "$LOGFILE" >&2 || true
