@@ -2,7 +2,8 @@
 # swift format over the project's Swift code, with the rules of .swift-format:
 #
 #   scripts/format.sh lint     report every finding; exit non-zero if there is one ('make lint'; 'make test' runs
-#                              it first when CI=true)
+#                              it first when CI=true); then check that the folders of Sources/RabbitMQ depend on
+#                              each other one way (scripts/import_graph.py --check)
 #   scripts/format.sh format   rewrite the files in place ('make format')
 #
 # Only swift-format's rules run, not its layout pass (--debug-disable-pretty-print): the code aligns continuation
@@ -21,6 +22,8 @@ case "${1:-}" in
 lint)
     log "swift format lint --strict ${FLAGS[*]} ${PATHS[*]}"
     swift format lint --strict "${FLAGS[@]}" "${PATHS[@]}"
+    log "scripts/import_graph.py --check"
+    python3 scripts/import_graph.py --check
     ;;
 format)
     log "swift format format --in-place ${FLAGS[*]} ${PATHS[*]}"

@@ -47,7 +47,7 @@ func report(_ label: String, messages: Int, from start: ContinuousClock.Instant)
 
 struct Publish: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Publishes persistent messages with confirms, keeping at most --window unconfirmed.")
+        abstract: "Publishes messages with confirms (persistent unless --transient), at most --window unconfirmed.")
 
     @OptionGroup var connection: ConnectionOptions
     @Option(help: "Body size in bytes.") var size = 128
@@ -57,9 +57,11 @@ struct Publish: AsyncParsableCommand {
     @Option(help: "0: one windowed loop; N: N tasks each calling client.publish and awaiting its confirm.")
     var tasks = 0
     @Flag(help: "Run the publish loop on the main actor.") var mainActor = false
+    @Flag(help: "Publish transient messages (delivery mode 1) rather than persistent ones.") var transient = false
 
     func run() async throws {
         let client = try connection.makeClient(publishWindow: window)
+        let properties = MessageProperties(deliveryMode: transient ? .transient : .persistent)
         let channel = try await client.openChannel()
         try await channel.declare(Queue(connection.queue))
         try await channel.purgeQueue(connection.queue)
@@ -69,41 +71,44 @@ struct Publish: AsyncParsableCommand {
         let (queue, count) = (connection.queue, connection.count)
         let start = ContinuousClock.now
         if tasks > 0 {
-            try await Self.publishFromTasks(client, tasks: tasks, count: count, body: body, queue: queue)
+            try await Self.publishFromTasks(client, tasks: tasks, count: count, body: body, queue: queue,
+                                            properties: properties)
         } else if mainActor {
-            try await Self.publishOnMainActor(channel, count: count, body: body, queue: queue)
+            try await Self.publishOnMainActor(channel, count: count, body: body, queue: queue, properties: properties)
         } else {
-            try await Self.publish(channel, count: count, body: body, queue: queue)
+            try await Self.publish(channel, count: count, body: body, queue: queue, properties: properties)
         }
         report("pub", messages: connection.count, from: start)
         await client.close()
     }
 
-    static func publish(_ channel: Channel, count: Int, body: Data, queue: String) async throws {
+    static func publish(_ channel: Channel, count: Int, body: Data, queue: String, properties: MessageProperties)
+        async throws
+    {
         for _ in 0..<count {
-            _ = try await channel.publishWithDeferredConfirm(body, routingKey: queue)
+            _ = try await channel.publishWithDeferredConfirm(body, routingKey: queue, properties: properties)
         }
         try await channel.waitForConfirms()
     }
 
     /// The same loop as top-level code in main.swift would run it.
     @MainActor
-    static func publishOnMainActor(_ channel: Channel, count: Int, body: Data, queue: String) async throws {
+    static func publishOnMainActor(_ channel: Channel, count: Int, body: Data, queue: String,
+                                   properties: MessageProperties) async throws {
         for _ in 0..<count {
-            _ = try await channel.publishWithDeferredConfirm(body, routingKey: queue)
+            _ = try await channel.publishWithDeferredConfirm(body, routingKey: queue, properties: properties)
         }
         try await channel.waitForConfirms()
     }
 
     /// The request-handler pattern: many tasks, each publishing and awaiting the broker's confirm.
-    static func publishFromTasks(_ client: RabbitMQClient, tasks: Int, count: Int, body: Data, queue: String)
-        async throws
-    {
+    static func publishFromTasks(_ client: RabbitMQClient, tasks: Int, count: Int, body: Data, queue: String,
+                                 properties: MessageProperties) async throws {
         try await withThrowingTaskGroup(of: Void.self) { group in
             for index in 0..<tasks {
                 let share = count / tasks + (index < count % tasks ? 1 : 0)
                 group.addTask {
-                    for _ in 0..<share { try await client.publish(body, routingKey: queue) }
+                    for _ in 0..<share { try await client.publish(body, routingKey: queue, properties: properties) }
                 }
             }
             try await group.waitForAll()

@@ -16,7 +16,7 @@ struct DeliveryBufferTests {
     /// recovered channel (seen in the cluster failover test).
     @Test("An empty push leaves a waiting consumer waiting for the next deliveries")
     func emptyPushDoesNotEndTheSequence() async throws {
-        let link = ChannelLink.unserved(commands: try CommandQueue())
+        let link = ChannelLink.unserved(commands: try EngineCommandQueue())
         let buffer = DeliveryBuffer()
         let waiting = Task { try await buffer.next() }
         try await Task.sleep(for: .milliseconds(100))  // the task is suspended in next() by now
@@ -31,7 +31,7 @@ struct DeliveryBufferTests {
 
     @Test("Deliveries pushed before the consumer asks are handed over in one batch, in order")
     func bufferedDeliveriesComeInOneBatch() async throws {
-        let link = ChannelLink.unserved(commands: try CommandQueue())
+        let link = ChannelLink.unserved(commands: try EngineCommandQueue())
         let buffer = DeliveryBuffer()
         var first: Deque = [delivery(tag: 1, link: link)]
         var second: Deque = [delivery(tag: 2, link: link), delivery(tag: 3, link: link)]
@@ -42,7 +42,7 @@ struct DeliveryBufferTests {
 
     @Test("A finished buffer ends the sequence with its error and drops later pushes")
     func finishedBufferEndsWithItsError() async throws {
-        let link = ChannelLink.unserved(commands: try CommandQueue())
+        let link = ChannelLink.unserved(commands: try EngineCommandQueue())
         let buffer = DeliveryBuffer()
         buffer.finish(RabbitMQError(.consumerCancelled, "cancelled by the broker"))
         var late: Deque = [delivery(tag: 1, link: link)]
@@ -53,8 +53,8 @@ struct DeliveryBufferTests {
 
     @Test("A closed channel's buffered deliveries are dropped; a recovered channel's stay")
     func droppingAClosedChannelsDeliveries() async throws {
-        let closed = ChannelLink.unserved(commands: try CommandQueue())
-        let recovered = ChannelLink.unserved(commands: try CommandQueue())
+        let closed = ChannelLink.unserved(commands: try EngineCommandQueue())
+        let recovered = ChannelLink.unserved(commands: try EngineCommandQueue())
         let buffer = DeliveryBuffer()
         var batch: Deque = [delivery(tag: 1, link: closed), delivery(tag: 2, link: closed),
                             delivery(tag: 1, link: recovered)]
@@ -68,8 +68,8 @@ struct DeliveryBufferTests {
 
     @Test("The consumer's batch hands out only deliveries whose channel is open")
     func popFirstSettleableSkipsClosedChannels() throws {
-        let closed = ChannelLink.unserved(commands: try CommandQueue())
-        let open = ChannelLink.unserved(commands: try CommandQueue())
+        let closed = ChannelLink.unserved(commands: try EngineCommandQueue())
+        let open = ChannelLink.unserved(commands: try EngineCommandQueue())
         var batch: Deque = [delivery(tag: 1, link: closed), delivery(tag: 2, link: closed),
                             delivery(tag: 7, link: open), delivery(tag: 3, link: closed), delivery(tag: 8, link: open)]
         closed.markClosed(RabbitMQError(.clientClosed, "closed"))

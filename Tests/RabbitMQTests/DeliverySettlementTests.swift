@@ -12,7 +12,7 @@ struct DeliverySettlementTests {
     }
 
     /// The settlements the test's link handed to its (unserved) command queue.
-    private static func submitted(_ queue: CommandQueue) -> [Settlement] {
+    private static func submitted(_ queue: EngineCommandQueue) -> [Settlement] {
         var batch: [EngineCommand] = []
         queue.takeAll(into: &batch)
         return batch.compactMap { command in
@@ -26,7 +26,7 @@ struct DeliverySettlementTests {
     }
 
     @Test func theFirstSettlementGoesOutAndASecondThrows() async throws {
-        let queue = try CommandQueue()
+        let queue = try EngineCommandQueue()
         let link = ChannelLink.unserved(commands: queue)
         let first = Self.delivery(1, on: link)
         let second = Self.delivery(2, on: link)
@@ -40,7 +40,7 @@ struct DeliverySettlementTests {
     }
 
     @Test func aMultipleSettlementCoversTheEarlierDeliveries() async throws {
-        let queue = try CommandQueue()
+        let queue = try EngineCommandQueue()
         let link = ChannelLink.unserved(commands: queue)
         let deliveries = (1...3).map { Self.delivery(UInt64($0), on: link) }
         try deliveries[1].nack(requeue: false, multiple: true)
@@ -51,7 +51,7 @@ struct DeliverySettlementTests {
     }
 
     @Test func settlingOnAClosedChannelDoesNothingAndIsCounted() async throws {
-        let queue = try CommandQueue()
+        let queue = try EngineCommandQueue()
         let metrics = TestMetrics()
         let link = ChannelLink.unserved(commands: queue, metrics: metrics)
         let delivery = Self.delivery(1, on: link)
@@ -65,7 +65,7 @@ struct DeliverySettlementTests {
     }
 
     @Test func settlingAfterTheConnectionStoppedDoesNothingAndIsCounted() async throws {
-        let queue = try CommandQueue()
+        let queue = try EngineCommandQueue()
         let metrics = TestMetrics()
         let link = ChannelLink.unserved(commands: queue, metrics: metrics)
         // The I/O thread stopped, and its channels are not marked closed yet.

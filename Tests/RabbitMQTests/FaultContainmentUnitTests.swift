@@ -153,14 +153,14 @@ struct FaultContainmentUnitTests {
 
     @Test("the method a close names, as a number and an AMQP name")
     func methodNamedByAClose() {
-        let declare = IOLoop.failedMethod(classID: 40, methodID: 10)
+        let declare = FrameDecoder.failedMethod(classID: 40, methodID: 10)
         #expect(declare?.number == AMQP_EXCHANGE_DECLARE_METHOD)
         #expect(declare?.number == OutgoingMethod.exchangeDeclare(
             name: "x", type: "direct", passive: false, durable: true, autoDelete: false, internal: false,
             arguments: [:]).number)
         #expect(declare?.name == "exchange.declare")
-        #expect(IOLoop.failedMethod(classID: 60, methodID: 40)?.name == "basic.publish")
-        #expect(IOLoop.failedMethod(classID: 20, methodID: 41)?.name == "channel.close-ok")
-        #expect(IOLoop.failedMethod(classID: 0, methodID: 0) == nil)
+        #expect(FrameDecoder.failedMethod(classID: 60, methodID: 40)?.name == "basic.publish")
+        #expect(FrameDecoder.failedMethod(classID: 20, methodID: 41)?.name == "channel.close-ok")
+        #expect(FrameDecoder.failedMethod(classID: 0, methodID: 0) == nil)
     }
 }

@@ -16,7 +16,7 @@ struct ObservabilityUnitTests {
     }
 
     private static func makeDelivery(properties: MessageProperties, exchange: String = "orders") throws -> Delivery {
-        let link = ChannelLink.unserved(commands: try CommandQueue(), windowCapacity: 10)
+        let link = ChannelLink.unserved(commands: try EngineCommandQueue(), windowCapacity: 10)
         return Delivery(body: Data("body".utf8), properties: properties, exchange: exchange,
                         routingKey: "order.placed", isRedelivered: false, deliveryTag: 7, consumerTag: "tag",
                         link: link)

@@ -89,7 +89,7 @@ public final class RabbitMQClient: ChannelOperations, Service, Sendable {
     public func openChannel() async throws -> Channel {
         let engine = try await engine()
         let link = try await engine.openChannel(window: configuration.publishWindow)
-        let channel = Channel(link: link, engine: engine, manager: manager)
+        let channel = Channel(link: link, engine: engine, windowCapacity: configuration.publishWindow, host: manager)
         manager.register(channel)
         return channel
     }
@@ -158,7 +158,7 @@ public final class RabbitMQClient: ChannelOperations, Service, Sendable {
             if channel.isOpen, channel.engine === engine { return channel }
         }
         return Channel(link: try await engine.openChannel(window: configuration.publishWindow), engine: engine,
-                       manager: manager)
+                       windowCapacity: configuration.publishWindow, host: manager)
     }
 
     private func returnToPool(_ channel: Channel) {

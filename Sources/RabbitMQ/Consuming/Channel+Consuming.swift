@@ -39,10 +39,10 @@ extension Channel {
         try link.submit(.registerConsumer(link, consumerTag: tag, buffer, noAck: noAck))
         _ = try await engine.request(.basicConsume(queue: queue, consumerTag: tag, noAck: noAck,
                                                    exclusive: options.exclusive, arguments: arguments), on: link)
-        recordConsumer(tag: tag, ConsumerRegistration(queue: queue, options: options, arguments: arguments,
-                                                      buffer: buffer, streamCursor: cursor))
+        recordConsumer(tag: tag, ConsumerRegistration(queue: queue, exclusive: options.exclusive, noAck: noAck,
+                                                      arguments: arguments, sink: buffer, resumption: cursor))
         return Consumer(core: ConsumerCore(tag: tag, channel: self, buffer: buffer, ownsChannel: ownsChannel,
                                            acknowledgesAutomatically: options.acknowledgement == .automatic,
-                                           instruments: manager.observability.queue(queue), streamCursor: cursor))
+                                           instruments: host.observability.queue(queue), streamCursor: cursor))
     }
 }

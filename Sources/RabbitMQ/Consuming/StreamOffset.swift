@@ -110,7 +110,14 @@ extension Delivery {
     }
 }
 
-extension StreamCursor {
+extension StreamCursor: ConsumerResumption {
     /// The consumer argument and the delivery header.
     static let header = "x-stream-offset"
+
+    /// The recorded arguments with the offset to resume from (``resumeOffset``).
+    func arguments(resuming recorded: FieldTable) -> FieldTable {
+        var arguments = recorded
+        arguments[Self.header] = resumeOffset.argument
+        return arguments
+    }
 }

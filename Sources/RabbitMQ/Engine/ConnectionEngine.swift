@@ -7,13 +7,14 @@ import Synchronization
 /// Tasks never touch librabbitmq: they queue ``EngineCommand``s and are resumed through continuations.
 /// Dropping the engine without ``close()`` still closes the connection and ends the thread.
 final class ConnectionEngine: Sendable {
-    let commands: CommandQueue
+    let commands: EngineCommandQueue
     let negotiated: NegotiatedParameters
     let requestTimeout: Duration
     let logger: Logger
     private let requestIDs = Atomic<UInt64>(0)
 
-    private init(commands: CommandQueue, negotiated: NegotiatedParameters, requestTimeout: Duration, logger: Logger) {
+    private init(commands: EngineCommandQueue, negotiated: NegotiatedParameters, requestTimeout: Duration,
+                 logger: Logger) {
         self.commands = commands
         self.negotiated = negotiated
         self.requestTimeout = requestTimeout
@@ -29,7 +30,7 @@ final class ConnectionEngine: Sendable {
                         logger: Logger,
                         makeLink: @escaping ChannelLinkFactory,
                         onEvent: @escaping EngineEventHandler) async throws -> ConnectionEngine {
-        let commands = try CommandQueue()
+        let commands = try EngineCommandQueue()
         let endpoint = parameters.endpoint
         let negotiated = try await withCheckedThrowingContinuation {
             (continuation: CheckedContinuation<NegotiatedParameters, any Error>) in
@@ -52,7 +53,7 @@ final class ConnectionEngine: Sendable {
     }
 
     /// The body of the I/O thread: connect, report, then serve until the connection ends.
-    private static func runConnection(_ parameters: ConnectionParameters, commands: CommandQueue, logger: Logger,
+    private static func runConnection(_ parameters: ConnectionParameters, commands: EngineCommandQueue, logger: Logger,
                                       makeLink: @escaping ChannelLinkFactory, onEvent: @escaping EngineEventHandler,
                                       connected: (Result<NegotiatedParameters, RabbitMQError>) -> Void) {
         let arena = CArena()

@@ -21,11 +21,11 @@ struct ConnectionStateMachine {
     var actions: [EngineAction] = []
     var channels: ChannelTable
     private var nextChannelHint = 1
-    private(set) var isBlocked = false
+    var isBlocked = false
     /// Publishes held back while the broker blocks the connection, in order.
-    private(set) var held: Deque<OutgoingPublish> = []
+    var held: Deque<OutgoingPublish> = []
     /// Publishes on channels without confirms, completed once the writes of the pass are done.
-    private var awaitingWrite: [(channel: UInt16, link: ChannelLink, ticket: PublishTicket)] = []
+    var awaitingWrite: [(channel: UInt16, link: ChannelLink, ticket: PublishTicket)] = []
     private var touchedConsumers: [ConsumerState] = []
     /// Channels with window slots to release at the end of the pass.
     private var releaseList: [UInt16] = []
@@ -34,7 +34,7 @@ struct ConnectionStateMachine {
     /// Set by the client's connection.close: the connection is torn down if no close-ok comes by then.
     private(set) var closeDeadline: ContinuousClock.Instant?
     /// Set when the connection has ended; the loop then exits.
-    private(set) var finalError: RabbitMQError?
+    var finalError: RabbitMQError?
     /// Deliveries went to consumers since ``didSleep()``: their acks are on the way.
     private(set) var handedOverDeliveries = false
 
@@ -241,219 +241,5 @@ struct ConnectionStateMachine {
     /// The thread is about to sleep.
     mutating func didSleep() {
         handedOverDeliveries = false
-    }
-
-    // MARK: Publishing
-
-    /// Decides what to do with a publish: write it, hold it back while the connection is blocked, or fail it
-    /// (its channel is closed).
-    mutating func publish(_ publish: OutgoingPublish) -> PublishDecision {
-        guard let number = openChannel(of: publish.link) else {
-            actions.append(.failPublish(publish.ticket, publish.link.inFlightError))
-            return .none
-        }
-        if isBlocked || !held.isEmpty {
-            held.append(publish)
-            return .none
-        }
-        return .write(channel: number, sequence: sequence(on: number))
-    }
-
-    private func sequence(on number: UInt16) -> UInt64? {
-        channels[number]!.confirmMode ? channels[number]!.nextPublishSequence : nil
-    }
-
-    /// The next held publish to write now that the connection is unblocked, with its channel and sequence number;
-    /// `nil` when none is left (or the connection is blocked again).
-    mutating func nextHeldPublish() -> (OutgoingPublish, PublishDecision)? {
-        while !isBlocked, finalError == nil, let next = held.popFirst() {
-            guard let number = openChannel(of: next.link) else {
-                actions.append(.failPublish(next.ticket, next.link.inFlightError))
-                continue
-            }
-            // Timed out while held back: the publisher was told it failed, so it must not go out now.
-            guard !next.ticket.isCompleted else {
-                releaseSlot(on: number)
-                continue
-            }
-            return (next, .write(channel: number, sequence: sequence(on: number)))
-        }
-        return nil
-    }
-
-    /// A publish was written (or buffered for this pass's write): record it as unconfirmed, or to complete once
-    /// the pass's writes are done.
-    mutating func published(_ publish: OutgoingPublish, on number: UInt16) {
-        if channels[number]!.confirmMode {
-            let sequence = channels[number]!.nextPublishSequence
-            channels[number]!.unconfirmed.append(UnconfirmedPublish(
-                sequence: sequence, ticket: publish.ticket,
-                mandatory: publish.message.mandatory ? MandatoryPublish(publish.message) : nil))
-            channels[number]!.nextPublishSequence = sequence + 1
-        } else {
-            awaitingWrite.append((number, publish.link, publish.ticket))
-        }
-    }
-
-    /// A publish could not be written and nothing was sent (its properties do not fit in a frame).
-    mutating func publishRefused(_ publish: OutgoingPublish, on number: UInt16, _ error: RabbitMQError) {
-        actions.append(.failPublish(publish.ticket, error))
-        releaseSlot(on: number)
-    }
-
-    /// The pass's writes are done: publishes without confirms are complete.
-    mutating func writesFlushed() {
-        guard !awaitingWrite.isEmpty else { return }
-        for (number, link, ticket) in awaitingWrite {
-            actions.append(.confirmPublish(ticket))
-            if channels[number]?.link === link { releaseSlot(on: number) }
-        }
-        awaitingWrite.removeAll(keepingCapacity: true)
-    }
-
-    // MARK: Flow control
-
-    /// The broker blocked or unblocked publishing: hold publishes back, or send those held, in order.
-    mutating func setBlocked(_ blocked: Bool, reason: String) {
-        guard blocked != isBlocked else { return }
-        isBlocked = blocked
-        if blocked {
-            logger.warning("broker blocked the connection; publishes wait", metadata: ["reason": "\(reason)"])
-        } else {
-            logger.info("broker unblocked the connection")
-        }
-        for number in channels.numbers { actions.append(.setBlocked(channels[number]!.link.window, blocked)) }
-        actions.append(.report(blocked ? .blocked(reason) : .unblocked))
-        if !blocked, !held.isEmpty { actions.append(.writeHeldPublishes) }
-    }
-
-    // MARK: Deadlines
-
-    /// Fails what is overdue at `now`: the oldest request of a channel (whose channel then closes, since a
-    /// late reply could no longer be matched), unconfirmed and held publishes, and the closing handshake.
-    mutating func tick(now: ContinuousClock.Instant) {
-        if let closeDeadline, now >= closeDeadline {
-            finish(RabbitMQError(.clientClosed,
-                                 "the client closed the connection (the broker did not confirm in time)"))
-            return
-        }
-        for number in channels.numbers {
-            guard channels.contains(number) else { continue }
-            if !channels[number]!.isClosing, let head = channels[number]!.pending.first, head.deadline <= now {
-                let error = RabbitMQError(.timeout, "the broker did not answer \(head.method.name) within "
-                                              + "\(requestTimeout)", operation: head.method.name)
-                actions.append(.fail(channels[number]!.pending.removeFirst(), error))
-                closeAfterFailure(number, error)
-            }
-            while let head = channels[number]!.unconfirmed.first, head.ticket.deadline <= now {
-                channels[number]!.unconfirmed.removeFirst()
-                let error = RabbitMQError(.timeout, "the broker did not confirm the publish in time",
-                                          operation: "publish confirm")
-                actions.append(.failPublish(head.ticket, error,
-                                                recordFailureOn: channels[number]!.link.window))
-                releaseSlot(on: number)
-            }
-        }
-        while let head = held.first, head.ticket.deadline <= now {
-            held.removeFirst()
-            let error = RabbitMQError(.timeout, "the broker blocked the connection and the publish timed out waiting",
-                                      operation: "publish")
-            actions.append(.failPublish(head.ticket, error))
-            if let number = openChannel(of: head.link) {
-                actions.append(.recordPublishFailure(head.link.window, error))
-                releaseSlot(on: number)
-            }
-        }
-        flushBatches()
-    }
-
-    /// The earliest deadline, for the poll timeout.
-    func nextDeadline() -> ContinuousClock.Instant? {
-        var next = closeDeadline
-        func consider(_ deadline: ContinuousClock.Instant?) {
-            guard let deadline else { return }
-            next = next.map { min($0, deadline) } ?? deadline
-        }
-        for number in channels.numbers {
-            consider(channels[number]?.pending.first?.deadline)
-            consider(channels[number]?.unconfirmed.first?.ticket.deadline)
-        }
-        consider(held.first?.ticket.deadline)
-        return next
-    }
-
-    // MARK: Closing and failing
-
-    /// The connection ended: the broker acknowledged our connection.close, closed it itself (because of `method`
-    /// when it names one), or it failed.
-    ///
-    /// The error is charged to the request that sent `method` (the oldest one on its channel; with several
-    /// channels sending the same method at that moment, each of them); every other operation fails with a
-    /// collateral error. The command queue refuses new commands before any waiter is resumed, so that a caller
-    /// told of the failure is never handed this connection again.
-    mutating func finish(_ error: RabbitMQError, causedBy method: UInt32? = nil) {
-        guard finalError == nil else { return }
-        finalError = error
-        var culprits: [PendingRequest] = []
-        if let method, !error.isRetryable {
-            for number in channels.numbers
-            where !channels[number]!.isClosing && channels[number]!.pending.first?.method.number == method {
-                culprits.append(channels[number]!.pending.removeFirst())
-            }
-        }
-        let others = culprits.isEmpty ? error : RabbitMQError.collateral(
-            error.code, "the broker closed the connection because another operation (\(culprits[0].method.name)) "
-                + "failed", cause: error)
-        actions.append(.terminateCommands(others))
-        // A recoverable channel's consumers outlive a lost connection: recovery re-registers their buffers.
-        let connectionLost = error.code != .clientClosed
-        for number in channels.numbers {
-            tearDown(number, others, keepConsumers: connectionLost && channels[number]!.link.isRecoverable)
-        }
-        for request in culprits { actions.append(.fail(request, error)) }
-        for publish in held { actions.append(.failPublish(publish.ticket, others)) }
-        held.removeAll()
-        for (_, _, ticket) in awaitingWrite { actions.append(.failPublish(ticket, others)) }
-        awaitingWrite.removeAll()
-        flushBatches()
-    }
-
-    /// The connection failed (socket error, missed heartbeats, protocol error).
-    mutating func fail(_ error: RabbitMQError, endpoint: String) {
-        guard finalError == nil else { return }
-        logger.error("connection to \(endpoint) failed", metadata: ["error": "\(error)"])
-        finish(error)
-    }
-
-    /// Fails everything waiting on the channel and frees its number (or keeps it while `channel.close` is out).
-    mutating func tearDown(_ number: UInt16, _ error: RabbitMQError, keepNumberUntilCloseOk: Bool = false,
-                           keepConsumers: Bool = false) {
-        let link = channels[number]!.link
-        actions.append(.markChannelClosed(link, error))
-        while let request = channels[number]!.pending.popFirst() { actions.append(.fail(request, error)) }
-        while let publish = channels[number]!.unconfirmed.popFirst() {
-            actions.append(.failPublish(publish.ticket, error))
-        }
-        for consumer in channels[number]!.consumers.values {
-            // Deliveries not handed out yet can no longer be settled: drop them (the broker requeues them). A
-            // consumer kept for recovery then gets only the recovered channel's deliveries.
-            actions.append(.abandonConsumer(consumer.collector, of: link, ending: keepConsumers ? nil : error))
-        }
-        channels[number]!.consumers.removeAll()
-        channels[number]!.incoming = nil
-        channels[number]!.slotsToRelease = 0
-        if keepNumberUntilCloseOk {
-            channels[number]!.isClosing = true
-        } else {
-            channels.remove(number, link: link)
-        }
-    }
-
-    /// Closes a channel whose state can no longer be trusted (a timed-out or abandoned request).
-    mutating func closeAfterFailure(_ number: UInt16, _ error: RabbitMQError) {
-        tearDown(number, error, keepNumberUntilCloseOk: true)
-        guard !channels[number]!.isCloseRequested else { return }  // its channel.close is already out
-        actions.append(.send(.channelClose(replyCode: 200, replyText: "request abandoned by the client"),
-                             channel: number))
     }
 }

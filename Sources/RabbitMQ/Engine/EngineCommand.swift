@@ -3,8 +3,11 @@ import Foundation
 /// Identifies a request so that a cancelled task can withdraw it.
 typealias RequestID = UInt64
 
+/// The queue through which tasks reach a connection's I/O thread.
+typealias EngineCommandQueue = CommandQueue<EngineCommand>
+
 /// Work handed from a task to a connection's I/O thread.
-enum EngineCommand: Sendable {
+enum EngineCommand: HandoffCommand {
     /// Open a channel whose publish window allows `window` messages in flight.
     case openChannel(window: Int, CheckedContinuation<ChannelLink, any Error>)
     /// Send a method and resume with the broker's reply.
@@ -22,10 +25,21 @@ enum EngineCommand: Sendable {
     /// Close the connection with the AMQP handshake, then stop the thread.
     case closeConnection(CheckedContinuation<Void, Never>?)
 
-    /// Whether the command may wait for the I/O thread's next wake rather than wake it, when the thread allows
-    /// that (``CommandQueue/prepareToSleep(acksMayWait:)``): settlements, which nobody awaits.
+    /// Settlements may wait for the I/O thread's next wake (see ``HandoffCommand``): nobody awaits them.
     var mayWaitForTheNextWake: Bool {
         if case .settle = self { true } else { false }
+    }
+
+    /// Fails a command that will never run with `error`.
+    func reject(_ error: RabbitMQError) {
+        switch self {
+        case .openChannel(_, let continuation): continuation.resume(throwing: error)
+        case .request(let request): PendingRequest(request).fail(error)
+        case .publish(let publish): publish.ticket.complete(.failure(error))
+        case .registerConsumer(_, _, let sink, _): sink.finish(error)
+        case .closeConnection(let waiter): waiter?.resume()
+        case .settle, .abandonRequest: break
+        }
     }
 }
 
@@ -111,7 +125,8 @@ enum EngineEvent: Sendable {
 /// Creates the link of a channel the I/O thread opens, numbered `number`, whose publish window allows `window`
 /// messages in flight and whose commands go to `commands` (supplied by the layer above: links also carry its
 /// metrics).
-typealias ChannelLinkFactory = @Sendable (_ number: UInt16, _ window: Int, _ commands: CommandQueue) -> ChannelLink
+typealias ChannelLinkFactory = @Sendable (_ number: UInt16, _ window: Int, _ commands: EngineCommandQueue)
+    -> ChannelLink
 
 /// Receives ``EngineEvent``s on the I/O thread with the identity of the connection's command queue; it must
 /// return quickly.

@@ -18,7 +18,7 @@ import Darwin
 /// to do.
 final class IOLoop {
     let connection: amqp_connection_state_t
-    let commands: CommandQueue
+    let commands: EngineCommandQueue
     let logger: Logger
     let arena: CArena
     let negotiated: NegotiatedParameters
@@ -35,8 +35,8 @@ final class IOLoop {
 
     var machine: ConnectionStateMachine
     /// The actions being performed (swapped with the machine's buffer, so neither allocates).
-    private var performing: [EngineAction] = []
-    private var isPerforming = false
+    var performing: [EngineAction] = []
+    var isPerforming = false
     private var batch: [EngineCommand] = []
     private var lastDeadlineCheck = ContinuousClock.now
 
@@ -45,7 +45,7 @@ final class IOLoop {
     /// How long an ack may wait for the thread's next wake (see ``sleep()``).
     private static let ackDelayMilliseconds: Int32 = 1
 
-    init(connection: amqp_connection_state_t, negotiated: NegotiatedParameters, commands: CommandQueue,
+    init(connection: amqp_connection_state_t, negotiated: NegotiatedParameters, commands: EngineCommandQueue,
          requestTimeout: Duration, arena: CArena, logger: Logger, makeLink: @escaping ChannelLinkFactory,
          onEvent: @escaping @Sendable (EngineEvent) -> Void) {
         self.onEvent = onEvent
@@ -84,7 +84,7 @@ final class IOLoop {
                 handled += 1
             }
             // Only the commands the connection's end left unhandled: a handled one already has its outcome.
-            for command in batch[handled...] { reject(command, rejection) }
+            for command in batch[handled...] { command.reject(rejection) }
             batch.removeAll(keepingCapacity: true)
             machine.flushAcks()
             performActions()
@@ -94,7 +94,7 @@ final class IOLoop {
             if !hadCommands, drainedAll, finalError == nil { sleep() }
         }
         let error = finalError ?? RabbitMQError(.clientClosed, "the connection was closed")
-        for command in commands.terminate(with: error) { reject(command, rejection) }
+        for command in commands.terminate(with: error) { command.reject(rejection) }
         for waiter in machine.takeCloseWaiters() { waiter.resume() }
         return error
     }
@@ -110,15 +110,31 @@ final class IOLoop {
             let status = amqp_simple_wait_frame_noblock(connection, &frame, &noWait)
             if status == AMQP_STATUS_TIMEOUT.rawValue { return true }
             guard status == AMQP_STATUS_OK.rawValue else {
-                fail(connectionError(status, while: "reading from the broker"))
+                fail(RabbitMQError(status: status, while: "reading from the broker"))
                 return true
             }
-            dispatch(frame)
+            dispatch(FrameDecoder.decode(frame))
             performActions()
             amqp_maybe_release_buffers_on_channel(connection, frame.channel)
             if finalError != nil { return true }
         }
         return false
+    }
+
+    /// Hands one frame to the state machine (a header's properties move in without a copy).
+    private func dispatch(_ frame: DecodedFrame) {
+        switch frame {
+        case .method(let method, let channel):
+            machine.receive(method, on: channel)
+        case .header(let header, let channel):
+            guard machine.expectsHeader(on: channel) else { return }
+            machine.receiveHeader(on: channel, properties: header.properties,
+                                  body: IncomingBody(size: header.bodySize, pool: bodies))
+        case .body(let bytes, let channel):
+            machine.receiveBody(on: channel, bytes)
+        case .heartbeat:
+            break
+        }
     }
 
     /// Sleeps in `poll()` until the socket is readable, a task queues a command, or a deadline is due.
@@ -168,117 +184,6 @@ final class IOLoop {
         performActions()
     }
 
-    // MARK: Commands
-
-    private func handle(_ command: EngineCommand) {
-        switch command {
-        case .openChannel(let window, let continuation):
-            machine.openChannel(window: window, continuation, now: .now) { number, window in
-                makeLink(number, window, commands)
-            }
-        case .request(let request):
-            machine.request(request)
-        case .abandonRequest(let id, let error):
-            machine.abandonRequest(id, error)
-        case .publish(let publish):
-            if case .write(let channel, let sequence) = machine.publish(publish) {
-                write(publish, channel: channel, sequence: sequence)
-            }
-        case .settle(let link, let settlement):
-            machine.settle(settlement, on: link)
-        case .registerConsumer(let link, let tag, let buffer, let noAck):
-            machine.registerConsumer(link, consumerTag: tag, buffer, noAck: noAck)
-        case .closeConnection(let waiter):
-            machine.closeConnection(waiter, now: .now)
-        }
-    }
-
-    /// Fails a command that will never run.
-    private func reject(_ command: EngineCommand, _ error: RabbitMQError) {
-        switch command {
-        case .openChannel(_, let continuation): continuation.resume(throwing: error)
-        case .request(let request): PendingRequest(request).fail(error)
-        case .publish(let publish): publish.ticket.complete(.failure(error))
-        case .registerConsumer(_, _, let sink, _): sink.finish(error)
-        case .closeConnection(let waiter): waiter?.resume()
-        case .settle, .abandonRequest: break
-        }
-    }
-
-    /// What commands get once the connection has ended: the error it ended with, or the collateral error of
-    /// operations that did not cause the broker to close it.
-    private var rejection: RabbitMQError {
-        commands.terminalError ?? finalError ?? RabbitMQError(.clientClosed, "the connection was closed")
-    }
-
-    // MARK: Performing the machine's actions
-
-    /// Performs what the machine asked for, in order, including what performing it makes the machine ask for
-    /// (a failed write fails the connection).
-    func performActions() {
-        // Performing an action can make the machine ask for more: the outer call performs those next.
-        guard !isPerforming else { return }
-        isPerforming = true
-        defer { isPerforming = false }
-        while !machine.actions.isEmpty {
-            machine.takeActions(into: &performing)
-            for action in performing { perform(action) }
-            performing.removeAll(keepingCapacity: true)
-        }
-    }
-
-    private func perform(_ action: EngineAction) {
-        switch action {
-        case .send(let method, let channel, let completing):
-            let sent = sendMethod(method, on: channel)
-            if let (request, link) = completing {
-                if sent { request.succeed(.done, link: link) } else { request.fail(finalError ?? rejection) }
-            }
-        case .sendSettlement(let frame, let channel):
-            sendSettlementFrame(frame, on: channel)
-        case .writeHeldPublishes:
-            while let (publish, decision) = machine.nextHeldPublish() {
-                if case .write(let channel, let sequence) = decision {
-                    write(publish, channel: channel, sequence: sequence)
-                }
-            }
-        case .succeed(let request, let reply, let link):
-            request.succeed(reply, link: link)
-        case .fail(let request, let error):
-            request.fail(error)
-        case .confirmPublish(let ticket):
-            ticket.complete(.success(()))
-        case .failPublish(let ticket, let error, let window):
-            if ticket.complete(.failure(error)) { window?.recordFailure(error) }
-        case .recordPublishFailure(let window, let error):
-            window.recordFailure(error)
-        case .releaseSlots(let window, let count):
-            window.release(count)
-        case .setBlocked(let window, let blocked):
-            window.setBlocked(blocked)
-        case .markChannelClosed(let link, let error, let inFlight):
-            link.markClosed(error, inFlight: inFlight)
-        case .markKeepsNacking(let link):
-            link.keepsNacking = true
-        case .markSettled(let link, let settlement):
-            _ = link.markSettled(settlement)
-        case .dropStaleSettlement(let link, let settlement):
-            link.dropStaleSettlement(settlement)
-        case .handOverDeliveries(let collector):
-            collector.handOver()
-        case .finishConsumer(let collector, let error):
-            collector.finish(error)
-        case .finishSink(let sink, let error):
-            sink.finish(error)
-        case .abandonConsumer(let collector, let link, let error):
-            collector.abandon(deliveriesOf: link, ending: error)
-        case .report(let event):
-            onEvent(event)
-        case .terminateCommands(let error):
-            for command in commands.terminate(with: error) { reject(command, error) }
-        }
-    }
-
     // MARK: Writing
 
     /// Writes a method (after the frames buffered before it); on a socket failure fails the connection and
@@ -288,7 +193,7 @@ final class IOLoop {
         guard flushWrites() else { return false }
         let status = method.send(on: connection, channel: channel, arena: arena)
         guard status == AMQP_STATUS_OK.rawValue else {
-            fail(connectionError(status, while: "sending \(method.name)"))
+            fail(RabbitMQError(status: status, while: "sending \(method.name)"))
             return false
         }
         return true
@@ -303,20 +208,5 @@ final class IOLoop {
     /// The connection failed (socket error, missed heartbeats, protocol error).
     func fail(_ error: RabbitMQError) {
         machine.fail(error, endpoint: "\(negotiated.endpoint)")
-    }
-
-    func connectionError(_ status: Int32, while activity: String) -> RabbitMQError {
-        let detail = String(cString: amqp_error_string2(status))
-        switch status {
-        case AMQP_STATUS_HEARTBEAT_TIMEOUT.rawValue:
-            return RabbitMQError(.connectionLost, "the broker missed two heartbeats: connection presumed dead",
-                                 operation: activity)
-        case AMQP_STATUS_BAD_AMQP_DATA.rawValue, AMQP_STATUS_UNKNOWN_CLASS.rawValue,
-             AMQP_STATUS_UNKNOWN_METHOD.rawValue, AMQP_STATUS_UNEXPECTED_STATE.rawValue:
-            return RabbitMQError(.protocolError, "protocol error while \(activity): \(detail)", operation: activity,
-                                 isRetryable: true)
-        default:
-            return RabbitMQError(.connectionLost, "connection lost while \(activity): \(detail)", operation: activity)
-        }
     }
 }

@@ -1,13 +1,21 @@
 import Synchronization
 
-/// The queue through which tasks hand commands to a connection's I/O thread.
+/// A command that tasks hand to an I/O thread through a ``CommandQueue``.
+protocol HandoffCommand: Sendable {
+    /// Whether the command may wait for the thread's next wake rather than wake it, when the thread allows that
+    /// (``CommandQueue/prepareToSleep(acksMayWait:)``): settlements, which nobody awaits.
+    var mayWaitForTheNextWake: Bool { get }
+}
+
+/// The queue through which tasks hand commands to a connection's I/O thread (the engine's is
+/// `EngineCommandQueue`; generic, so that this folder names no engine type).
 ///
 /// Submitting takes a lock and appends; it signals the thread's wake-up descriptor only when the thread is
 /// asleep in `poll()` and has not been signalled yet, so a busy thread is never woken per command. Settlements
 /// do not signal at all while the thread sleeps in a short poll that lets them wait (see `IOLoop.sleep()`).
-final class CommandQueue: Sendable {
+final class CommandQueue<Command: HandoffCommand>: Sendable {
     private struct State {
-        var commands: [EngineCommand] = []
+        var commands: [Command] = []
         var sleeping = false
         var signalled = false
         var acksMayWait = false
@@ -23,7 +31,7 @@ final class CommandQueue: Sendable {
 
     /// Hands `command` to the I/O thread.
     /// - Throws: the connection's final error once the I/O thread has stopped.
-    func submit(_ command: EngineCommand) throws(RabbitMQError) {
+    func submit(_ command: Command) throws(RabbitMQError) {
         let shouldSignal = try state.withLock { state throws(RabbitMQError) -> Bool in
             if let terminal = state.terminal { throw terminal }
             state.commands.append(command)
@@ -37,7 +45,7 @@ final class CommandQueue: Sendable {
     }
 
     /// Moves every pending command into `batch` (which the caller keeps empty between calls).
-    func takeAll(into batch: inout [EngineCommand]) {
+    func takeAll(into batch: inout [Command]) {
         state.withLock { state in swap(&state.commands, &batch) }
     }
 
@@ -65,7 +73,7 @@ final class CommandQueue: Sendable {
     }
 
     /// Refuses further commands with `error` and returns those not yet taken, for the thread to fail.
-    func terminate(with error: RabbitMQError) -> [EngineCommand] {
+    func terminate(with error: RabbitMQError) -> [Command] {
         state.withLock { state in
             if state.terminal == nil { state.terminal = error }
             defer { state.commands.removeAll() }

@@ -14,13 +14,13 @@ final class PublishTicket: Sendable {
     /// The exchange published to: a broker's 404 for a missing exchange is charged to the publishes to it.
     let exchange: String
     /// The exchange's metric handles, `nil` without metrics.
-    private let instruments: ExchangeInstruments?
+    private let instruments: (any PublishOutcomeRecorder)?
     /// When the message was handed to the I/O thread, for the confirm latency (only read with metrics).
     private let started: ContinuousClock.Instant
     /// The producer span, ended with the outcome; `nil` without tracing.
     private let span: (any Span)?
 
-    init(deadline: ContinuousClock.Instant, exchange: String = "", instruments: ExchangeInstruments? = nil,
+    init(deadline: ContinuousClock.Instant, exchange: String = "", instruments: (any PublishOutcomeRecorder)? = nil,
          started: ContinuousClock.Instant? = nil, span: (any Span)? = nil) {
         self.deadline = deadline
         self.exchange = exchange
@@ -77,22 +77,9 @@ final class PublishTicket: Sendable {
     }
 }
 
-/// The pending broker confirmation of one published message.
-///
-/// ``wait()`` returns once the broker has taken responsibility for the message (basic.ack), and throws a
-/// ``RabbitMQError`` when it refused it (``RabbitMQError/Code/publishNacked``), returned it as unroutable
-/// (``RabbitMQError/Code/unroutable``, mandatory publishes only), did not confirm it within the confirm
-/// timeout (``RabbitMQError/Code/timeout``), or the channel or connection failed first. Without publisher
-/// confirms on the channel, it returns once the message is written to the socket.
-public struct PublishConfirmation: Sendable {
-    let ticket: PublishTicket
-
-    /// Waits for the broker's verdict on the message.
-    /// - Throws: ``RabbitMQError`` as described on the type, or `CancellationError`.
-    nonisolated(nonsending) public func wait() async throws {
-        try await ticket.wait()
-    }
-
-    /// Whether the verdict is in (confirmed or failed).
-    public var isSettled: Bool { ticket.isCompleted }
+/// Records the broker's verdict on publishes (an exchange's publish metrics): implemented above this folder, by the
+/// client's observability.
+protocol PublishOutcomeRecorder: Sendable {
+    /// Records `outcome`, for a publish handed to the connection at `start`.
+    func record(_ outcome: Result<Void, RabbitMQError>, since start: ContinuousClock.Instant)
 }

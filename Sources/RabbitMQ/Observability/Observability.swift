@@ -4,13 +4,13 @@ import Logging
 import Synchronization
 import Tracing
 
-/// One client's observability state, created once from its ``RabbitMQClient/Configuration/Observability``: the
+/// One client's observability state, created once from its configuration's metrics factory and tracer: the
 /// resolved metrics factory and tracer, and the metric handles, created on first use and cached per exchange and per
 /// queue (creating swift-metrics handles per message would cost far more than the message itself).
 ///
 /// With the no-op metrics factory and the no-op tracer (nothing bootstrapped, nothing injected), ``factory`` and
 /// ``tracer`` are `nil` and the per-message hooks do nothing but test for that.
-final class Observability: Sendable {
+final class Observability: StaleSettlementReporter {
     /// The metrics factory; `nil` when metrics go nowhere.
     let factory: (any MetricsFactory)?
     /// The tracer; `nil` when it is the no-op tracer.
@@ -29,10 +29,13 @@ final class Observability: Sendable {
     /// How the default exchange (empty name) is named in metrics and spans.
     static let defaultExchangeName = "amq.default"
 
-    init(_ configuration: RabbitMQClient.Configuration.Observability, logger: Logger) {
-        let factory = configuration.metricsFactory ?? MetricsSystem.factory
+    /// - Parameters:
+    ///   - metricsFactory: where metrics go; `nil` for `MetricsSystem.factory`.
+    ///   - tracer: the tracer; `nil` for `InstrumentationSystem.tracer`.
+    init(metricsFactory: (any MetricsFactory)?, tracer: (any Tracer)?, logger: Logger) {
+        let factory = metricsFactory ?? MetricsSystem.factory
         self.factory = factory is NOOPMetricsHandler ? nil : factory
-        let tracer = configuration.tracer ?? InstrumentationSystem.tracer
+        let tracer = tracer ?? InstrumentationSystem.tracer
         self.tracer = tracer is NoOpTracer ? nil : tracer
         self.logger = logger
         recoveries = self.factory.map { Counter(label: "rabbitmq.recoveries", dimensions: [], factory: $0) }
@@ -170,7 +173,7 @@ extension Span {
 }
 
 /// The metric handles of one exchange, created once.
-final class ExchangeInstruments: Sendable {
+final class ExchangeInstruments: PublishOutcomeRecorder {
     private let published: Counter
     private let confirmed: Counter
     private let nacked: Counter

@@ -64,7 +64,7 @@ extension Channel {
         mandatory: Bool = false
     ) async throws -> PublishConfirmation {
         try await publishWithDeferredConfirm(body, to: exchange, routingKey: routingKey, properties: properties,
-                                             mandatory: mandatory, observability: manager.observability)
+                                             mandatory: mandatory, observability: host.observability)
     }
 
     /// ``publishWithDeferredConfirm(_:to:routingKey:properties:mandatory:)`` reporting to `observability`: the
@@ -80,7 +80,7 @@ extension Channel {
     ) async throws -> PublishConfirmation {
         try Self.validatePublish(body, to: exchange, routingKey: routingKey, properties: properties)
         return try await enqueuePublish(body, to: exchange, routingKey: routingKey, properties: properties,
-                                        mandatory: mandatory, deadline: .now + manager.configuration.confirmTimeout,
+                                        mandatory: mandatory, deadline: .now + host.confirmTimeout,
                                         observability: observability)
     }
 
@@ -154,7 +154,7 @@ extension Channel {
     /// - Throws: the first failure since the previous call (nack, unroutable, timeout), with the number of
     ///   failures in its message; or a timeout if confirms take longer than the confirm timeout.
     nonisolated(nonsending) public func waitForConfirms() async throws {
-        try await link.window.waitUntilDrained(deadline: .now + manager.configuration.confirmTimeout)
+        try await link.window.waitUntilDrained(deadline: .now + host.confirmTimeout)
     }
 
     /// A slot in the publish window of the channel's open incarnation: during an outage this waits for the
@@ -170,7 +170,7 @@ extension Channel {
             do {
                 try await link.window.acquire(deadline: deadline)
                 return link
-            } catch let error as RabbitMQError where !link.isOpen && manager.willRecover(from: error) {
+            } catch let error as RabbitMQError where !link.isOpen && host.willRecover(from: error) {
                 continue
             }
         }

@@ -5,7 +5,7 @@ import Synchronization
 /// Owns the client's connection over time: connects on demand, notices when the connection ends, and
 /// recovers it (reconnect with backoff, topology, channels, consumers) when recovery is on.
 final class ConnectionManager: Sendable {
-    private enum State {
+    enum State {
         case idle
         case connecting(Attempt)
         case connected(ConnectionEngine)
@@ -15,7 +15,7 @@ final class ConnectionManager: Sendable {
 
     /// A first connection or a recovery under way: the task doing it, and its outcome, which callers wait for
     /// each until their own deadline (never for the task, which may sleep between attempts for a long time).
-    private struct Attempt {
+    struct Attempt {
         let task: Task<ConnectionEngine, any Error>
         let result: SharedResult<ConnectionEngine>
 
@@ -41,12 +41,9 @@ final class ConnectionManager: Sendable {
         case later(Attempt)
     }
 
-    private struct WeakChannel {
-        weak var channel: Channel?
-    }
-
     let configuration: RabbitMQClient.Configuration
     let logger: Logger
+    /// The declarations recovery repeats.
     let recorder = TopologyRecorder()
     /// The exchanges known to exist on the broker, for ``RabbitMQClient``'s publishes.
     let exchanges = KnownExchanges()
@@ -55,8 +52,8 @@ final class ConnectionManager: Sendable {
     /// Times the pauses between recovery attempts, and the worker pauses that follow the same backoff: the continuous
     /// clock, or a test clock in unit tests. An existential is enough: it is read once per pause, never per message.
     let clock: any Clock<Duration>
-    private let state = StateLock<State>(.idle)
-    private let channels = StateLock<[WeakChannel]>([])
+    let state = StateLock<State>(.idle)
+    private let channels = StateLock<[RecoverableChannel]>([])
     private let subscribers = StateLock<[UInt64: AsyncStream<ConnectionEvent>.Continuation]>([:])
     private let nextSubscriber = Atomic<UInt64>(0)
 
@@ -121,7 +118,7 @@ final class ConnectionManager: Sendable {
         if engineToClose == nil, let task { engineToClose = try? await task.value }
         await engineToClose?.close()
         let error = RabbitMQError(.clientClosed, "the client is closed")
-        for channel in liveChannels() { channel.failConsumers(error) }
+        for recoverable in liveChannels() { recoverable.channel?.failConsumers(error) }
         emit(.closed)
         // Finish outside the lock: a stream's onTermination handler takes the lock to unsubscribe.
         let continuations = subscribers.withLock { subscribers in
@@ -131,7 +128,7 @@ final class ConnectionManager: Sendable {
         for continuation in continuations { continuation.finish() }
     }
 
-    private func connectFirstTime() async throws -> ConnectionEngine {
+    func connectFirstTime() async throws -> ConnectionEngine {
         do {
             let engine = try await connectToFirstReachable()
             state.withLock { state in
@@ -146,7 +143,7 @@ final class ConnectionManager: Sendable {
         }
     }
 
-    private func connectToFirstReachable() async throws -> ConnectionEngine {
+    func connectToFirstReachable() async throws -> ConnectionEngine {
         guard !configuration.endpoints.isEmpty else {
             throw RabbitMQError(.invalidArgument, "the configuration lists no endpoint")
         }
@@ -157,7 +154,7 @@ final class ConnectionManager: Sendable {
                     ConnectionParameters(configuration, endpoint: endpoint), logger: logger,
                     makeLink: { [observability] number, window, commands in
                         ChannelLink(number: number, commands: commands, windowCapacity: window,
-                                    observability: observability)
+                                    staleSettlements: observability)
                     }) {
                     [weak self] event, engine in self?.handle(event, from: engine)
                 }
@@ -171,117 +168,6 @@ final class ConnectionManager: Sendable {
         throw lastError ?? RabbitMQError(.connectionLost, "no endpoint could be reached")
     }
 
-    // MARK: Recovery
-
-    /// Called on a connection's I/O thread.
-    private func handle(_ event: EngineEvent, from engine: ObjectIdentifier) {
-        switch event {
-        case .blocked(let reason):
-            emit(.blocked(reason: reason))
-        case .unblocked:
-            emit(.unblocked)
-        case .terminated(let error):
-            guard error.code != .clientClosed else { return }
-            state.withLock { state in
-                // The I/O thread names its connection by its command queue.
-                guard case .connected(let current) = state, ObjectIdentifier(current.commands) == engine else {
-                    return
-                }
-                _ = startRecoveryOrReconnect(&state, after: error)
-            }
-        }
-    }
-
-    /// Leaves the `connected` state of a connection that ended. Called with the state locked, by whichever
-    /// notices first (the I/O thread's notice, or a caller finding the engine closed), so once per connection:
-    /// the `connectionLost` event is emitted here, before any `reconnecting`.
-    private func startRecoveryOrReconnect(_ state: inout State, after error: RabbitMQError?) -> Attempt {
-        let error = error ?? RabbitMQError(.connectionLost, "the connection ended")
-        emit(.connectionLost(error))
-        guard configuration.recovery.isEnabled else {
-            for channel in liveChannels() { channel.failConsumers(error) }
-            let attempt = Attempt { try await self.connectFirstTime() }
-            state = .connecting(attempt)
-            return attempt
-        }
-        logger.warning("connection lost; recovering", metadata: ["error": "\(error)"])
-        let attempt = Attempt { try await self.recover(after: error) }
-        state = .recovering(attempt)
-        return attempt
-    }
-
-    private func recover(after error: RabbitMQError) async throws -> ConnectionEngine {
-        let recovery = configuration.recovery
-        var attempt = 0
-        var lastError = error
-        while true {
-            attempt += 1
-            if let maxAttempts = recovery.maxAttempts, attempt > maxAttempts {
-                return try giveUp(RabbitMQError(.connectionLost, "recovery gave up after \(maxAttempts) attempts; "
-                                                    + "last error: \(lastError.message)"))
-            }
-            let delay = recovery.delay(beforeAttempt: attempt)
-            emit(.reconnecting(attempt: attempt, delay: delay))
-            do {
-                try await clock.sleep(for: delay)
-            } catch {
-                throw RabbitMQError(.clientClosed, "the client was closed during recovery")
-            }
-            do {
-                let engine = try await connectToFirstReachable()
-                try await restore(on: engine)
-                let stillRecovering = state.withLock { state -> Bool in
-                    guard case .recovering = state else { return false }
-                    state = .connected(engine)
-                    return true
-                }
-                guard stillRecovering else {
-                    await engine.close()
-                    throw RabbitMQError(.clientClosed, "the client was closed during recovery")
-                }
-                logger.info("connection recovered", metadata: ["endpoint": "\(engine.negotiated.endpoint)",
-                                                               "attempts": "\(attempt)"])
-                observability.recordRecovery()
-                emit(.recovered(endpoint: engine.negotiated.endpoint.description))
-                return engine
-            } catch let failure as RabbitMQError where failure.isRetryable {
-                logger.warning("recovery attempt failed", metadata: ["attempt": "\(attempt)", "error": "\(failure)"])
-                lastError = failure
-            } catch let failure as RabbitMQError {
-                return try giveUp(failure)
-            }
-        }
-    }
-
-    /// Declares the recorded topology again and re-opens every channel the application still uses.
-    private func restore(on engine: ConnectionEngine) async throws {
-        // The broker may have lost exchanges while the connection was down; the recorded ones are declared again.
-        exchanges.removeAll()
-        let link = try await engine.openChannel(window: 1)
-        let channel = Channel(link: link, engine: engine, manager: self)
-        try await recorder.redeclare(on: channel)
-        try await channel.close()
-        for channel in liveChannels() {
-            do {
-                _ = try await channel.reattach(to: engine)
-            } catch let error as RabbitMQError where !error.isRetryable {
-                // This channel cannot come back (its queue is gone, say): end its consumers, keep the others.
-                logger.warning("a channel could not be recovered", metadata: ["error": "\(error)"])
-                channel.failConsumers(error)
-            }
-        }
-    }
-
-    private func giveUp(_ error: RabbitMQError) throws -> ConnectionEngine {
-        logger.error("recovery failed", metadata: ["error": "\(error)"])
-        state.withLock { state in
-            if case .recovering = state { state = .idle }
-        }
-        for channel in liveChannels() { channel.failConsumers(error) }
-        emit(.recoveryFailed(error))
-        throw error
-    }
-
     // MARK: Channels
 
     /// Keeps `channel` for recovery.
@@ -290,12 +176,13 @@ final class ConnectionManager: Sendable {
         channel.link.isRecoverable = true
         channels.withLock { channels in
             channels.removeAll { $0.channel == nil }
-            channels.append(WeakChannel(channel: channel))
+            channels.append(RecoverableChannel(channel: channel))
         }
     }
 
-    private func liveChannels() -> [Channel] {
-        channels.withLock { channels in channels.compactMap(\.channel) }
+    /// The channels recovery re-opens (those the application still holds).
+    func liveChannels() -> [RecoverableChannel] {
+        channels.withLock { channels in channels.filter { $0.channel != nil } }
     }
 
     // MARK: Events
@@ -315,8 +202,18 @@ final class ConnectionManager: Sendable {
         return stream
     }
 
-    private func emit(_ event: ConnectionEvent) {
+    func emit(_ event: ConnectionEvent) {
         let continuations = subscribers.withLock { Array($0.values) }
         for continuation in continuations { continuation.yield(event) }
+    }
+}
+
+extension ConnectionManager: ChannelHost, TopologyKeeper {
+    var requestTimeout: Duration { configuration.requestTimeout }
+
+    var confirmTimeout: Duration { configuration.confirmTimeout }
+
+    func connection(until deadline: ContinuousClock.Instant, operation: String) async throws -> ConnectionEngine {
+        try await engine(until: deadline, operation: operation)
     }
 }

@@ -52,7 +52,7 @@ extension ChannelOperations {
                                                               routingKey: binding.routingKey,
                                                               arguments: binding.arguments))
             }
-            channel.manager.recorder.forget(binding)
+            channel.topologyKeeper?.recorder.forget(binding)
         }
     }
 
@@ -73,7 +73,7 @@ extension ChannelOperations {
         try await withChannel { channel in
             _ = try await channel.request(.exchangeDeclare(name: name, type: "", passive: true, durable: false,
                                                            autoDelete: false, internal: false, arguments: [:]))
-            channel.manager.exchanges.add(name)
+            channel.topologyKeeper?.exchanges.add(name)
         }
     }
 
@@ -90,7 +90,7 @@ extension ChannelOperations {
             guard case .messageCount(let count) = try await channel.request(
                 .queueDelete(queue: name, ifUnused: ifUnused, ifEmpty: ifEmpty))
             else { throw Channel.unexpectedReply("queue.delete") }
-            channel.manager.recorder.forgetQueue(name)
+            channel.topologyKeeper?.recorder.forgetQueue(name)
             return count
         }
     }
@@ -103,8 +103,8 @@ extension ChannelOperations {
         try NameValidation.validateEntityName(name, as: "exchange name", operation: "exchange.delete")
         try await withChannel { channel in
             _ = try await channel.request(.exchangeDelete(name: name, ifUnused: ifUnused))
-            channel.manager.exchanges.remove(name)
-            channel.manager.recorder.forgetExchange(name)
+            channel.topologyKeeper?.exchanges.remove(name)
+            channel.topologyKeeper?.recorder.forgetExchange(name)
         }
     }
 
@@ -128,8 +128,9 @@ extension Channel {
         _ = try await request(.exchangeDeclare(
             name: exchange.name, type: exchange.type.rawValue, passive: false, durable: exchange.durable,
             autoDelete: exchange.autoDelete, internal: exchange.isInternal, arguments: exchange.declareArguments))
-        manager.exchanges.add(exchange.name)
-        if recording { manager.recorder.record(exchange) }
+        let keeper = topologyKeeper
+        keeper?.exchanges.add(exchange.name)
+        if recording { keeper?.recorder.record(exchange) }
     }
 
     /// Declares `queue` on this channel; `recording` adds it to what recovery declares again.
@@ -138,7 +139,7 @@ extension Channel {
             name: queue.name, passive: false, durable: queue.durable, exclusive: queue.exclusive,
             autoDelete: queue.autoDelete, arguments: queue.declareArguments))
         let info = try Self.queueInfo(from: reply)
-        if recording { manager.recorder.record(queue, actualName: info.name) }
+        if recording { topologyKeeper?.recorder.record(queue, actualName: info.name) }
         return info
     }
 
@@ -152,7 +153,7 @@ extension Channel {
             _ = try await request(.exchangeBind(destination: destination, source: binding.source,
                                                 routingKey: binding.routingKey, arguments: binding.arguments))
         }
-        if recording { manager.recorder.record(binding) }
+        if recording { topologyKeeper?.recorder.record(binding) }
     }
 
     static func queueInfo(from reply: MethodReply) throws -> QueueInfo {

@@ -8,7 +8,7 @@ import RabbitMQTestSupport
 /// as the loop performs them, except that writes are recorded in ``sent`` (and always succeed).
 final class MachineHarness {
     var machine: ConnectionStateMachine
-    let commands: CommandQueue
+    let commands: EngineCommandQueue
     let observability = Observability(RabbitMQClient.Configuration.Observability(), logger: Logger(label: "test"))
     /// Methods and settlements written, with their channel, in order.
     private(set) var sent: [Written] = []
@@ -27,7 +27,7 @@ final class MachineHarness {
     init(channelMax: Int = 16, requestTimeout: Duration = .seconds(10)) throws {
         machine = ConnectionStateMachine(channelMax: channelMax, requestTimeout: requestTimeout,
                                          logger: Logger(label: "test"))
-        commands = try CommandQueue()
+        commands = try EngineCommandQueue()
     }
 
     /// The methods written since the last call, as names (`channel.open@1`).
@@ -85,7 +85,8 @@ final class MachineHarness {
     func openChannel(window: Int = 10) async throws -> ChannelLink {
         let pending = await Pending<ChannelLink>.start()
         machine.openChannel(window: window, pending.continuation, now: now) { number, window in
-            ChannelLink(number: number, commands: commands, windowCapacity: window, observability: observability)
+            ChannelLink(number: number, commands: commands, windowCapacity: window,
+                        staleSettlements: observability)
         }
         perform()
         guard case .method("channel.open", let number)? = sent.last else {

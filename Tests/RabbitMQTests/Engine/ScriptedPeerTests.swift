@@ -139,7 +139,7 @@ struct ScriptedPeerTests {
 
 /// A client ``IOLoop`` on its own thread, wired to a ``ScriptedPeer`` through a socket pair.
 private final class PeerSession: Sendable {
-    let commands: CommandQueue
+    let commands: EngineCommandQueue
     let peer: ScriptedPeer
     private let ended = Locked<(error: RabbitMQError?, waiter: CheckedContinuation<RabbitMQError, Never>?)>((nil, nil))
     private let requestIDs = Locked<UInt64>(0)
@@ -154,7 +154,7 @@ private final class PeerSession: Sendable {
         guard socketpair(AF_UNIX, type, 0, &descriptors) == 0 else {
             throw RabbitMQError(.invalidArgument, "socketpair failed (errno \(errno))")
         }
-        commands = try CommandQueue()
+        commands = try EngineCommandQueue()
         peer = ScriptedPeer(socket: descriptors[1])
         let clientSocket = descriptors[0]
         let commands = commands
@@ -170,7 +170,7 @@ private final class PeerSession: Sendable {
                               requestTimeout: .seconds(10), arena: CArena(), logger: logger,
                               makeLink: { number, window, commands in
                                   ChannelLink(number: number, commands: commands, windowCapacity: window,
-                                              observability: Observability(.init(), logger: logger))
+                                              staleSettlements: Observability(.init(), logger: logger))
                               },
                               onEvent: { _ in })
             let error = loop.run()

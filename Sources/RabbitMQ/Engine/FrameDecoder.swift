@@ -1,25 +1,55 @@
 internal import CRabbitMQ
 
-extension IOLoop {
-    /// Hands one frame to the state machine. Everything it needs is copied out: librabbitmq recycles the frame's
-    /// memory next.
-    func dispatch(_ frame: amqp_frame_t) {
+/// One frame read from librabbitmq, as ``FrameDecoder`` gives it to the I/O loop: methods copied into Swift values,
+/// content kept where librabbitmq decoded it until the loop hands it to ``ConnectionStateMachine`` (which copies
+/// what it keeps). Valid until the next frame is read: librabbitmq recycles the frame's memory then.
+enum DecodedFrame {
+    /// A method frame on `channel` (0: the connection), copied out.
+    case method(BrokerMethod, channel: UInt16)
+    /// A content header frame: the message's properties, decoded on demand (``ContentHeader/properties``) so that
+    /// they move into the message without a copy, and the body size it announces.
+    case header(ContentHeader, channel: UInt16)
+    /// A body frame's payload, in librabbitmq's frame buffer.
+    case body(UnsafeRawBufferPointer, channel: UInt16)
+    /// A heartbeat (librabbitmq has already recorded that the broker is alive), or a frame of no other kind.
+    case heartbeat
+}
+
+/// A content header frame, read in place.
+struct ContentHeader {
+    /// The body size the header announces.
+    let bodySize: Int
+    private let decoded: UnsafeRawPointer?
+
+    init(bodySize: Int, decoded: UnsafeRawPointer?) {
+        self.bodySize = bodySize
+        self.decoded = decoded
+    }
+
+    /// The message's properties, copied out of librabbitmq's memory (empty if the frame carried none).
+    var properties: MessageProperties {
+        guard let decoded else { return MessageProperties() }
+        return MessageProperties(decoded.assumingMemoryBound(to: amqp_basic_properties_t.self).pointee)
+    }
+}
+
+/// Turns librabbitmq's frames into ``DecodedFrame``s: the only code that reads a frame's C structures.
+enum FrameDecoder {
+    /// Decodes `frame`; see ``DecodedFrame`` for how long what it returns is valid.
+    static func decode(_ frame: amqp_frame_t) -> DecodedFrame {
         switch Int32(frame.frame_type) {
         case AMQP_FRAME_METHOD:
-            machine.receive(Self.decode(frame.payload.method), on: frame.channel)
+            return .method(decode(frame.payload.method), channel: frame.channel)
         case AMQP_FRAME_HEADER:
-            guard machine.expectsHeader(on: frame.channel) else { return }
             let header = frame.payload.properties
-            let properties = MessageProperties(
-                header.decoded!.assumingMemoryBound(to: amqp_basic_properties_t.self).pointee)
-            machine.receiveHeader(on: frame.channel, properties: properties,
-                                  body: IncomingBody(size: Int(header.body_size), pool: bodies))
+            return .header(ContentHeader(bodySize: Int(header.body_size), decoded: UnsafeRawPointer(header.decoded)),
+                           channel: frame.channel)
         case AMQP_FRAME_BODY:
             let fragment = frame.payload.body_fragment
-            guard let bytes = fragment.bytes else { return }
-            machine.receiveBody(on: frame.channel, UnsafeRawBufferPointer(start: bytes, count: fragment.len))
+            return .body(UnsafeRawBufferPointer(start: fragment.bytes, count: fragment.bytes == nil ? 0 : fragment.len),
+                         channel: frame.channel)
         default:
-            break  // heartbeats: librabbitmq already recorded that the broker is alive
+            return .heartbeat
         }
     }
 

@@ -7,21 +7,22 @@ import Synchronization
 /// recognised and dropped rather than sent on the channel that reuses the number.
 final class ChannelLink: Sendable {
     let number: UInt16
-    let commands: CommandQueue
+    let commands: EngineCommandQueue
     let window: PublishWindow
     /// Where a settlement that comes too late is counted and logged.
-    let observability: Observability
+    let staleSettlements: any StaleSettlementReporter
     private let closure = StateLock<(error: RabbitMQError, inFlight: RabbitMQError)?>(nil)
     private let open = Atomic<Bool>(true)
     private let recoverable = Atomic<Bool>(false)
     private let nacking = Atomic<Bool>(false)
     private let settled = StateLock(SettledTags())
 
-    init(number: UInt16, commands: CommandQueue, windowCapacity: Int, observability: Observability) {
+    init(number: UInt16, commands: EngineCommandQueue, windowCapacity: Int,
+         staleSettlements: any StaleSettlementReporter) {
         self.number = number
         self.commands = commands
         self.window = PublishWindow(capacity: windowCapacity)
-        self.observability = observability
+        self.staleSettlements = staleSettlements
     }
 
     /// Whether the channel is open, cheaply.
@@ -84,11 +85,18 @@ final class ChannelLink: Sendable {
     /// Drops a settlement that came after the channel closed, counting and logging it: the broker has already
     /// requeued the delivery, and the channel number may belong to another channel by now.
     func dropStaleSettlement(_ settlement: Settlement) {
-        observability.recordStaleSettlement(settlement, channel: number, closedWith: closedError)
+        staleSettlements.recordStaleSettlement(settlement, channel: number, closedWith: closedError)
     }
 
     /// Hands a command to the I/O thread.
     func submit(_ command: EngineCommand) throws(RabbitMQError) {
         try commands.submit(command)
     }
+}
+
+/// Counts and logs settlements that came after their channel closed: implemented above the engine (by the client's
+/// observability), which the engine does not name.
+protocol StaleSettlementReporter: Sendable {
+    /// Records that `settlement` was dropped because channel `channel` had closed (`reason` says why).
+    func recordStaleSettlement(_ settlement: Settlement, channel: UInt16, closedWith reason: RabbitMQError?)
 }

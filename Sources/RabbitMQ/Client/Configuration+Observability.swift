@@ -1,4 +1,5 @@
 import CoreMetrics
+import Logging
 import Tracing
 
 extension RabbitMQClient.Configuration {
@@ -34,5 +35,12 @@ extension RabbitMQClient.Configuration {
             self.metricsFactory = metricsFactory
             self.tracer = tracer
         }
+    }
+}
+
+extension Observability {
+    /// The observability state of a client configured with `configuration`.
+    convenience init(_ configuration: RabbitMQClient.Configuration.Observability, logger: Logger) {
+        self.init(metricsFactory: configuration.metricsFactory, tracer: configuration.tracer, logger: logger)
     }
 }
