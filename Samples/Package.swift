@@ -27,6 +27,7 @@ let package = Package(
             name: "OrderPipeline",
             dependencies: [
                 .product(name: "RabbitMQ", package: "swift-rabbitmq"),
+                .product(name: "RabbitMQSQLite", package: "swift-rabbitmq"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

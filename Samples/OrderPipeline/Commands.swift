@@ -103,9 +103,10 @@ extension OrderPipelineCommand {
         static let configuration = CommandConfiguration(
             abstract: "Run the whole pipeline in one process, show its progress, summarise and check it.",
             discussion: """
-                Deletes and declares the queues afresh, starts the three workers, publishes the orders in bursts \
-                (faster than the workers consume), stops one worker midway and restarts it, waits until every \
-                message is settled, prints a summary and checks the invariants. Exits with 1 when one fails.
+                Deletes and declares the queues afresh, starts the three workers and the outbox relay, writes the \
+                orders with their events in bursts (faster than the workers consume), optionally stops the broker \
+                for a while (--broker-outage), stops one worker midway and restarts it, waits until every message \
+                is settled, prints a summary and checks the invariants. Exits with 1 when one fails.
                 """)
 
         @OptionGroup var common: CommonOptions
@@ -126,7 +127,19 @@ extension OrderPipelineCommand {
         @Option(help: "Longest wait, in seconds, for the workers to settle every message.")
         var timeout = 300.0
 
+        @Option(help: "Seconds the broker is stopped while the order service writes (0: none; needs the commands).")
+        var brokerOutage = 0.0
+
+        @Option(help: "Shell command that stops the broker, for --broker-outage.")
+        var brokerStopCommand: String?
+
+        @Option(help: "Shell command that starts the broker again on the same data, for --broker-outage.")
+        var brokerStartCommand: String?
+
         func validate() throws {
+            guard brokerOutage == 0 || (brokerStopCommand != nil && brokerStartCommand != nil) else {
+                throw ValidationError("--broker-outage needs --broker-stop-command and --broker-start-command")
+            }
             guard (0...1).contains(failureRate) else { throw ValidationError("--failure-rate is between 0 and 1") }
             guard pauseWorker == "none" || WorkerKind(rawValue: pauseWorker) != nil else {
                 throw ValidationError("--pause-worker is coupon, notification, recommendations or none")
@@ -148,6 +161,10 @@ extension OrderPipelineCommand {
             options.timeout = .fromSeconds(timeout)
             options.prefix = common.prefix
             if let database { options.databasePath = database }
+            if brokerOutage > 0, let stop = brokerStopCommand, let start = brokerStartCommand {
+                options.brokerOutage = .fromSeconds(brokerOutage)
+                options.brokerControl = BrokerControl(stop: stop, start: start)
+            }
 
             say("order-pipeline: \(options.count.grouped) orders to \(client.configuration.endpoints[0]), "
                   + "exchange '\(options.prefix)'; \(Int(options.duplicateRate * 100))% re-sent, "
@@ -181,7 +198,7 @@ extension OrderPipelineCommand {
 extension OrderPipelineCommand {
     struct Publish: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Run the order service: publish orders in bursts, with confirms.")
+            abstract: "Run the order service: write orders and their events (the outbox) in bursts, publish them.")
 
         @OptionGroup var common: CommonOptions
         @OptionGroup var publishing: PublishOptions
@@ -207,10 +224,20 @@ extension OrderPipelineCommand {
                 } else {
                     try await topology.declare(on: client)
                 }
-                let result = try await OrderService(client: client, topology: topology, store: store).publish(plan)
-                say("published \(result.published.grouped) messages (\(result.orders.grouped) orders, "
-                      + "\(result.invalid.grouped) invalid, \(result.resent.grouped) re-sent), "
-                      + "\(result.confirmed.grouped) confirmed; orders recorded in \(store.path)")
+                // The orders and their events are written to the database; the relay publishes the events.
+                let service = OrderService(topology: topology, store: store)
+                let relay = service.relay(client: client)
+                let relaying = Task { try await relay.run() }
+                let progress = OrderService.Progress()
+                var result = try await service.place(plan, progress: progress)
+                try await service.waitUntilPublished(by: relay, progress: progress,
+                                                     deadline: ContinuousClock.now + .seconds(300))
+                relay.stop()
+                try await relaying.value
+                result.confirmed = relay.statistics.published
+                say("wrote \(result.published.grouped) events (\(result.orders.grouped) orders, "
+                      + "\(result.invalid.grouped) invalid, \(result.resent.grouped) re-sent) with their orders in "
+                      + "\(store.path); the relay published \(result.confirmed.grouped)")
             } catch {
                 await client.close()
                 throw error

@@ -1,5 +1,6 @@
 import Foundation
 import RabbitMQ
+import RabbitMQSQLite
 
 /// One property a finished run must have, checked against the database and the parking lots.
 struct InvariantCheck: Sendable {
@@ -10,19 +11,21 @@ struct InvariantCheck: Sendable {
     /// The numbers behind the verdict.
     var detail: String
 
-    /// Every check: all publishes confirmed; for each worker, every valid order has exactly one side effect
-    /// and no other order has one; every invalid order is in the worker's parking lot with its reason, and
-    /// nothing else is.
+    /// Every check: every event in the outbox published and confirmed; for each worker, every valid order has
+    /// exactly one side effect and no other order has one; every invalid order is in the worker's parking lot with
+    /// its reason, and nothing else is.
     static func all(client: RabbitMQClient, topology: PipelineTopology, store: SideEffectStore,
                     published: OrderService.Result?) async throws -> [InvariantCheck] {
         var checks: [InvariantCheck] = []
         let orders = try await store.publishedOrders()
         if let published {
             let expected = published.orders + published.resent
+            let backlog = try await store.outbox.pendingCount()
             checks.append(InvariantCheck(
-                name: "every publish confirmed",
-                passed: published.published == expected && published.confirmed == expected,
-                detail: "\(published.confirmed.grouped) of \(expected.grouped) confirmed"))
+                name: "every order's event published from the outbox",
+                passed: published.published == expected && published.confirmed == expected && backlog == 0,
+                detail: "\(published.confirmed.grouped) of \(expected.grouped) events confirmed, "
+                    + "\(backlog.grouped) left in the outbox"))
         }
         checks.append(InvariantCheck(
             name: "orders recorded", passed: !orders.valid.isEmpty || !orders.invalid.isEmpty,

@@ -1,23 +1,25 @@
 import Foundation
 import RabbitMQ
+import RabbitMQSQLite
 import Synchronization
 
-/// The order service: publishes `OrderPlaced` events to the `orders` exchange in bursts, with publisher
-/// confirms, faster than the workers consume them (the queues absorb the peaks).
+/// The order service: writes each order and its `OrderPlaced` event in one SQLite transaction (the transactional
+/// outbox) and goes on at once, in bursts faster than the workers consume them (the queues absorb the peaks). An
+/// ``OutboxRelay`` publishes the events, with confirms: the service never waits for the broker, and an order's
+/// event is not lost when the broker is down.
 ///
-/// Some orders are re-sent (the same order id, message id and body, as a service does when it missed a
-/// confirm), some are invalid (a negative amount). It records every order in the database so that the run
-/// can be checked afterwards.
+/// Some orders are re-sent (the same order id, message id and body, as a client retrying its request writes it
+/// twice), some are invalid (a negative amount).
 struct OrderService: Sendable {
-    /// What to publish.
+    /// What to place.
     struct Plan: Sendable {
         /// Orders to place.
         var count: Int
-        /// Share of orders (0 to 1) published twice.
+        /// Share of orders (0 to 1) written twice.
         var duplicateRate: Double
         /// Share of orders (0 to 1) with a negative amount.
         var invalidRate: Double
-        /// Bursts the orders are published in.
+        /// Bursts the orders are placed in.
         var bursts: Int
         /// Time from the start of one burst to the start of the next.
         var burstInterval: Duration
@@ -26,26 +28,27 @@ struct OrderService: Sendable {
     /// Live counts, read by the progress line.
     final class Progress: Sendable {
         private let counts = Mutex<(published: Int, confirmed: Int, total: Int)>((0, 0, 0))
-        /// Messages handed to the channel so far, re-sent ones included.
+        /// Events written to the outbox so far, re-sent ones included.
         var published: Int { counts.withLock { $0.published } }
-        /// Messages the broker has confirmed.
+        /// Events the relay has published and the broker confirmed.
         var confirmed: Int { counts.withLock { $0.confirmed } }
-        /// Messages the order service will publish in all, re-sent ones included (0 until it starts).
+        /// Events the order service will write in all, re-sent ones included (0 until it starts).
         var total: Int { counts.withLock { $0.total } }
 
         func setTotal(_ total: Int) {
             counts.withLock { $0.total = total }
         }
 
-        func add(published: Int = 0, confirmed: Int = 0) {
-            counts.withLock {
-                $0.published += published
-                $0.confirmed += confirmed
-            }
+        func add(published: Int = 0) {
+            counts.withLock { $0.published += published }
+        }
+
+        func setConfirmed(_ confirmed: Int) {
+            counts.withLock { $0.confirmed = confirmed }
         }
     }
 
-    /// What was published.
+    /// What was placed.
     struct Result: Sendable {
         /// Distinct orders.
         var orders: Int
@@ -53,19 +56,26 @@ struct OrderService: Sendable {
         var invalid: Int
         /// Of them, re-sent once more.
         var resent: Int
-        /// Messages published (orders plus re-sent copies).
+        /// Events written to the outbox (orders plus re-sent copies).
         var published: Int
-        /// Messages confirmed by the broker.
+        /// Events the relay published and the broker confirmed.
         var confirmed: Int
     }
 
-    let client: RabbitMQClient
     let topology: PipelineTopology
     let store: SideEffectStore
 
-    /// Publishes the plan's orders; returns once every message is confirmed.
-    /// - Throws: a ``RabbitMQError`` when a publish is refused (nack) or not confirmed in time.
-    func publish(_ plan: Plan, progress: Progress = Progress()) async throws -> Result {
+    /// A relay for the service's outbox, publishing through `client`.
+    func relay(client: RabbitMQClient) -> OutboxRelay {
+        OutboxRelay(client: client, store: store.outbox, wakeup: store.outbox.wakeup,
+                    configuration: .init(batchSize: 500, retry: .init(initialDelay: .milliseconds(200),
+                                                                      maxDelay: .seconds(2))))
+    }
+
+    /// Writes the plan's orders, each with its event in one transaction; returns once all are written (not yet
+    /// published: that is the relay's work).
+    /// - Throws: a database error.
+    func place(_ plan: Plan, progress: Progress = Progress()) async throws -> Result {
         let count = max(0, plan.count)
         let invalid = Self.pick(Int((Double(count) * plan.invalidRate).rounded()), of: count)
         let resent = Self.pick(Int((Double(count) * plan.duplicateRate).rounded()), of: count)
@@ -73,51 +83,55 @@ struct OrderService: Sendable {
         let run = UUID().uuidString.prefix(4).lowercased()
         let encoder = OrderPlaced.makeEncoder()
 
-        let channel = try await client.openChannel()
-        do {
-            try await channel.enableConfirms(window: 500)
-            let bursts = max(1, min(plan.bursts, max(count, 1)))
-            let clock = ContinuousClock()
-            let start = clock.now
-            var next = 0
-            for burst in 0..<bursts {
-                if burst > 0 { try await clock.sleep(until: start + plan.burstInterval * burst) }
-                let end = count * (burst + 1) / bursts
-                var published: [SideEffectStore.PublishedOrder] = []
-                var copies: [(body: Data, properties: MessageProperties)] = []
-                for index in next..<end {
-                    let order = Self.makeOrder(run: run, index: index, invalid: invalid.contains(index))
-                    let body = try encoder.encode(order)
-                    let properties = MessageProperties(contentType: "application/json", messageID: order.orderID,
-                                                       timestamp: order.placedAt, type: OrderPlaced.routingKey,
-                                                       appID: "order-service")
-                    _ = try await channel.publishWithDeferredConfirm(body, to: topology.exchange,
-                                                                     routingKey: OrderPlaced.routingKey,
-                                                                     properties: properties)
-                    progress.add(published: 1)
-                    published.append(.init(order: order, isValid: order.validationError == nil,
-                                           resent: resent.contains(index)))
-                    if resent.contains(index) { copies.append((body, properties)) }
-                }
-                // The re-sent copies go out at the end of the burst, as after a missed confirm.
-                for copy in copies {
-                    _ = try await channel.publishWithDeferredConfirm(copy.body, to: topology.exchange,
-                                                                     routingKey: OrderPlaced.routingKey,
-                                                                     properties: copy.properties)
-                    progress.add(published: 1)
-                }
-                try await store.recordPublished(published)
-                try await channel.waitForConfirms()
-                progress.add(confirmed: published.count + copies.count)
-                next = end
+        let bursts = max(1, min(plan.bursts, max(count, 1)))
+        let clock = ContinuousClock()
+        let start = clock.now
+        var next = 0
+        for burst in 0..<bursts {
+            if burst > 0 { try await clock.sleep(until: start + plan.burstInterval * burst) }
+            let end = count * (burst + 1) / bursts
+            var copies: [(SideEffectStore.PublishedOrder, OutboxEvent)] = []
+            for index in next..<end {
+                let order = Self.makeOrder(run: run, index: index, invalid: invalid.contains(index))
+                let properties = MessageProperties(contentType: "application/json", messageID: order.orderID,
+                                                   timestamp: order.placedAt, type: OrderPlaced.routingKey,
+                                                   appID: "order-service")
+                // The customer's orders keep their order; different customers' events are published concurrently.
+                let event = OutboxEvent(exchange: topology.exchange, routingKey: OrderPlaced.routingKey,
+                                        body: try encoder.encode(order), properties: properties,
+                                        aggregateKey: order.customerID)
+                let entry = SideEffectStore.PublishedOrder(order: order, isValid: order.validationError == nil,
+                                                           resent: resent.contains(index))
+                try await store.placeOrder(entry, event: event)
+                progress.add(published: 1)
+                if entry.resent { copies.append((entry, event)) }
             }
-        } catch {
-            try? await channel.close()
-            throw error
+            // The re-sent copies are written at the end of the burst, as a client's retried request would be.
+            for (entry, event) in copies {
+                try await store.placeOrder(entry, event: event)
+                progress.add(published: 1)
+            }
+            next = end
         }
-        try await channel.close()
         return Result(orders: count, invalid: invalid.count, resent: resent.count, published: progress.published,
                       confirmed: progress.confirmed)
+    }
+
+    /// Waits until the relay has published every event in the outbox, updating `progress`, at most until
+    /// `deadline`.
+    /// - Throws: ``PipelineError`` when events are still waiting at the deadline.
+    func waitUntilPublished(by relay: OutboxRelay, progress: Progress, deadline: ContinuousClock.Instant)
+        async throws
+    {
+        while true {
+            progress.setConfirmed(relay.statistics.published)
+            let backlog = try await store.outbox.pendingCount()
+            if backlog == 0 { return }
+            guard ContinuousClock.now < deadline else {
+                throw PipelineError("the relay did not publish the outbox in time: \(backlog) events left")
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
     }
 
     /// `k` distinct indices in `0..<n`, chosen at random: exact shares, random positions.

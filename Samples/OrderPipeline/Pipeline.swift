@@ -2,6 +2,7 @@ import Foundation
 import Histogram
 import Logging
 import RabbitMQ
+import RabbitMQSQLite
 import Synchronization
 
 /// Settings of a whole-pipeline run (the `run` subcommand and the integration test). Every default is stated
@@ -21,10 +22,17 @@ struct PipelineOptions: Sendable {
     var burstInterval: Duration = .seconds(1)
     /// The worker stopped midway and restarted; `nil` for none. Default notification.
     var pausedWorker: WorkerKind? = .notification
-    /// Share of the messages published before that worker stops. Default 0.4.
+    /// Share of the events published (confirmed) before that worker stops. Default 0.4.
     var pauseAfter = 0.4
     /// How long it stays stopped. Default 5 s.
     var pauseDuration: Duration = .seconds(5)
+    /// How long the broker is stopped while the order service writes; `nil` for no outage. Needs
+    /// ``brokerControl``. Default `nil`.
+    var brokerOutage: Duration?
+    /// Share of the events written before the broker is stopped. Default 0.2.
+    var outageAfter = 0.2
+    /// Shell commands that stop the broker and start it again on the same data. Default `nil`.
+    var brokerControl: BrokerControl?
     /// Longest wait for the workers to finish after publishing. Default 5 min.
     var timeout: Duration = .seconds(300)
     /// Time between two progress samples (and lines). Default 1 s.
@@ -39,8 +47,14 @@ struct PipelineOptions: Sendable {
 struct ProgressSample: Sendable {
     /// Time since the run started.
     var elapsed: Duration
-    /// Messages the order service has published.
+    /// Events the order service has written.
     var published: Int
+    /// Events it will write in all.
+    var total: Int
+    /// Events in the outbox, waiting for the relay.
+    var backlog: Int
+    /// Whether the broker was stopped at that moment.
+    var brokerDown: Bool
     /// Ready messages in each work queue.
     var depths: [WorkerKind: Int]
     /// Each worker's counts.
@@ -103,40 +117,60 @@ struct PipelineRun: Sendable {
                            timeoutRate: options.failureRate, logger: logger)
         }
         for worker in workers { worker.start() }
+        let service = OrderService(topology: topology, store: store)
+        let relay = service.relay(client: client)
+        let relaying = Task { try await relay.run() }
 
         let progress = OrderService.Progress()
+        let brokerDown = BrokerDownFlag()
         let samples = Mutex<[ProgressSample]>([])
         // The monitor is stopped with a flag, not by cancelling its task: cancelling a task in the middle of a
         // request makes the library close the request's channel (see the report).
         let monitoring = Atomic<Bool>(true)
         let monitor = Task {
-            await monitorProgress(topology: topology, workers: workers, progress: progress, start: start,
-                                  while: { monitoring.load(ordering: .relaxed) }) { sample in
+            await monitorProgress(while: { monitoring.load(ordering: .relaxed) }, record: { sample in
                 samples.withLock { $0.append(sample) }
+            }) {
+                progress.setConfirmed(relay.statistics.published)
+                return try await sample(topology: topology, workers: workers, store: store, progress: progress,
+                                        start: start, brokerDown: brokerDown.isDown,
+                                        lastDepths: samples.withLock { $0.last?.depths ?? [:] })
             }
         }
         let pause = Task { try await pauseOneWorker(workers, progress: progress) }
+        let outage = Task {
+            try await stopTheBroker(progress: progress) { brokerDown.isDown = $0 }
+        }
 
-        let service = OrderService(client: client, topology: topology, store: store)
         let plan = OrderService.Plan(count: options.count, duplicateRate: options.duplicateRate,
                                      invalidRate: options.invalidRate, bursts: options.bursts,
                                      burstInterval: options.burstInterval)
-        let published: OrderService.Result
+        var published: OrderService.Result
         do {
-            published = try await service.publish(plan, progress: progress)
+            published = try await service.place(plan, progress: progress)
+            try await outage.value
+            try await service.waitUntilPublished(by: relay, progress: progress,
+                                                 deadline: ContinuousClock.now + options.timeout)
+            published.confirmed = progress.confirmed
             try await pause.value
             try await waitUntilSettled(workers, total: published.published, topology: topology)
         } catch {
             pause.cancel()
+            outage.cancel()
             monitoring.store(false, ordering: .relaxed)
             await monitor.value
+            relay.stop()
+            _ = try? await relaying.value
             for worker in workers { try? await worker.stop() }
             throw error
         }
+        relay.stop()
+        try await relaying.value
         monitoring.store(false, ordering: .relaxed)
         await monitor.value
         // One last sample, now that everything is settled.
-        let final = try await sample(topology: topology, workers: workers, progress: progress, start: start)
+        let final = try await sample(topology: topology, workers: workers, store: store, progress: progress,
+                                     start: start, brokerDown: false, lastDepths: [:])
         samples.withLock { $0.append(final) }
         output(Summary.progressLine(final, total: progress.total))
         for worker in workers { try await worker.stop() }
@@ -154,12 +188,11 @@ struct PipelineRun: Sendable {
                               databasePath: store.path)
     }
 
-    /// Samples queue depths and counts every ``PipelineOptions/sampleInterval`` while `isRunning` says so.
-    private func monitorProgress(topology: PipelineTopology, workers: [PipelineWorker],
-                                 progress: OrderService.Progress, start: ContinuousClock.Instant,
-                                 while isRunning: () -> Bool, record: (ProgressSample) -> Void) async {
+    /// Records and prints a sample (`take`) every ``PipelineOptions/sampleInterval`` while `isRunning` says so.
+    private func monitorProgress(while isRunning: () -> Bool, record: (ProgressSample) -> Void,
+                                 take: () async throws -> ProgressSample) async {
         let clock = ContinuousClock()
-        var next = start + options.sampleInterval
+        var next = clock.now + options.sampleInterval
         while isRunning() {
             // Short sleeps, so that stopping takes at most 50 ms.
             while isRunning(), clock.now < next {
@@ -168,36 +201,43 @@ struct PipelineRun: Sendable {
             guard isRunning() else { return }
             next += options.sampleInterval
             do {
-                let sample = try await sample(topology: topology, workers: workers, progress: progress, start: start)
+                let sample = try await take()
                 record(sample)
-                output(Summary.progressLine(sample, total: progress.total))
+                output(Summary.progressLine(sample, total: sample.total))
+                // A sample that waited for the broker to come back is not followed by a burst of catch-up samples.
+                next = max(next, clock.now + options.sampleInterval / 2)
             } catch {
                 logger.warning("cannot sample the queues", metadata: ["error": "\(error)"])
             }
         }
     }
 
-    private func sample(topology: PipelineTopology, workers: [PipelineWorker], progress: OrderService.Progress,
-                        start: ContinuousClock.Instant) async throws -> ProgressSample {
-        var depths: [WorkerKind: Int] = [:]
+    /// Queue depths (the last ones known while the broker is down), counts and the outbox's backlog.
+    private func sample(topology: PipelineTopology, workers: [PipelineWorker], store: SideEffectStore,
+                        progress: OrderService.Progress, start: ContinuousClock.Instant, brokerDown: Bool,
+                        lastDepths: [WorkerKind: Int]) async throws -> ProgressSample {
+        var depths = lastDepths
         var counts: [WorkerKind: PipelineWorker.Counts] = [:]
         var stopped: Set<WorkerKind> = []
         for worker in workers {
-            depths[worker.kind] = Int(try await client.inspectQueue(topology.queueName(worker.kind)).messageCount)
+            if !brokerDown {
+                depths[worker.kind] = Int(try await client.inspectQueue(topology.queueName(worker.kind)).messageCount)
+            }
             counts[worker.kind] = worker.counts
             if !worker.isRunning { stopped.insert(worker.kind) }
         }
-        return ProgressSample(elapsed: ContinuousClock.now - start, published: progress.published, depths: depths,
-                              counts: counts, stopped: stopped)
+        return ProgressSample(elapsed: ContinuousClock.now - start, published: progress.published,
+                              total: progress.total, backlog: try await store.outbox.pendingCount(),
+                              brokerDown: brokerDown, depths: depths, counts: counts, stopped: stopped)
     }
 
-    /// Stops ``PipelineOptions/pausedWorker`` once ``PipelineOptions/pauseAfter`` of the messages are
-    /// published, and starts it again after ``PipelineOptions/pauseDuration``.
+    /// Stops ``PipelineOptions/pausedWorker`` once ``PipelineOptions/pauseAfter`` of the events are published
+    /// (confirmed), and starts it again after ``PipelineOptions/pauseDuration``.
     private func pauseOneWorker(_ workers: [PipelineWorker], progress: OrderService.Progress) async throws {
         guard let kind = options.pausedWorker, options.pauseDuration > .zero,
               let worker = workers.first(where: { $0.kind == kind }) else { return }
         let deadline = ContinuousClock.now + options.timeout
-        while progress.total == 0 || Double(progress.published) < Double(progress.total) * options.pauseAfter {
+        while progress.total == 0 || Double(progress.confirmed) < Double(progress.total) * options.pauseAfter {
             guard ContinuousClock.now < deadline else { return }
             try await Task.sleep(for: .milliseconds(20))
         }

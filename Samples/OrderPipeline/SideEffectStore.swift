@@ -1,8 +1,11 @@
 import Foundation
 import GRDB
+import RabbitMQ
+import RabbitMQSQLite
 
-/// The SQLite database where the order service records what it published and the workers record their side
-/// effects: a coupon, a notification, a recommendation-cache entry per order.
+/// The SQLite database where the order service writes its orders, with their `OrderPlaced` events in the same
+/// transaction (the transactional outbox, ``outbox``), and the workers record their side effects: a coupon, a
+/// notification, a recommendation-cache entry per order.
 ///
 /// Each side-effect table has `UNIQUE(order_id)`: whatever the broker redelivers and however the deduplicator
 /// is configured, an order gets at most one coupon. The deduplicator saves the work; the constraint is the
@@ -18,6 +21,8 @@ final class SideEffectStore: Sendable {
     /// The database file.
     let path: String
     private let database: DatabasePool
+    /// The outbox of `OrderPlaced` events, in this database: an order and its event commit together.
+    let outbox: SQLiteOutbox
 
     /// Opens (and creates, if needed) the database at `path`.
     init(path: String) throws {
@@ -30,6 +35,7 @@ final class SideEffectStore: Sendable {
         }
         database = try DatabasePool(path: path, configuration: configuration)
         try database.write { db in try Self.createTables(db) }
+        outbox = try SQLiteOutbox(writer: database)
     }
 
     /// A database file in the temporary folder, unique to this run.
@@ -87,25 +93,26 @@ final class SideEffectStore: Sendable {
     /// Empties every table: a fresh start.
     func reset() async throws {
         try await database.write { db in
-            for table in ["orders"] + WorkerKind.allCases.map(Self.table) {
+            for table in ["orders", outbox.tableName] + WorkerKind.allCases.map(Self.table) {
                 try db.execute(sql: "DELETE FROM \(table)")
             }
         }
     }
 
-    /// Records published orders (one transaction for the lot).
-    func recordPublished(_ orders: [PublishedOrder]) async throws {
+    /// Writes an order and its event in one transaction: both commit, or neither does. Writing it again (a
+    /// re-sent order) marks the order re-sent and enqueues the event once more, with the same message id.
+    func placeOrder(_ entry: PublishedOrder, event: OutboxEvent) async throws {
+        let outbox = self.outbox
         try await database.write { db in
-            for entry in orders {
-                try db.execute(
-                    sql: """
-                        INSERT INTO orders (order_id, customer_id, amount, is_valid, resent, placed_at)
-                        VALUES (?, ?, ?, ?, ?, ?)
-                        ON CONFLICT(order_id) DO UPDATE SET resent = excluded.resent
-                        """,
-                    arguments: [entry.order.orderID, entry.order.customerID, entry.order.amount, entry.isValid,
-                                entry.resent, entry.order.placedAt.timeIntervalSince1970])
-            }
+            try db.execute(
+                sql: """
+                    INSERT INTO orders (order_id, customer_id, amount, is_valid, resent, placed_at)
+                    VALUES (?, ?, ?, ?, ?, ?)
+                    ON CONFLICT(order_id) DO UPDATE SET resent = excluded.resent
+                    """,
+                arguments: [entry.order.orderID, entry.order.customerID, entry.order.amount, entry.isValid,
+                            entry.resent, entry.order.placedAt.timeIntervalSince1970])
+            try outbox.enqueue(event, in: db)
         }
     }
 

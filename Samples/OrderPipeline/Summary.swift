@@ -6,14 +6,15 @@ enum Summary {
 
     /// The header above the progress lines.
     static var progressHeader: String {
-        "  time " + pad("published", 17)
+        "  time " + pad("written", 15) + pad("outbox", 8)
             + WorkerKind.allCases.map { "  " + pad("\($0.rawValue): queued / done", columnWidth, left: false) }.joined()
     }
 
-    /// One progress line: published so far, and for each worker its ready messages and settled deliveries.
+    /// One progress line: events written so far and waiting in the outbox, and for each worker its ready messages
+    /// and settled deliveries (the last known depths while the broker is down).
     static func progressLine(_ sample: ProgressSample, total: Int) -> String {
         var line = "[" + pad("\(Int(sample.elapsed.seconds.rounded()))s", 4) + "]"
-        line += pad("\(sample.published.grouped)/\(total.grouped)", 17)
+        line += pad("\(sample.published.grouped)/\(total.grouped)", 15) + pad(sample.backlog.grouped, 8)
         for kind in WorkerKind.allCases {
             let depth = sample.depths[kind, default: 0]
             let done = sample.counts[kind]?.settled ?? 0
@@ -21,6 +22,7 @@ enum Summary {
             if sample.stopped.contains(kind) { cell += " STOPPED" }
             line += "  " + pad(cell, columnWidth, left: false)
         }
+        if sample.brokerDown { line += "  BROKER DOWN" }
         return line.trimmingCharacters(in: .whitespaces)
     }
 
@@ -29,8 +31,8 @@ enum Summary {
         let published = report.published
         var lines: [String] = []
         lines.append("Order service: \(published.orders.grouped) orders (\(published.invalid.grouped) invalid), "
-                     + "\(published.resent.grouped) re-sent; \(published.published.grouped) published, "
-                     + "\(published.confirmed.grouped) confirmed")
+                     + "\(published.resent.grouped) re-sent; \(published.published.grouped) events written to the "
+                     + "outbox, \(published.confirmed.grouped) published and confirmed by the relay")
         lines.append("")
         let header = [pad("worker", 16, left: false), pad("processed", 10), pad("retried", 8), pad("parked", 7),
                       pad("duplicates", 11), pad("p50 latency", 12), pad("p99 latency", 12)]
