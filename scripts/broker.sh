@@ -17,6 +17,8 @@
 #
 # Environment:
 #   BROKER_EXTRA_CONFIG   extra rabbitmq.conf lines (key = value), appended to the defaults
+#   BROKER_PLUGINS        plugins to enable, separated by commas or spaces (default none), such as
+#                         rabbitmq_auth_mechanism_ssl
 #   BROKER_ADVANCED_CONFIG  the node's advanced.config (Erlang terms), for settings rabbitmq.conf
 #                         lacks, such as [{rabbit, [{channel_tick_interval, 1000}]}].
 #   BROKER_DIR            where node folders go (default: <project>/.broker)
@@ -205,7 +207,8 @@ start)
     rm -rf "$dir"
     mkdir -p "$dir"
     echo "$port" >"$dir/port"
-    echo '[].' >"$dir/enabled_plugins"
+    plugins="$(tr ', ' '\n\n' <<<"${BROKER_PLUGINS:-}" | sed '/^$/d' | paste -sd, -)"
+    echo "[$plugins]." >"$dir/enabled_plugins"
     {
         printf '%s\n' "$DEFAULT_CONFIG"
         if [ -n "${BROKER_EXTRA_CONFIG:-}" ]; then

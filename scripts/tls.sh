@@ -14,10 +14,13 @@
 # Files in .broker/tls/ (PEM; keys unencrypted):
 #   ca.pem ca.key                          the test CA
 #   server.pem server.key                  served on 5691: CN and subjectAltName DNS:localhost
-#   client.pem client.key                  client certificate signed by ca.pem
+#   client.pem client.key                  client certificate signed by ca.pem, CN "swift-rabbitmq test client"
+#   nouser-client.pem nouser-client.key    signed by ca.pem, CN "swift-rabbitmq nobody" (no such user)
 #   wrong-ca.pem wrong-ca.key              a second, unrelated CA
 #   wrong-ca-client.pem wrong-ca-client.key  client certificate signed by wrong-ca.pem
 #   wrong-host.pem wrong-host.key          signed by ca.pem for DNS:wrong-host.invalid only
+# The node offers SASL EXTERNAL (plugin rabbitmq_auth_mechanism_ssl): a client certificate logs in as the
+# user its CN names (ssl_cert_login_from = common_name), once that user exists.
 # librabbitmq checks DNS names only: connect to "localhost" (not 127.0.0.1) to pass the
 # hostname check; connecting to 127.0.0.1 with hostname checking on must fail.
 #
@@ -86,6 +89,7 @@ make_certs() {
     make_ca wrong-ca "/CN=swift-rabbitmq unrelated CA"
     make_leaf server ca "/CN=localhost" serverAuth "DNS:localhost"
     make_leaf client ca "/CN=swift-rabbitmq test client" clientAuth
+    make_leaf nouser-client ca "/CN=swift-rabbitmq nobody" clientAuth
     make_leaf wrong-ca-client wrong-ca "/CN=swift-rabbitmq client of the unrelated CA" clientAuth
     make_leaf wrong-host ca "/CN=wrong-host.invalid" serverAuth "DNS:wrong-host.invalid"
 }
@@ -113,7 +117,12 @@ ssl_options.certfile = $TLS_DIR/server.pem
 ssl_options.keyfile = $TLS_DIR/server.key
 ssl_options.verify = verify_peer
 ssl_options.fail_if_no_peer_cert = false
+auth_mechanisms.1 = PLAIN
+auth_mechanisms.2 = AMQPLAIN
+auth_mechanisms.3 = EXTERNAL
+ssl_cert_login_from = common_name
 ${BROKER_EXTRA_CONFIG:-}" \
+        BROKER_PLUGINS="rabbitmq_auth_mechanism_ssl ${BROKER_PLUGINS:-}" \
         "$SCRIPTS/broker.sh" start "$NAME" "$AMQP_PORT"
     check
     log "$NODE: amqp://guest:guest@127.0.0.1:$AMQP_PORT/ and amqps://guest:guest@localhost:$TLS_PORT/"

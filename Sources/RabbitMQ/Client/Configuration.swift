@@ -15,6 +15,9 @@ extension RabbitMQClient {
         public var password: String
         /// Virtual host. Default `/`.
         public var virtualHost: String
+        /// How the client logs in: the password above, a TLS client certificate (SASL EXTERNAL), or credentials
+        /// asked for at every connect. Default ``Authentication/password``.
+        public var authentication: Authentication
         /// TLS settings; `nil` for a plain TCP connection. Default `nil` (set by an `amqps://` URL).
         public var tls: TLS?
         /// Limit for the TCP connect (and the TLS handshake). Default 10 s.
@@ -69,6 +72,7 @@ extension RabbitMQClient {
             self.username = username
             self.password = password
             self.virtualHost = virtualHost
+            self.authentication = .password
             self.tls = nil
             self.connectTimeout = .seconds(10)
             self.handshakeTimeout = .seconds(10)

@@ -24,9 +24,25 @@ struct ConnectionParameters: Sendable {
         var verifyHostname = true
     }
 
+    /// The SASL mechanism of the login.
+    enum SASLMechanism: Sendable {
+        /// The user name and password.
+        case plain
+        /// The TLS client certificate's identity; no password is sent.
+        case external
+    }
+
+    /// Who logs in, and how: the layer above resolves it before each connection attempt.
+    struct Login: Sendable {
+        var username: String
+        var password: String
+        var mechanism: SASLMechanism
+    }
+
     var endpoint: Endpoint
     var username: String
     var password: String
+    var mechanism: SASLMechanism
     var virtualHost: String
     var tls: TLS?
     var connectTimeout: Duration
@@ -39,12 +55,13 @@ struct ConnectionParameters: Sendable {
     /// The client properties sent at login, the capabilities the engine needs included.
     var clientProperties: FieldTable
 
-    init(endpoint: Endpoint, username: String, password: String, virtualHost: String, tls: TLS?,
+    init(endpoint: Endpoint, login: Login, virtualHost: String, tls: TLS?,
          connectTimeout: Duration, handshakeTimeout: Duration, requestTimeout: Duration, heartbeat: Duration,
          frameMax: UInt32, channelMax: UInt16, connectionName: String?, clientProperties: FieldTable) {
         self.endpoint = endpoint
-        self.username = username
-        self.password = password
+        self.username = login.username
+        self.password = login.password
+        self.mechanism = login.mechanism
         self.virtualHost = virtualHost
         self.tls = tls
         self.connectTimeout = connectTimeout
@@ -133,9 +150,21 @@ private func login(_ state: amqp_connection_state_t, _ parameters: ConnectionPar
     amqp_set_handshake_timeout(state, &handshakeTimeout)
     var properties = arena.table(parameters.clientProperties)
     let heartbeat = Int32(clamping: parameters.heartbeat.components.seconds)
-    let reply = swift_amqp_login_plain(
-        state, parameters.virtualHost, Int32(parameters.channelMax), Int32(clamping: Int64(parameters.frameMax)),
-        min(heartbeat, Int32(UInt16.max)), &properties, parameters.username, parameters.password)
+    let channelMax = Int32(parameters.channelMax)
+    let frameMax = Int32(clamping: Int64(parameters.frameMax))
+    let reply: amqp_rpc_reply_t
+    switch parameters.mechanism {
+    case .plain:
+        reply = swift_amqp_login_plain(state, parameters.virtualHost, channelMax, frameMax,
+                                       min(heartbeat, Int32(UInt16.max)), &properties, parameters.username,
+                                       parameters.password)
+    case .external:
+        // RabbitMQ's EXTERNAL mechanism takes the identity from the certificate and ignores the response; librabbitmq
+        // 0.11 fails an empty one with AMQP_STATUS_NO_MEMORY (a zero-byte pool allocation), so it is never empty.
+        let identity = parameters.username.isEmpty ? "certificate" : parameters.username
+        reply = swift_amqp_login_external(state, parameters.virtualHost, channelMax, frameMax,
+                                          min(heartbeat, Int32(UInt16.max)), &properties, identity)
+    }
     try checkLoginReply(reply, parameters)
     return NegotiatedParameters(
         endpoint: endpoint,
@@ -207,6 +236,10 @@ private func checkLoginReply(_ reply: amqp_rpc_reply_t, _ parameters: Connection
         let code = close.reply_code
         let text = close.reply_text.string
         switch code {
+        case 403 where parameters.mechanism == .external:
+            throw RabbitMQError(.authenticationFailed, "the broker refused the login with the client certificate "
+                                    + "(SASL EXTERNAL): no user is named after the certificate, or the broker does "
+                                    + "not offer EXTERNAL", operation: "login", replyCode: code, replyText: text)
         case 403:
             throw RabbitMQError(.authenticationFailed, "the broker refused user '\(parameters.username)' or its password",
                                 operation: "login", replyCode: code, replyText: text)

@@ -148,10 +148,12 @@ final class ConnectionManager: Sendable {
             throw RabbitMQError(.invalidArgument, "the configuration lists no endpoint")
         }
         var lastError: RabbitMQError?
+        // Asked once per attempt, so that a credentials provider's refreshed secret is used by every reconnect.
+        let login = try await configuration.loginCredentials()
         for endpoint in configuration.endpoints {
             do {
                 let engine = try await ConnectionEngine.connect(
-                    ConnectionParameters(configuration, endpoint: endpoint), logger: logger,
+                    ConnectionParameters(configuration, endpoint: endpoint, login: login), logger: logger,
                     makeLink: { [observability] number, window, commands in
                         ChannelLink(number: number, commands: commands, windowCapacity: window,
                                     staleSettlements: observability)
