@@ -82,7 +82,8 @@ struct Publish: AsyncParsableCommand {
         await client.close()
     }
 
-    static func publish(_ channel: Channel, count: Int, body: Data, queue: String, properties: MessageProperties)
+    static func publish(_ channel: Channel, count: Int, body: Data, queue: String,
+                        properties: MessageProperties = MessageProperties())
         async throws
     {
         for _ in 0..<count {
@@ -94,7 +95,7 @@ struct Publish: AsyncParsableCommand {
     /// The same loop as top-level code in main.swift would run it.
     @MainActor
     static func publishOnMainActor(_ channel: Channel, count: Int, body: Data, queue: String,
-                                   properties: MessageProperties) async throws {
+                                   properties: MessageProperties = MessageProperties()) async throws {
         for _ in 0..<count {
             _ = try await channel.publishWithDeferredConfirm(body, routingKey: queue, properties: properties)
         }
@@ -103,7 +104,7 @@ struct Publish: AsyncParsableCommand {
 
     /// The request-handler pattern: many tasks, each publishing and awaiting the broker's confirm.
     static func publishFromTasks(_ client: RabbitMQClient, tasks: Int, count: Int, body: Data, queue: String,
-                                 properties: MessageProperties) async throws {
+                                 properties: MessageProperties = MessageProperties()) async throws {
         try await withThrowingTaskGroup(of: Void.self) { group in
             for index in 0..<tasks {
                 let share = count / tasks + (index < count % tasks ? 1 : 0)
