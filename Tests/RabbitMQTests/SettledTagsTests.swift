@@ -25,6 +25,21 @@ struct SettledTagsTests {
         #expect(!tags.insert(2, multiple: false))
     }
 
+    /// A rolled-back transaction's acks are removed: the deliveries can be settled again, the others stay settled.
+    @Test func removedTagsCanBeSettledAgain() {
+        let tags = Tags()
+        for tag in UInt64(1)...10 { #expect(tags.insert(tag, multiple: false)) }
+        tags.remove(5)
+        tags.remove(10)
+        tags.remove(1)
+        tags.remove(42)  // never settled: nothing changes
+        #expect(!tags.contains(1) && !tags.contains(5) && !tags.contains(10))
+        #expect((2...4).allSatisfy { tags.contains($0) } && (6...9).allSatisfy { tags.contains($0) })
+        #expect(tags.rangeCount == 3, "0, 2...4, 6...9")
+        #expect(tags.insert(5, multiple: false) && tags.insert(1, multiple: false) && tags.insert(10, multiple: false))
+        #expect(tags.rangeCount == 1)
+    }
+
     /// A delivery held while the following ones are settled costs one range, not one entry per later delivery.
     @Test func aHeldDeliveryCostsOneRange() {
         let tags = Tags()
@@ -84,6 +99,7 @@ private final class Tags {
     func insert(_ tag: UInt64, multiple: Bool) -> Bool { tags.insert(tag, multiple: multiple) }
     func contains(_ tag: UInt64) -> Bool { tags.contains(tag) }
     var rangeCount: Int { tags.rangeCount }
+    func remove(_ tag: UInt64) { tags.remove(tag) }
 }
 
 /// A small seeded generator, so that a failing case can be replayed.

@@ -88,6 +88,19 @@ public final class Channel: Sendable {
         }
     }
 
+    /// Records transaction mode, the transaction beginning on `link`.
+    func recordTransactions(on link: ChannelLink) {
+        session.withLock { session in
+            session.setup.transactions = true
+            session.transactionLink = link
+        }
+    }
+
+    /// Whether the channel is in confirm mode, in transaction mode, and the incarnation its transaction began on.
+    var modes: (confirms: Bool, transactions: Bool, transactionLink: ChannelLink?) {
+        session.withLock { ($0.setup.confirms, $0.setup.transactions, $0.transactionLink) }
+    }
+
     func recordConsumer(tag: String, _ registration: ConsumerRegistration) {
         session.withLock { $0.setup.consumers[tag] = registration }
     }

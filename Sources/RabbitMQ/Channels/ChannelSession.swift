@@ -9,6 +9,8 @@ struct ChannelSession {
     /// Set by ``Channel/close()``: recovery leaves the channel closed.
     var isClosedByApplication = false
     var setup: ChannelSetup
+    /// The incarnation on which the current transaction began: on another one, it was lost with its connection.
+    var transactionLink: ChannelLink?
 }
 
 /// What the application set up on a channel, in the order recovery applies it again after a reconnect (see
@@ -21,6 +23,8 @@ struct ChannelSetup {
     var prefetch: (count: UInt16, global: Bool)?
     /// confirm.select was sent.
     var confirms = false
+    /// tx.select was sent.
+    var transactions = false
     /// The channel's consumers by tag.
     var consumers: [String: ConsumerRegistration] = [:]
 }

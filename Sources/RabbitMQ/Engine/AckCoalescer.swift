@@ -89,6 +89,19 @@ struct AckCoalescer {
         pendingAcks.removeAll(keepingCapacity: true)
     }
 
+    /// The deliveries not settled at the broker nor waiting to be, oldest first.
+    var unsettledTags: [UInt64] {
+        outstanding.filter { !settledOutOfOrder.contains($0) && !pendingAcks.contains($0) }
+    }
+
+    /// This state with the acks not sent yet counted unsettled: they will be sent in the transaction that begins,
+    /// so a rollback of it undoes them too.
+    var withoutPendingAcks: AckCoalescer {
+        var copy = self
+        copy.pendingAcks.removeAll()
+        return copy
+    }
+
     /// Number of deliveries not yet settled at the broker.
     var unsettledCount: Int { outstanding.count - settledOutOfOrder.count }
 

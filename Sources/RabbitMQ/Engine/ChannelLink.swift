@@ -82,6 +82,13 @@ final class ChannelLink: Sendable {
         settled.withLock { $0.insert(settlement.deliveryTag, multiple: settlement.isMultiple) }
     }
 
+    /// Makes deliveries settleable again: a tx.rollback undid their settlement at the broker.
+    func unmarkSettled(_ tags: [UInt64]) {
+        settled.withLock { settled in
+            for tag in tags { settled.remove(tag) }
+        }
+    }
+
     /// Drops a settlement that came after the channel closed, counting and logging it: the broker has already
     /// requeued the delivery, and the channel number may belong to another channel by now.
     func dropStaleSettlement(_ settlement: Settlement) {

@@ -26,6 +26,9 @@ struct ChannelState {
     /// arrives after its consumer was cancelled. Usually empty.
     var noAckConsumers: Set<String> = []
     var acks = AckCoalescer()
+    /// In transaction mode (tx.select): the settlement state as the current transaction began, and the
+    /// deliveries since, so that a tx.rollback can make the settlements it undid possible again.
+    var transaction: (start: AckCoalescer, delivered: [UInt64])?
     var hasPendingAcks = false
     /// The smallest non-zero prefetch set on the channel, 0 while none is: the broker stops delivering on the
     /// channel (or to one of its consumers) once that many deliveries are unsettled.
@@ -40,6 +43,26 @@ struct ChannelState {
 
     init(link: ChannelLink) {
         self.link = link
+    }
+
+    /// Records a delivery that needs settling.
+    mutating func delivered(_ tag: UInt64) {
+        acks.delivered(tag)
+        if transaction != nil { transaction!.delivered.append(tag) }
+    }
+
+    /// A transaction began (tx.select-ok, tx.commit-ok), or one was rolled back (tx.rollback-ok): then its
+    /// settlements are undone and the tags it settled are returned, to be made settleable again.
+    mutating func transactionEnded(rolledBack: Bool) -> [UInt64] {
+        var undone: [UInt64] = []
+        if rolledBack, let transaction {
+            var restored = transaction.start
+            for tag in transaction.delivered { restored.delivered(tag) }
+            undone = restored.unsettledTags.filter { !acks.isUnsettled($0) }
+            acks = restored
+        }
+        transaction = (acks.withoutPendingAcks, [])
+        return undone
     }
 
     /// Whether the channel is open and still the incarnation `link` refers to.

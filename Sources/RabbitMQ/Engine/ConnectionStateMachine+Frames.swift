@@ -107,6 +107,15 @@ extension ConnectionStateMachine {
         case .reply(let id, let reply):
             guard isOldestRequest(answeredBy: id, on: number) else { return }
             let request = channels[number]!.pending.removeFirst()
+            switch request.method {
+            case .txSelect, .txCommit:
+                _ = channels[number]!.transactionEnded(rolledBack: false)
+            case .txRollback:
+                let undone = channels[number]!.transactionEnded(rolledBack: true)
+                if !undone.isEmpty { actions.append(.unsettle(channels[number]!.link, undone)) }
+            default:
+                break
+            }
             actions.append(.succeed(request, reply, link: channels[number]!.link))
         case .connectionClose, .connectionCloseOk, .connectionBlocked, .connectionUnblocked, .channelClose:
             logger.warning("ignored a connection method on a channel", metadata: ["channel": "\(number)"])
@@ -157,7 +166,7 @@ extension ConnectionStateMachine {
                 completeNoAck(message, body: body, consumerTag: consumerTag, on: number)
                 return
             }
-            channels[number]!.acks.delivered(message.deliveryTag)
+            channels[number]!.delivered(message.deliveryTag)
             if let consumer = channels[number]!.consumers[consumerTag] {
                 consumer.collector.collect(
                     body: body, properties: message.properties, exchange: message.exchange,
@@ -183,7 +192,7 @@ extension ConnectionStateMachine {
                 // Settled by the broker already: settling it again is the application's mistake.
                 actions.append(.markSettled(link, .ack(deliveryTag: message.deliveryTag, multiple: false)))
             } else {
-                channels[number]!.acks.delivered(message.deliveryTag)
+                channels[number]!.delivered(message.deliveryTag)
             }
             actions.append(.succeed(request, .message(InboundMessage(
                 body: body, properties: message.properties, exchange: message.exchange,

@@ -91,8 +91,12 @@ struct ConnectionStateMachine {
 
     /// Sends a request and waits for its reply (or completes it once written, when it has none).
     mutating func request(_ request: Request) {
-        // The broker ignores a channel's frames after its channel.close: acks queued before must go first.
-        if case .channelClose = request.method { flushAcks() }
+        // The broker ignores a channel's frames after its channel.close, and a transaction holds the acks sent
+        // before its tx.commit or tx.rollback: acks queued before must go first.
+        switch request.method {
+        case .channelClose, .txCommit, .txRollback: flushAcks()
+        default: break
+        }
         let pending = PendingRequest(request)
         guard let number = openChannel(of: request.link) else {
             actions.append(.fail(pending, request.link.inFlightError))

@@ -27,6 +27,8 @@ enum EngineAction {
     /// Mark deliveries settled on the task side (the engine settled them: a requeue, or automatic ack).
     indirect case markSettled(ChannelLink, Settlement)
     indirect case dropStaleSettlement(ChannelLink, Settlement)
+    /// Make deliveries settleable again on the task side: a tx.rollback undid their settlement.
+    indirect case unsettle(ChannelLink, [UInt64])
     /// Hand the consumer its deliveries of this pass.
     case handOverDeliveries(any DeliveryCollector)
     /// End a consumer's stream after what it has (`nil`: cancelled normally).

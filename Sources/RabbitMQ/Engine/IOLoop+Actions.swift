@@ -85,6 +85,8 @@ extension IOLoop {
             _ = link.markSettled(settlement)
         case .dropStaleSettlement(let link, let settlement):
             link.dropStaleSettlement(settlement)
+        case .unsettle(let link, let tags):
+            link.unmarkSettled(tags)
         case .handOverDeliveries(let collector):
             collector.handOver()
         case .finishConsumer(let collector, let error):

@@ -26,6 +26,9 @@ enum OutgoingMethod: Sendable {
     case basicGet(queue: String, noAck: Bool)
     case basicRecover(requeue: Bool)
     case confirmSelect
+    case txSelect
+    case txCommit
+    case txRollback
 
     /// The AMQP name, for errors and logs: `queue.declare`.
     var name: String {
@@ -52,6 +55,9 @@ enum OutgoingMethod: Sendable {
         case .basicGet: "basic.get"
         case .basicRecover: "basic.recover"
         case .confirmSelect: "confirm.select"
+        case .txSelect: "tx.select"
+        case .txCommit: "tx.commit"
+        case .txRollback: "tx.rollback"
         }
     }
 
@@ -81,6 +87,9 @@ enum OutgoingMethod: Sendable {
         case .basicGet: AMQP_BASIC_GET_METHOD
         case .basicRecover: AMQP_BASIC_RECOVER_METHOD
         case .confirmSelect: AMQP_CONFIRM_SELECT_METHOD
+        case .txSelect: AMQP_TX_SELECT_METHOD
+        case .txCommit: AMQP_TX_COMMIT_METHOD
+        case .txRollback: AMQP_TX_ROLLBACK_METHOD
         }
     }
 
@@ -110,6 +119,9 @@ enum OutgoingMethod: Sendable {
         case .basicGet: [AMQP_BASIC_GET_OK_METHOD, AMQP_BASIC_GET_EMPTY_METHOD]
         case .basicRecover: [AMQP_BASIC_RECOVER_OK_METHOD]
         case .confirmSelect: [AMQP_CONFIRM_SELECT_OK_METHOD]
+        case .txSelect: [AMQP_TX_SELECT_OK_METHOD]
+        case .txCommit: [AMQP_TX_COMMIT_OK_METHOD]
+        case .txRollback: [AMQP_TX_ROLLBACK_OK_METHOD]
         case .channelCloseOk, .channelFlowOk, .connectionCloseOk, .basicCancelOk: []
         }
     }
@@ -188,6 +200,12 @@ enum OutgoingMethod: Sendable {
             return send(AMQP_BASIC_RECOVER_METHOD, amqp_basic_recover_t(requeue: flag(requeue)))
         case .confirmSelect:
             return send(AMQP_CONFIRM_SELECT_METHOD, amqp_confirm_select_t(nowait: 0))
+        case .txSelect:
+            return send(AMQP_TX_SELECT_METHOD, amqp_tx_select_t(dummy: 0))
+        case .txCommit:
+            return send(AMQP_TX_COMMIT_METHOD, amqp_tx_commit_t(dummy: 0))
+        case .txRollback:
+            return send(AMQP_TX_ROLLBACK_METHOD, amqp_tx_rollback_t(dummy: 0))
         }
     }
 }

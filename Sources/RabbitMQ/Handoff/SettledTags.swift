@@ -61,6 +61,17 @@ struct SettledTags {
         }
     }
 
+    /// Marks `tag` unsettled again (a transaction that settled it was rolled back); nothing if it is not settled.
+    mutating func remove(_ tag: UInt64) {
+        guard tag > 0, contains(tag) else { return }
+        let index = firstIndex(reaching: tag)
+        let range = ranges[index]
+        var replacement: [ClosedRange<UInt64>] = []
+        if range.lowerBound < tag { replacement.append(range.lowerBound...(tag - 1)) }
+        if tag < range.upperBound { replacement.append((tag + 1)...range.upperBound) }
+        ranges.replaceSubrange(index...index, with: replacement)
+    }
+
     /// Settles every tag up to `tag`: the ranges that start at or right after it merge into the first.
     private mutating func insertThrough(_ tag: UInt64) {
         var upper = tag

@@ -12,7 +12,13 @@ extension Channel {
     /// Turns on publisher confirms: from now on every publish on this channel is confirmed by the broker.
     /// - Parameter window: the most unconfirmed publishes in flight; further publishes wait for room. Default:
     ///   the window the channel was opened with (``RabbitMQClient/Configuration/publishWindow``).
+    /// - Throws: ``RabbitMQError/Code/invalidArgument`` if the channel is in transaction mode
+    ///   (``enableTransactions()``).
     public func enableConfirms(window: Int? = nil) async throws {
+        guard !modes.transactions else {
+            throw RabbitMQError(.invalidArgument, "a channel in transaction mode cannot use publisher confirms",
+                                operation: "confirm.select")
+        }
         if let window {
             guard window > 0 else { throw RabbitMQError(.invalidArgument, "the publish window must be at least 1") }
             link.window.setCapacity(window)

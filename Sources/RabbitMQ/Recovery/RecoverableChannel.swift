@@ -24,6 +24,7 @@ struct RecoverableChannel {
             steps.append(.request(.basicQos(prefetchCount: prefetch.count, global: prefetch.global)))
         }
         if setup.confirms { steps.append(.request(.confirmSelect)) }
+        if setup.transactions { steps.append(.request(.txSelect)) }
         for (tag, consumer) in setup.consumers.sorted(by: { $0.key < $1.key }) {
             steps.append(.consume(tag: tag, sink: consumer.sink, noAck: consumer.noAck, .basicConsume(
                 queue: renamed(consumer.queue), consumerTag: tag, noAck: consumer.noAck, exclusive: consumer.exclusive,

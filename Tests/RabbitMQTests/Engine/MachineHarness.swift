@@ -193,6 +193,8 @@ final class MachineHarness {
             _ = link.markSettled(settlement)
         case .dropStaleSettlement(let link, let settlement):
             link.dropStaleSettlement(settlement)
+        case .unsettle(let link, let tags):
+            link.unmarkSettled(tags)
         case .handOverDeliveries(let collector):
             collector.handOver()
         case .finishConsumer(let collector, let error):
