@@ -69,11 +69,13 @@ struct TransactionTests {
             let channel = try await client.openChannel()
             try await channel.setPrefetch(10)
             try await channel.enableTransactions()
+            // The consumer stays registered to the end: a basic.cancel racing the rollback could be answered after
+            // it (RabbitMQ sends cancel-ok from the queue process), which the engine's in-order matching refuses.
+            let consumer = try await channel.consume(queue)
+            var iterator = consumer.makeAsyncIterator()
             var deliveries: [Delivery] = []
-            for try await delivery in try await channel.consume(queue) {
-                deliveries.append(delivery)
-                if deliveries.count == 3 { break }
-            }
+            while deliveries.count < 3, let delivery = try await iterator.next() { deliveries.append(delivery) }
+            defer { withExtendedLifetime(consumer) {} }
             for delivery in deliveries { try delivery.ack() }
             try await channel.rollbackTransaction()
             // Rolled back: the broker still counts the three unacknowledged, held by this channel.
