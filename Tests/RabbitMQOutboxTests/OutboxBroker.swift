@@ -1,14 +1,14 @@
 import Foundation
 
 /// A RabbitMQ node of the outbox tests' own, which they stop and start again: `scripts/broker.sh` on
-/// `OUTBOX_BROKER_PORT` (default 5831), node `t-outbox-PORT`. `make test` stops it at the end if a test did not.
+/// `OUTBOX_BROKER_PORT` (default 5851), node `t-outbox-PORT`. `make test` stops it at the end if a test did not.
 struct OutboxBroker: Sendable {
     let port: Int
     var name: String { "t-outbox-\(port)" }
     var url: String { "amqp://guest:guest@127.0.0.1:\(port)/" }
 
     static let shared = OutboxBroker(
-        port: ProcessInfo.processInfo.environment["OUTBOX_BROKER_PORT"].flatMap { Int($0) } ?? 5831)
+        port: ProcessInfo.processInfo.environment["OUTBOX_BROKER_PORT"].flatMap { Int($0) } ?? 5851)
 
     /// `scripts/broker.sh`: `RABBITMQ_BROKER_SCRIPT`, else found relative to this source file.
     private static var script: String {

@@ -63,9 +63,10 @@ struct SQLiteDeduplicationStoreTests {
 
     @Test func anExpiredClaimIsTakenOver() async throws {
         try await withStores { first, second in
-            #expect(try await first.claim("m1", for: .milliseconds(300)) == .claimed)
-            #expect(try await second.claim("m1", for: ttl) == .inProgress)
-            try await Task.sleep(for: .milliseconds(400))
+            // A claim that has already expired: a slow machine can only make it older. (That a live claim holds
+            // is aClaimHoldsAcrossProcessesUntilProcessed's.)
+            #expect(try await first.claim("m1", for: .milliseconds(1)) == .claimed)
+            try await Task.sleep(for: .milliseconds(50))
             #expect(try await second.claim("m1", for: ttl) == .claimed)
             try await first.release("m1")
             #expect(try await first.claim("m1", for: ttl) == .inProgress)
@@ -130,10 +131,10 @@ struct SQLiteDeduplicationStoreTests {
         try await withStores { first, _ in
             try await first.markProcessed("old")
             #expect(try await first.claim("stale", for: .milliseconds(1)) == .claimed)
-            try await Task.sleep(for: .milliseconds(300))
+            let cutoff = try await pause()
             try await first.markProcessed("new")
             #expect(try await first.claim("live", for: ttl) == .claimed)
-            #expect(try await first.purge(processedBefore: .milliseconds(200)) == 2)
+            #expect(try await first.purge(processedBefore: .seconds(Date().timeIntervalSince(cutoff))) == 2)
             #expect(try await first.isProcessed("new"))
             #expect(try await !first.isProcessed("old"))
             #expect(try await first.claim("live", for: ttl) == .inProgress)

@@ -181,3 +181,11 @@ func brokerMessages(_ queue: String) async throws -> Int? {
     }
     return nil
 }
+
+/// Sleeps a second and returns the instant halfway through it: a purge cut off there removes what was written
+/// before the pause and keeps what is written after it, however slowly the machine runs each step.
+func pause() async throws -> Date {
+    let before = Date()
+    try await Task.sleep(for: .seconds(1))
+    return before.addingTimeInterval(Date().timeIntervalSince(before) / 2)
+}
