@@ -23,11 +23,9 @@ struct ClientOptions: ParsableArguments {
 
     /// A client of the whole cluster with the soak's short heartbeat, timeouts and quick reconnection.
     func configuration(name: String) throws -> RabbitMQClient.Configuration {
-        let endpoints = try urls.split(separator: ",").map { url in
-            try RabbitMQClient.Configuration(url: String(url)).endpoints[0]
-        }
-        var configuration = try RabbitMQClient.Configuration(url: String(urls.split(separator: ",")[0]))
-        configuration.endpoints = endpoints
+        var configuration = try RabbitMQClient.Configuration(urls: urls.split(separator: ",").map(String.init))
+        // Every client on the first node, so that the loss of the clients' node hits all of them at once.
+        configuration.shuffleEndpoints = false
         configuration.connectionName = name
         configuration.heartbeat = .seconds(heartbeat)
         configuration.connectTimeout = .seconds(5)

@@ -23,8 +23,8 @@ struct AMQPURLTests {
     func defaults() throws {
         let url = try AMQPURL(parsing: "amqp://localhost")
         #expect(url.isTLS == false)
-        #expect(url.host == "localhost")
-        #expect(url.port == 5672)
+        #expect(url.endpoints[0].host == "localhost")
+        #expect(url.endpoints[0].port == 5672)
         #expect(url.username == "guest")
         #expect(url.password == "guest")
         #expect(url.virtualHost == "/")
@@ -39,8 +39,8 @@ struct AMQPURLTests {
     func amqpsDefaults() throws {
         let url = try AMQPURL(parsing: "amqps://rabbit.example.com")
         #expect(url.isTLS)
-        #expect(url.host == "rabbit.example.com")
-        #expect(url.port == 5671)
+        #expect(url.endpoints[0].host == "rabbit.example.com")
+        #expect(url.endpoints[0].port == 5671)
         #expect(url.username == "guest")
         #expect(url.password == "guest")
         #expect(url.virtualHost == "/")
@@ -54,7 +54,7 @@ struct AMQPURLTests {
         URLCase("amqp://h:05673", 5673),
     ])
     func explicitPort(_ test: URLCase<Int>) throws {
-        #expect(try AMQPURL(parsing: test.url).port == test.expected)
+        #expect(try AMQPURL(parsing: test.url).endpoints[0].port == test.expected)
     }
 
     @Test("the scheme is case-insensitive", arguments: [
@@ -66,7 +66,7 @@ struct AMQPURLTests {
     func schemeCase(_ test: URLCase<Bool>) throws {
         let url = try AMQPURL(parsing: test.url)
         #expect(url.isTLS == test.expected)
-        #expect(url.port == (test.expected ? 5671 : 5672))
+        #expect(url.endpoints[0].port == (test.expected ? 5671 : 5672))
     }
 
     @Test("an empty host means localhost", arguments: [
@@ -78,7 +78,7 @@ struct AMQPURLTests {
     ])
     func emptyHost(_ test: URLCase<String>) throws {
         let url = try AMQPURL(parsing: test.url)
-        #expect(url.host == "localhost")
+        #expect(url.endpoints[0].host == "localhost")
         #expect(url.virtualHost == test.expected)
     }
 
@@ -134,8 +134,8 @@ struct AMQPURLTests {
     func credentials(_ test: URLCase<Credentials>) throws {
         let url = try AMQPURL(parsing: test.url)
         #expect(Credentials(url.username, url.password) == test.expected)
-        #expect(url.host == "h")
-        #expect(url.port == 5672)
+        #expect(url.endpoints[0].host == "h")
+        #expect(url.endpoints[0].port == 5672)
     }
 
     @Test("user info does not disturb host, port and virtual host")
@@ -144,8 +144,8 @@ struct AMQPURLTests {
         #expect(url.isTLS)
         #expect(url.username == "us@er")
         #expect(url.password == "p@ss:w/ord")
-        #expect(url.host == "rabbit.example.com")
-        #expect(url.port == 5673)
+        #expect(url.endpoints[0].host == "rabbit.example.com")
+        #expect(url.endpoints[0].port == 5673)
         #expect(url.virtualHost == "/prod")
     }
 
@@ -170,14 +170,14 @@ struct AMQPURLTests {
     ])
     func ipv6(_ test: URLCase<HostPort>) throws {
         let url = try AMQPURL(parsing: test.url)
-        #expect(HostPort(url.host, url.port) == test.expected)
+        #expect(HostPort(url.endpoints[0].host, url.endpoints[0].port) == test.expected)
     }
 
     @Test("an IPv4 address and port")
     func ipv4() throws {
         let url = try AMQPURL(parsing: "amqp://u:p@192.168.1.20:5673/vh")
-        #expect(url.host == "192.168.1.20")
-        #expect(url.port == 5673)
+        #expect(url.endpoints[0].host == "192.168.1.20")
+        #expect(url.endpoints[0].port == 5673)
         #expect(url.virtualHost == "vh")
     }
 
@@ -232,7 +232,7 @@ struct AMQPURLTests {
     func connectionName(_ test: URLCase<String>) throws {
         let url = try AMQPURL(parsing: test.url)
         #expect(url.connectionName == test.expected)
-        #expect(url.host == "h")
+        #expect(url.endpoints[0].host == "h")
     }
 
     @Test("all query parameters together")
@@ -244,8 +244,8 @@ struct AMQPURLTests {
         #expect(url.isTLS)
         #expect(url.username == "app")
         #expect(url.password == "pw")
-        #expect(url.host == "rabbit")
-        #expect(url.port == 5673)
+        #expect(url.endpoints[0].host == "rabbit")
+        #expect(url.endpoints[0].port == 5673)
         #expect(url.virtualHost == "orders")
         #expect(url.heartbeat == .seconds(15))
         #expect(url.connectTimeout == .milliseconds(2500))

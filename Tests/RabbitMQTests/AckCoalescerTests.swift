@@ -188,7 +188,7 @@ struct AckCoalescerTests {
     /// broker holds exactly the deliveries the application has not settled.
     @Test("random settlements never settle a tag twice nor ack an unsettled delivery", arguments: 0..<20)
     func randomAgainstBrokerModel(seed: UInt64) {
-        var random = SplitMix64(seed: seed)
+        var random = SeededGenerator(seed: seed)
         var coalescer = AckCoalescer()
         var nextTag: UInt64 = 1
         var brokerUnsettled: Set<UInt64> = []
@@ -263,20 +263,5 @@ struct AckCoalescerTests {
         let open = delivered.filter { applicationSettled[$0] == nil }
         #expect(brokerUnsettled == Set(open), "seed \(seed)")
         #expect(coalescer.unsettledCount == open.count, "seed \(seed)")
-    }
-}
-
-/// A small deterministic random number generator, so that a failing seed can be replayed.
-private struct SplitMix64 {
-    private var state: UInt64
-
-    init(seed: UInt64) { state = seed }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

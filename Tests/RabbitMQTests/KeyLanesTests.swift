@@ -37,7 +37,7 @@ struct KeyLanesTests {
     /// finishing at each step. Per key, items start in delivery order and never two at once; slots are never
     /// exceeded, and a waiting item takes no slot (all 8 stay busy while enough keys have work).
     @Test func aSimulatedWorkerKeepsPerKeyOrderWithinTheLimit() {
-        var generator = SplitMix(seed: 19)
+        var generator = SeededGenerator(seed: 19)
         let limit = 8
         let deliveries = (0..<2000).map { index in (key: "k\(Int.random(in: 0..<20, using: &generator))", seq: index) }
         var lanes = KeyLanes<(key: String, seq: Int)>()
@@ -73,18 +73,5 @@ struct KeyLanesTests {
         #expect(startedPerKey == expected)
         #expect(lanes.busyKeys == 0 && lanes.waiting == 0)
         #expect(fullSteps > 1000, "slots left idle while keys had work: \(fullSteps) full steps")
-    }
-}
-
-/// A seeded generator, so that the simulation is the same on every run.
-private struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -72,7 +72,7 @@ struct SettledTagsTests {
     /// Random settlements, single and multiple, against a plain set of the settled tags.
     @Test(arguments: [1, 2, 3, 4, 5])
     func agreesWithASetOfTags(seed: UInt64) {
-        var generator = SplitMix64(seed: seed)
+        var generator = SeededGenerator(seed: seed)
         let tags = Tags()
         var model = Set<UInt64>()
         let highest: UInt64 = 300
@@ -100,21 +100,4 @@ private final class Tags {
     func contains(_ tag: UInt64) -> Bool { tags.contains(tag) }
     var rangeCount: Int { tags.rangeCount }
     func remove(_ tag: UInt64) { tags.remove(tag) }
-}
-
-/// A small seeded generator, so that a failing case can be replayed.
-private struct SplitMix64: RandomNumberGenerator {
-    private var state: UInt64
-
-    init(seed: UInt64) {
-        state = seed
-    }
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var value = state
-        value = (value ^ (value >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        value = (value ^ (value >> 27)) &* 0x94D0_49BB_1331_11EB
-        return value ^ (value >> 31)
-    }
 }

@@ -1,8 +1,9 @@
-/// The parts of an `amqp://` or `amqps://` URL, percent-decoded.
+/// The parts of an `amqp://` or `amqps://` URL, percent-decoded. The authority may list several hosts, each with
+/// an optional port, separated by commas: `amqp://user:pass@h1:5672,h2,[::1]:5674/vhost`.
 struct AMQPURL: Equatable {
     var isTLS: Bool
-    var host: String
-    var port: Int
+    /// The hosts in the order the URL lists them (at least one).
+    var endpoints: [RabbitMQClient.Configuration.Endpoint]
     var username: String
     var password: String
     var virtualHost: String
@@ -50,22 +51,13 @@ struct AMQPURL: Equatable {
                 username = try Self.percentDecoded(userInfo, part: "user name")
             }
         }
-        port = isTLS ? 5671 : 5672
-        var hostPart = authority
-        if authority.hasPrefix("[") {
-            guard let close = authority.firstIndex(of: "]") else { throw invalid("unterminated IPv6 address") }
-            hostPart = authority[authority.index(after: authority.startIndex)..<close]
-            let afterHost = authority[authority.index(after: close)...]
-            if !afterHost.isEmpty {
-                guard afterHost.hasPrefix(":") else { throw invalid("unexpected text after the IPv6 address") }
-                port = try Self.port(afterHost.dropFirst(), invalid: invalid)
-            }
-        } else if let colon = authority.lastIndex(of: ":") {
-            hostPart = authority[..<colon]
-            port = try Self.port(authority[authority.index(after: colon)...], invalid: invalid)
+        let defaultPort = isTLS ? 5671 : 5672
+        let hosts = authority.split(separator: ",", omittingEmptySubsequences: false)
+        if hosts.count > 1, hosts.contains(where: \.isEmpty) { throw invalid("an empty entry in the host list") }
+        endpoints = []
+        for host in hosts {
+            endpoints.append(try Self.endpoint(host, defaultPort: defaultPort, invalid: invalid))
         }
-        host = try Self.percentDecoded(hostPart, part: "host")
-        if host.isEmpty { host = "localhost" }
         if path.contains("/") { throw invalid("the virtual host must be one path segment; encode '/' as %2F") }
         virtualHost = path.isEmpty ? "/" : try Self.percentDecoded(path, part: "virtual host")
 
@@ -116,6 +108,28 @@ struct AMQPURL: Equatable {
             return nil
         }
         return T(text, radix: 10)
+    }
+
+    /// One `host[:port]` (or `[ipv6][:port]`) of the authority; an empty one means `localhost`.
+    private static func endpoint(_ authority: Substring, defaultPort: Int, invalid: (String) -> RabbitMQError)
+        throws(RabbitMQError) -> RabbitMQClient.Configuration.Endpoint
+    {
+        var hostPart = authority
+        var port = defaultPort
+        if authority.hasPrefix("[") {
+            guard let close = authority.firstIndex(of: "]") else { throw invalid("unterminated IPv6 address") }
+            hostPart = authority[authority.index(after: authority.startIndex)..<close]
+            let afterHost = authority[authority.index(after: close)...]
+            if !afterHost.isEmpty {
+                guard afterHost.hasPrefix(":") else { throw invalid("unexpected text after the IPv6 address") }
+                port = try Self.port(afterHost.dropFirst(), invalid: invalid)
+            }
+        } else if let colon = authority.lastIndex(of: ":") {
+            hostPart = authority[..<colon]
+            port = try Self.port(authority[authority.index(after: colon)...], invalid: invalid)
+        }
+        let host = try percentDecoded(hostPart, part: "host")
+        return .init(host: host.isEmpty ? "localhost" : host, port: port)
     }
 
     private static func port(_ text: Substring, invalid: (String) -> RabbitMQError) throws(RabbitMQError) -> Int {

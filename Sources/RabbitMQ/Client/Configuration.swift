@@ -7,8 +7,17 @@ extension RabbitMQClient {
     /// configuration.connectionName = "order-service"
     /// ```
     public struct Configuration: Sendable, CustomStringConvertible {
-        /// Brokers to connect to, tried in order (one entry for a single node, several for a cluster).
+        /// Brokers to connect to: one entry for a single node, several for a cluster. Each connect and reconnect
+        /// tries them in turn until one accepts, in a fresh random order unless ``shuffleEndpoints`` is off.
         public var endpoints: [Endpoint]
+        /// Whether each connection attempt tries ``endpoints`` in a random order, so that the replicas of a
+        /// service spread over a cluster's nodes instead of all landing on the first. Default `true`; turn it
+        /// off to prefer the first endpoint and fall back to the others in order.
+        public var shuffleEndpoints: Bool
+        /// Asked at every connect and reconnect for the endpoints to try, given ``endpoints`` (service
+        /// discovery, DNS records). Default `nil`: ``endpoints`` as they are; host names are resolved again at
+        /// each attempt anyway.
+        public var endpointResolver: EndpointResolver?
         /// User name. Default `guest`.
         public var username: String
         /// Password. Never logged nor shown in ``description``. Default `guest`.
@@ -49,26 +58,12 @@ extension RabbitMQClient {
         /// Metrics, tracing and request ids. Default: the process-wide metrics system and tracer.
         public var observability: Observability
 
-        /// A broker address.
-        public struct Endpoint: Sendable, Hashable, CustomStringConvertible {
-            /// Host name or IP address.
-            public var host: String
-            /// TCP port.
-            public var port: Int
-
-            /// Creates an endpoint.
-            public init(host: String, port: Int) {
-                self.host = host
-                self.port = port
-            }
-
-            public var description: String { "\(host):\(port)" }
-        }
-
         /// Creates a configuration for one broker; every other field has its documented default.
         public init(host: String = "localhost", port: Int = 5672, username: String = "guest",
                     password: String = "guest", virtualHost: String = "/") {
             self.endpoints = [Endpoint(host: host, port: port)]
+            self.shuffleEndpoints = true
+            self.endpointResolver = nil
             self.username = username
             self.password = password
             self.virtualHost = virtualHost
@@ -90,15 +85,19 @@ extension RabbitMQClient {
 
         /// Creates a configuration from an AMQP URL: `amqp://user:password@host:port/vhost` or `amqps://`.
         ///
+        /// The URL may list a cluster's nodes, separated by commas: `amqp://user:password@h1,h2:5673,h3/vhost`.
         /// Parts are percent-decoded; a missing user or password means `guest`, a missing port 5672
         /// (5671 for `amqps`), a missing or `/` path the default virtual host `/`. Query parameters
         /// `heartbeat` (seconds), `connection_timeout` (milliseconds), `frame_max`, `channel_max` and
         /// `connection_name` set the matching fields.
         /// - Throws: ``RabbitMQError`` with code ``RabbitMQError/Code/invalidURL`` when the URL cannot be parsed.
         public init(url: String) throws(RabbitMQError) {
-            let parsed = try AMQPURL(parsing: url)
-            self.init(host: parsed.host, port: parsed.port, username: parsed.username,
-                      password: parsed.password, virtualHost: parsed.virtualHost)
+            self.init(parsed: try AMQPURL(parsing: url))
+        }
+
+        init(parsed: AMQPURL) {
+            self.init(username: parsed.username, password: parsed.password, virtualHost: parsed.virtualHost)
+            endpoints = parsed.endpoints
             if parsed.isTLS { tls = TLS() }
             if let heartbeat = parsed.heartbeat { self.heartbeat = heartbeat }
             if let connectTimeout = parsed.connectTimeout { self.connectTimeout = connectTimeout }

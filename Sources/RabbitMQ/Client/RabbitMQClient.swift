@@ -14,7 +14,7 @@ import Synchronization
 /// }
 /// await client.close()
 /// ```
-/// The client connects on first use (or ``connect()``), trying ``Configuration/endpoints`` in order, and
+/// The client connects on first use (or ``connect()``), trying ``Configuration/endpoints`` (shuffled by default), and
 /// recovers a lost connection (see ``Configuration/Recovery``). Its ``ChannelOperations`` (declarations and
 /// the like) run on pooled channels, one request per channel at a time, so a channel error (404, 406) affects
 /// only the call that caused it. ``publish(_:to:routingKey:properties:mandatory:)`` shares one confirm-mode channel

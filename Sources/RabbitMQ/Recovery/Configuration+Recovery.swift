@@ -2,7 +2,7 @@ extension RabbitMQClient.Configuration {
     /// How the client reconnects after losing its connection.
     ///
     /// On a lost connection (socket error, missed heartbeats, a broker shutting down) the client reconnects with
-    /// exponential backoff and jitter, trying ``RabbitMQClient/Configuration/endpoints`` in turn, then re-declares
+    /// exponential backoff and jitter, trying ``RabbitMQClient/Configuration/endpoints`` in a fresh random order, then re-declares
     /// the topology declared through it, re-opens its channels with their prefetch and confirm mode, and
     /// re-registers their consumers, so that consuming sequences and workers carry on. Publishes unconfirmed
     /// when the connection died fail with ``RabbitMQError/Code/connectionLost`` (retryable); publishes and

@@ -144,13 +144,16 @@ final class ConnectionManager: Sendable {
     }
 
     func connectToFirstReachable() async throws -> ConnectionEngine {
-        guard !configuration.endpoints.isEmpty else {
+        guard !configuration.endpoints.isEmpty || configuration.endpointResolver != nil else {
             throw RabbitMQError(.invalidArgument, "the configuration lists no endpoint")
         }
         var lastError: RabbitMQError?
-        // Asked once per attempt, so that a credentials provider's refreshed secret is used by every reconnect.
+        // Both asked once per attempt, so that every reconnect uses a refreshed secret and the endpoints of now.
+        let endpoints = try await EndpointPlan.endpoints(
+            configured: configuration.endpoints, resolver: configuration.endpointResolver,
+            timeout: configuration.connectTimeout, shuffled: configuration.shuffleEndpoints)
         let login = try await configuration.loginCredentials()
-        for endpoint in configuration.endpoints {
+        for endpoint in endpoints {
             do {
                 let engine = try await ConnectionEngine.connect(
                     ConnectionParameters(configuration, endpoint: endpoint, login: login), logger: logger,
@@ -162,7 +165,7 @@ final class ConnectionManager: Sendable {
                 }
                 emit(.connected(endpoint: endpoint.description))
                 return engine
-            } catch let error as RabbitMQError where error.isRetryable && configuration.endpoints.count > 1 {
+            } catch let error as RabbitMQError where error.isRetryable && endpoints.count > 1 {
                 logger.warning("cannot connect", metadata: ["endpoint": "\(endpoint)", "error": "\(error)"])
                 lastError = error
             }

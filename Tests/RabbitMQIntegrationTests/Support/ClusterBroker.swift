@@ -53,6 +53,7 @@ struct ClusterBroker: Sendable {
     func configuration(endpoints: [Node]) throws -> RabbitMQClient.Configuration {
         var configuration = try RabbitMQClient.Configuration(url: endpoints[0].url)
         configuration.endpoints = endpoints.map(\.endpoint)
+        configuration.shuffleEndpoints = false
         TestBroker.applyTimeouts(to: &configuration)
         return configuration
     }
