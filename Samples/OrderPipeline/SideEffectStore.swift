@@ -7,9 +7,10 @@ import RabbitMQSQLite
 /// transaction (the transactional outbox, ``outbox``), and the workers record their side effects: a coupon, a
 /// notification, a recommendation-cache entry per order.
 ///
-/// Each side-effect table has `UNIQUE(order_id)`: whatever the broker redelivers and however the deduplicator
-/// is configured, an order gets at most one coupon. The deduplicator saves the work; the constraint is the
-/// guarantee. The database is in WAL mode, so the `worker` subcommands may share it from separate processes.
+/// Each worker deduplicates by order id in a table of its own here (``deduplication(_:)``), shared by every process
+/// that opens the file and kept across restarts, and records its side effect and the order id in one transaction
+/// (`processOnce`). Each side-effect table also has `UNIQUE(order_id)`, the last guard. The database is in WAL
+/// mode, so the `worker` subcommands may share it from separate processes.
 final class SideEffectStore: Sendable {
     /// One published order, as the order service recorded it.
     struct PublishedOrder: Sendable {
@@ -23,6 +24,7 @@ final class SideEffectStore: Sendable {
     private let database: DatabasePool
     /// The outbox of `OrderPlaced` events, in this database: an order and its event commit together.
     let outbox: SQLiteOutbox
+    private let deduplicationStores: [WorkerKind: SQLiteDeduplicationStore]
 
     /// Opens (and creates, if needed) the database at `path`.
     init(path: String) throws {
@@ -36,6 +38,11 @@ final class SideEffectStore: Sendable {
         database = try DatabasePool(path: path, configuration: configuration)
         try database.write { db in try Self.createTables(db) }
         outbox = try SQLiteOutbox(writer: database)
+        var stores: [WorkerKind: SQLiteDeduplicationStore] = [:]
+        for kind in WorkerKind.allCases {
+            stores[kind] = try SQLiteDeduplicationStore(writer: database, tableName: "deduplication_\(Self.table(kind))")
+        }
+        deduplicationStores = stores
     }
 
     /// A database file in the temporary folder, unique to this run.
@@ -93,7 +100,8 @@ final class SideEffectStore: Sendable {
     /// Empties every table: a fresh start.
     func reset() async throws {
         try await database.write { db in
-            for table in ["orders", outbox.tableName] + WorkerKind.allCases.map(Self.table) {
+            let deduplicationTables = deduplicationStores.values.map(\.tableName)
+            for table in ["orders", outbox.tableName] + WorkerKind.allCases.map(Self.table) + deduplicationTables {
                 try db.execute(sql: "DELETE FROM \(table)")
             }
         }
@@ -138,10 +146,18 @@ final class SideEffectStore: Sendable {
             """
         let arguments: StatementArguments = [order.orderID, order.customerID, detail,
                                              order.placedAt.timeIntervalSince1970, date.timeIntervalSince1970]
-        return try await database.write { db in
+        let result = try await deduplication(kind).processOnce(id: order.orderID) { db in
             try db.execute(sql: sql, arguments: arguments)
             return db.changesCount == 1
         }
+        return result.value ?? false
+    }
+
+    /// Where worker `kind` records the orders it processed (and claims those it is processing), durable and shared
+    /// by every process that opens this database.
+    func deduplication(_ kind: WorkerKind) -> SQLiteDeduplicationStore {
+        // Every kind has its store, made in init.
+        deduplicationStores[kind]!
     }
 
     /// The end-to-end latencies of a worker's side effects, from the order's `placedAt` to the record, in

@@ -52,8 +52,8 @@ enum Summary {
         lines.append("Latency: from the order's placedAt to its side effect in the database, retries and the "
                      + "stopped worker included.")
         let caught = WorkerKind.allCases.map { report.counts[$0]?.caughtByDatabase ?? 0 }.reduce(0, +)
-        lines.append("Duplicates: re-sent orders acked without processing (by the deduplicator, or caught by the "
-                     + "database's unique key: \(caught)).")
+        lines.append("Duplicates: re-sent orders acked without processing (by the deduplicator's durable store, or "
+                     + "caught in the side effect's transaction: \(caught)).")
         lines.append("Parked: invalid orders, with a re-sent invalid order parked once per copy.")
         return lines.joined(separator: "\n")
     }

@@ -8,8 +8,9 @@ import Synchronization
 ///
 /// The handler decodes the order, parks it at once if it is invalid (``NonRetryableError``), calls the
 /// simulated downstream (which may time out: ``RetryableError``, retried with backoff), then records the side
-/// effect in SQLite. Duplicates are suppressed by order id with a ``Deduplicator``; the table's unique
-/// constraint catches any that get past it.
+/// effect in SQLite. Duplicates are suppressed by order id with a ``Deduplicator`` on a SQLite store, durable and
+/// shared with the worker's other processes; the effect and the record of the order id commit together, and the
+/// table's unique constraint is the last guard.
 final class PipelineWorker: Sendable {
     /// Counts of one worker, across its restarts.
     struct Counts: Sendable, Hashable {
@@ -19,9 +20,9 @@ final class PipelineWorker: Sendable {
         var retried = 0
         /// Deliveries parked.
         var parked = 0
-        /// Duplicates acked without processing: by the deduplicator, or by the unique constraint.
+        /// Duplicates acked without processing: by the deduplicator, or in the side effect's transaction.
         var duplicates = 0
-        /// Of ``duplicates``, those that got past the deduplicator and were caught by the database.
+        /// Of ``duplicates``, those that got past the deduplicator's claim and were caught by the transaction.
         var caughtByDatabase = 0
 
         /// Deliveries finished for good (not waiting for a retry).
@@ -59,8 +60,8 @@ final class PipelineWorker: Sendable {
         self.store = store
         self.downstream = SimulatedDownstream(kind: kind, timeoutRate: timeoutRate)
         // Keyed by the business id, decoded from the body: a re-sent order is a duplicate whatever its
-        // message id. One store per worker, kept across restarts.
-        self.deduplicator = Deduplicator(store: InMemoryDeduplicationStore()) { delivery in
+        // message id. One table per worker in the database, kept across restarts and shared between processes.
+        self.deduplicator = Deduplicator(store: store.deduplication(kind)) { delivery in
             try? OrderPlaced.decode(delivery.body).orderID
         }
         var logger = logger
@@ -95,7 +96,7 @@ final class PipelineWorker: Sendable {
             recorded.add(1, ordering: .relaxed)
         } else {
             databaseDuplicates.add(1, ordering: .relaxed)
-            logger.debug("duplicate caught by the unique constraint", metadata: ["order_id": "\(order.orderID)"])
+            logger.debug("duplicate caught by the database", metadata: ["order_id": "\(order.orderID)"])
         }
     }
 
