@@ -2,8 +2,8 @@
 enum EndpointPlan {
     typealias Endpoint = RabbitMQClient.Configuration.Endpoint
 
-    /// The endpoints to try for one attempt: the resolver's answer (or `configured`), without repeats, shuffled
-    /// by `generator` when `shuffled`.
+    /// The endpoints to try for one attempt: the resolver's answer (or `configured`), without repeats, in a random
+    /// order when `shuffled`.
     static func endpoints(configured: [Endpoint], resolver: RabbitMQClient.Configuration.EndpointResolver?,
                           timeout: Duration, shuffled: Bool) async throws -> [Endpoint] {
         var generator = SystemRandomNumberGenerator()
