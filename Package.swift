@@ -99,6 +99,8 @@ let package = Package(
             path: "Tests/DeduplicationWorker",
             swiftSettings: strictSettings
         ),
+        // The deduplication stores and the transactional outbox (Outbox/) against real databases, a broker, and
+        // worker processes (issue 19).
         .testTarget(
             name: "RabbitMQPersistenceTests",
             dependencies: [
@@ -107,19 +109,6 @@ let package = Package(
                 "RabbitMQPostgres",
                 "RabbitMQTestSupport",
                 "DeduplicationWorker",
-                .product(name: "PostgresNIO", package: "postgres-nio"),
-                .product(name: "GRDB", package: "GRDB.swift"),
-                .product(name: "Logging", package: "swift-log"),
-            ],
-            swiftSettings: strictSettings
-        ),
-        // The transactional outbox against real databases and a broker that goes down (issue 19).
-        .testTarget(
-            name: "RabbitMQOutboxTests",
-            dependencies: [
-                "RabbitMQ",
-                "RabbitMQSQLite",
-                "RabbitMQPostgres",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),

@@ -3,13 +3,15 @@ import Logging
 import PostgresNIO
 import RabbitMQ
 import RabbitMQPostgres
+import RabbitMQTestSupport
 import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// The servers the persistence tests use: the broker (`AMQP_URL`) and PostgreSQL (`POSTGRES_URL`), both set by
-/// `make test` (scripts/test.sh starts a throwaway PostgreSQL with scripts/postgres.sh).
+/// The servers the persistence and outbox tests use: the shared broker (`AMQP_URL`) and PostgreSQL (`POSTGRES_URL`),
+/// both set by `make test` (scripts/test.sh starts a throwaway PostgreSQL with scripts/postgres.sh; the PostgreSQL
+/// tests are skipped without it), and the outbox tests' broker of their own (``OutboxBroker``).
 enum Persistence {
     static let amqpURL = ProcessInfo.processInfo.environment["AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5673/"
     static let postgresURL = ProcessInfo.processInfo.environment["POSTGRES_URL"].flatMap { $0.isEmpty ? nil : $0 }
@@ -51,19 +53,6 @@ enum Persistence {
             await client.close()
             throw error
         }
-    }
-
-    /// Waits until `condition` holds, checking every 100 ms, for at most `timeout` (a hang guard, not a speed
-    /// claim). Returns whether it held.
-    static func eventually(timeout: Duration = .seconds(60), _ condition: () async throws -> Bool) async throws
-        -> Bool
-    {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if try await condition() { return true }
-            try await Task.sleep(for: .milliseconds(100))
-        }
-        return try await condition()
     }
 }
 
@@ -123,59 +112,17 @@ final class WorkerProcess: Sendable {
     deinit { try? FileManager.default.removeItem(atPath: logPath) }
 }
 
-struct WorkerProcessError: Error, CustomStringConvertible {
-    var message: String
-    var description: String { message }
-}
-
-/// Starts `executable` with `arguments`, its standard input /dev/null, its standard output and error into the file
-/// at `output`. Not Foundation's `Process`, which waits on the cooperative pool.
-func spawn(_ executable: String, _ arguments: [String], environment: [String: String], output: String) throws -> pid_t {
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-    posix_spawn_file_actions_adddup2(&actions, 1, 2)
-    let cArgv = ([executable] + arguments).map { strdup($0) } + [nil]
-    let cEnv = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
-    defer {
-        for pointer in cArgv { free(pointer) }
-        for pointer in cEnv { free(pointer) }
-    }
-    var pid: pid_t = 0
-    let spawned = posix_spawn(&pid, executable, &actions, nil, cArgv, cEnv)
-    guard spawned == 0 else {
-        throw WorkerProcessError(message: "cannot start \(executable): \(String(cString: strerror(spawned)))")
-    }
-    return pid
-}
-
-/// Waits, on a thread of its own (off Swift's pool), until the child `pid` ends; its exit status.
-func waitForExit(_ pid: pid_t) async -> Int32 {
-    await withCheckedContinuation { continuation in
-        Thread {
-            var status: Int32 = 0
-            while waitpid(pid, &status, 0) == -1, errno == EINTR {}
-            continuation.resume(returning: status & 0x7f == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f))
-        }.start()
-    }
-}
-
 /// The messages (ready and unacknowledged) of `queue` at the broker, from `rabbitmqctl list_queues`; `nil` if the
 /// broker has no such queue.
 func brokerMessages(_ queue: String) async throws -> Int? {
     let environment = ProcessInfo.processInfo.environment
     let rabbitmqctl = environment["RABBITMQCTL"] ?? "/usr/lib/rabbitmq/bin/rabbitmqctl"
     let node = environment["RABBITMQ_NODE"] ?? "swiftrmq@localhost"
-    let output = FileManager.default.temporaryDirectory.appendingPathComponent("ctl-\(UUID().uuidString)").path
-    defer { try? FileManager.default.removeItem(atPath: output) }
-    let pid = try spawn(rabbitmqctl, ["-n", node, "-q", "list_queues", "name", "messages"], environment: environment,
-                        output: output)
-    let status = await waitForExit(pid)
-    guard status == 0 else { throw WorkerProcessError(message: "rabbitmqctl list_queues exited with \(status)") }
-    let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
-    for line in text.split(separator: "\n") {
+    let result = try await ChildProcess.run(rabbitmqctl, ["-n", node, "-q", "list_queues", "name", "messages"])
+    guard result.status == 0 else {
+        throw ChildProcessError(message: "rabbitmqctl list_queues exited with \(result.status)")
+    }
+    for line in result.output.split(separator: "\n") {
         let fields = line.split(separator: "\t")
         if fields.count == 2, fields[0] == queue { return Int(fields[1]) }
     }

@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import PostgresNIO
 import RabbitMQ
+import RabbitMQTestSupport
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -46,19 +47,19 @@ struct WorkerProcessTests {
                 let a = try WorkerProcess(name: "a", environment: environment.merging(["HOLD_ID": "victim"]) { $1 })
                 var b: WorkerProcess?
                 do {
-                    #expect(try await Persistence.eventually { try await consumers(client, queue) == 1 })
+                    #expect(try await eventually(timeout: .seconds(60)) { try await consumers(client, queue) == 1 })
                     try await publishTwice(["victim"], to: queue, client)
-                    #expect(try await Persistence.eventually { a.output.contains("holding victim") }, "\(a.output)")
+                    #expect(try await eventually(timeout: .seconds(60)) { a.output.contains("holding victim") }, "\(a.output)")
                     let second = try WorkerProcess(name: "b", environment: environment)
                     b = second
-                    #expect(try await Persistence.eventually { try await consumers(client, queue) == 2 })
+                    #expect(try await eventually(timeout: .seconds(60)) { try await consumers(client, queue) == 2 })
                     try await publishTwice(Self.ids, to: queue, client)
-                    #expect(try await Persistence.eventually { try await rowCount(postgres, effects) >= 10 })
+                    #expect(try await eventually(timeout: .seconds(60)) { try await rowCount(postgres, effects) >= 10 })
                     await a.stop(SIGKILL)
 
                     let all = Self.ids.count + 1
                     // Every delivery of the 82 is settled, and every id has its effect.
-                    #expect(try await Persistence.eventually(timeout: .seconds(120)) {
+                    #expect(try await eventually(timeout: .seconds(120)) {
                         let effectRows = try await rowCount(postgres, effects)
                         guard effectRows >= all else { return false }
                         return try await brokerMessages(queue) == 0
@@ -115,12 +116,12 @@ struct WorkerProcessTests {
             let a = try WorkerProcess(name: "a", environment: environment)
             let b = try WorkerProcess(name: "b", environment: environment)
             do {
-                #expect(try await Persistence.eventually { try await consumers(client, queue) == 2 })
+                #expect(try await eventually(timeout: .seconds(60)) { try await consumers(client, queue) == 2 })
                 try await publishTwice(Self.ids, to: queue, client)
-                #expect(try await Persistence.eventually { try await effectCount("TRUE") >= 10 })
+                #expect(try await eventually(timeout: .seconds(60)) { try await effectCount("TRUE") >= 10 })
                 // Killed mid-run: its claims expire (2 s) and b takes them over.
                 await a.stop(SIGKILL)
-                #expect(try await Persistence.eventually(timeout: .seconds(120)) {
+                #expect(try await eventually(timeout: .seconds(120)) {
                     let effectRows = try await effectCount("TRUE")
                     guard effectRows >= Self.ids.count else { return false }
                     return try await brokerMessages(queue) == 0

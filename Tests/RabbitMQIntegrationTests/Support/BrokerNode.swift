@@ -1,4 +1,5 @@
 import Foundation
+import RabbitMQTestSupport
 
 /// One RabbitMQ node the tests read and drive through `rabbitmqctl`: the shared node (``shared``), a
 /// ``DedicatedBroker``'s, the TLS node's (``TLSBroker/node``) or a cluster node's (``ClusterBroker/Node/broker``).

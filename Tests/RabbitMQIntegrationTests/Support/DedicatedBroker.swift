@@ -1,5 +1,6 @@
 import Foundation
 import RabbitMQ
+import RabbitMQTestSupport
 
 /// A RabbitMQ node of one test's own, for tests that disturb the node (memory alarm, restart) and so must not
 /// use the shared one.

@@ -1,4 +1,5 @@
 import Foundation
+import RabbitMQTestSupport
 
 /// A RabbitMQ node of the outbox tests' own, which they stop and start again: `scripts/broker.sh` on
 /// `OUTBOX_BROKER_PORT` (default 5851), node `t-outbox-PORT`. `make test` stops it at the end if a test did not.
@@ -15,8 +16,10 @@ struct OutboxBroker: Sendable {
         if let script = ProcessInfo.processInfo.environment["RABBITMQ_BROKER_SCRIPT"], !script.isEmpty {
             return script
         }
-        return URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("scripts/broker.sh").path
+        // #filePath is <root>/Tests/RabbitMQPersistenceTests/Outbox/OutboxBroker.swift.
+        var root = URL(fileURLWithPath: #filePath)
+        for _ in 0..<4 { root.deleteLastPathComponent() }
+        return root.appendingPathComponent("scripts/broker.sh").path
     }
 
     /// Starts the node from empty data.
@@ -27,15 +30,10 @@ struct OutboxBroker: Sendable {
     func restart() async throws { try await Self.broker(["restart", name]) }
 
     private static func broker(_ arguments: [String]) async throws {
-        let output = FileManager.default.temporaryDirectory
-            .appendingPathComponent("outbox-broker-\(UUID().uuidString.prefix(8)).log").path
-        defer { try? FileManager.default.removeItem(atPath: output) }
-        let pid = try spawn(script, arguments, environment: ProcessInfo.processInfo.environment, output: output)
-        let status = await waitForExit(pid)
-        guard status == 0 else {
-            let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
-            let command = "broker.sh \(arguments.joined(separator: " "))"
-            throw WorkerProcessError(message: "\(command) exited with \(status): \(text)")
+        let result = try await ChildProcess.run(script, arguments)
+        guard result.status == 0 else {
+            throw ChildProcessError(message: "broker.sh \(arguments.joined(separator: " ")) exited with "
+                                        + "\(result.status): \(result.output)")
         }
     }
 

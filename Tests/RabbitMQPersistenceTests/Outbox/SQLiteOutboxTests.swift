@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import RabbitMQ
 import RabbitMQSQLite
+import RabbitMQTestSupport
 import Testing
 
 /// The SQLite outbox against a real database file and the shared broker: a relay restarted half-way. (Its broker
@@ -46,11 +47,11 @@ struct SQLiteOutboxTests {
 
             let second = OutboxRelay(client: client, store: outbox, wakeup: outbox.wakeup)
             let secondRun = Task { try await second.run() }
-            #expect(try await Persistence.eventually { try await outbox.pendingCount() == 0 })
+            #expect(try await eventually(timeout: .seconds(60)) { try await outbox.pendingCount() == 0 })
             second.stop()
             try await secondRun.value
             #expect(first.statistics.published + second.statistics.published == 200)
-            #expect(try await Persistence.eventually { try await client.inspectQueue(queue).messageCount == 200 })
+            #expect(try await eventually(timeout: .seconds(60)) { try await client.inspectQueue(queue).messageCount == 200 })
             var delivered: [String] = []
             while let delivery = try await client.get(from: queue) {
                 delivered.append(delivery.properties.messageID ?? "")

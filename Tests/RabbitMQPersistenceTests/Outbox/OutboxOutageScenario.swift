@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import RabbitMQ
 import Synchronization
+import RabbitMQTestSupport
 import Testing
 
 /// What both outbox tests check, against a node of their own (``OutboxBroker``) that is stopped while the
@@ -61,7 +62,7 @@ enum OutboxOutageScenario {
                 }
             }
             try await writePhase(1)
-            #expect(try await Persistence.eventually { try await store.pendingCount() == 0 })
+            #expect(try await eventually(timeout: .seconds(60)) { try await store.pendingCount() == 0 })
 
             try await broker.stop()
             let outageWrites = ContinuousClock.now
@@ -73,10 +74,10 @@ enum OutboxOutageScenario {
             let rolledBack = OutboxEvent(exchange: "", routingKey: queue, body: Data("rolled back".utf8),
                                          aggregateKey: keys[0])
             await #expect(throws: HandlerFailure.self) { try await write(rolledBack, true) }
-            #expect(try await Persistence.eventually { relay.statistics.failedRounds > 0 })
+            #expect(try await eventually(timeout: .seconds(60)) { relay.statistics.failedRounds > 0 })
             try await broker.restart()
             try await writePhase(3)
-            #expect(try await Persistence.eventually(timeout: .seconds(120)) { try await store.pendingCount() == 0 })
+            #expect(try await eventually(timeout: .seconds(120)) { try await store.pendingCount() == 0 })
             relay.stop()
             try await running.value
             #expect(await seen.value.contains("recovered"))
