@@ -82,8 +82,9 @@ struct Publish: AsyncParsableCommand {
         await client.close()
     }
 
-    static func publish(_ channel: Channel, count: Int, body: Data, queue: String,
-                        properties: MessageProperties = MessageProperties())
+    /// Runs on its caller's executor (`nonisolated(nonsending)`): the main actor for ``publishOnMainActor``.
+    nonisolated(nonsending) static func publish(_ channel: Channel, count: Int, body: Data, queue: String,
+                                                properties: MessageProperties = MessageProperties())
         async throws
     {
         for _ in 0..<count {
@@ -96,10 +97,7 @@ struct Publish: AsyncParsableCommand {
     @MainActor
     static func publishOnMainActor(_ channel: Channel, count: Int, body: Data, queue: String,
                                    properties: MessageProperties = MessageProperties()) async throws {
-        for _ in 0..<count {
-            _ = try await channel.publishWithDeferredConfirm(body, routingKey: queue, properties: properties)
-        }
-        try await channel.waitForConfirms()
+        try await publish(channel, count: count, body: body, queue: queue, properties: properties)
     }
 
     /// The request-handler pattern: many tasks, each publishing and awaiting the broker's confirm.
@@ -138,7 +136,10 @@ struct Consume: AsyncParsableCommand {
         await client.close()
     }
 
-    static func consume(_ consumer: Consumer, count: Int) async throws -> (Int, ContinuousClock.Instant?) {
+    /// Runs on its caller's executor (`nonisolated(nonsending)`): the main actor for ``consumeOnMainActor``.
+    nonisolated(nonsending) static func consume(_ consumer: Consumer, count: Int) async throws
+        -> (Int, ContinuousClock.Instant?)
+    {
         var received = 0
         var start: ContinuousClock.Instant?
         for try await delivery in consumer {
@@ -153,15 +154,7 @@ struct Consume: AsyncParsableCommand {
     /// The same loop as top-level code in main.swift would run it.
     @MainActor
     static func consumeOnMainActor(_ consumer: Consumer, count: Int) async throws -> (Int, ContinuousClock.Instant?) {
-        var received = 0
-        var start: ContinuousClock.Instant?
-        for try await delivery in consumer {
-            if start == nil { start = .now }
-            try delivery.ack()
-            received += 1
-            if received == count { break }
-        }
-        return (received, start)
+        try await consume(consumer, count: count)
     }
 }
 
