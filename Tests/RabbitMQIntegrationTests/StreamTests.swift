@@ -8,8 +8,6 @@ import Testing
 /// a fresh 3.10 node; the `rabbitmq_stream` plugin (the stream protocol) is not involved.
 @Suite("Streams")
 struct StreamTests {
-    static let hangGuard: Duration = .seconds(300)
-
     /// Declares a stream queue, publishes `count` messages `PREFIX0…` (each confirmed), runs `body`, deletes it.
     static func withStream<T>(_ client: RabbitMQClient, count: Int = 0, prefix: String = "m",
                               _ body: (String) async throws -> T) async throws -> T {
@@ -68,7 +66,7 @@ struct StreamTests {
     func offsets() async throws {
         try await TestBroker.withClient { client in
             try await Self.withStream(client, count: 10) { queue in
-                try await TestBroker.withDeadline(Self.hangGuard) {
+                try await TestBroker.withDeadline(ConsumingTests.hangGuard) {
                     let all = try await Self.read(client, queue, from: .first, count: 10)
                     #expect(all.map(\.body) == (0..<10).map { "m\($0)" })
                     #expect(all.map(\.offset) == (0..<10).map { Int64($0) })
@@ -126,7 +124,7 @@ struct StreamTests {
         let name = TestBroker.uniqueName("stream.recovery")
         try await TestBroker.withClient(configure: { $0.connectionName = name }) { client in
             try await Self.withStream(client, count: 20) { queue in
-                try await TestBroker.withDeadline(Self.hangGuard) {
+                try await TestBroker.withDeadline(ConsumingTests.hangGuard) {
                     let consumer = try await client.consume(queue, prefetch: 5,
                                                             options: ConsumeOptions(streamOffset: .first))
                     var bodies: [String] = []
@@ -181,10 +179,10 @@ struct StreamTests {
                                                               streamOffset: .first)
                 let worker = QueueWorker(client: client, configuration: configuration, handler: handler)
                 let run = Task { try await worker.run() }
-                #expect(try await eventually(timeout: Self.hangGuard) { seen.withLock { $0.count } >= 10 })
+                #expect(try await eventually(timeout: ConsumingTests.hangGuard) { seen.withLock { $0.count } >= 10 })
                 try await TestBroker.closeConnections(named: name)
                 try await Self.publish(client, queue, (10..<20).map { "m\($0)" })
-                #expect(try await eventually(timeout: Self.hangGuard) { seen.withLock { $0.count } >= 20 })
+                #expect(try await eventually(timeout: ConsumingTests.hangGuard) { seen.withLock { $0.count } >= 20 })
                 worker.stop()
                 try await run.value
                 let first = seen.withLock { $0 }
@@ -198,7 +196,7 @@ struct StreamTests {
                 again.streamOffset = .after(try #require(first.last?.1))
                 let second = QueueWorker(client: client, configuration: again, handler: handler)
                 let secondRun = Task { try await second.run() }
-                #expect(try await eventually(timeout: Self.hangGuard) { seen.withLock { $0.count } >= 5 })
+                #expect(try await eventually(timeout: ConsumingTests.hangGuard) { seen.withLock { $0.count } >= 5 })
                 try await Task.sleep(for: .milliseconds(300))  // nothing more arrives
                 second.stop()
                 try await secondRun.value
