@@ -18,7 +18,8 @@
 #                       the large-message workload (LARGE_ROUNDS=0 skips it)
 #   TASKS_ROUNDS [ROUNDS] TASKS [64] TASKS_COUNT [32000]
 #                       TASKS tasks each calling client.publish and awaiting its confirm, against the windowed
-#                       loop (Swift and C), TASKS_COUNT messages in all (0 rounds skips it)
+#                       loop (Swift and C) with the window and with a window of TASKS (what TASKS in flight
+#                       allow any client), TASKS_COUNT messages in all (0 rounds skips it)
 #   ACTOR_ROUNDS [4]    the publish and consume loops on the main actor against the same loops in a task (an
 #                       even number: whichever consumer goes first is faster, see BENCHMARKS.md)
 #   TLS_ROUNDS [3]      publish and consume over TLS, C against Swift. TLS_BENCH_URL and TLS_BENCH_CA name a
