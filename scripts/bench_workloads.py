@@ -200,9 +200,12 @@ def report(b, a):
         rr = num[rate_key] / den[rate_key] if num[rate_key] and den[rate_key] else None
         cr = num["cpu"] / den["cpu"] if num["cpu"] and den["cpu"] else None
         verdict = "-"
-        if rr is not None and cr is not None:
-            verdict = "PASS" if rr >= rate_min and (cpu_max is None or cr <= cpu_max) else "FAIL"
-        target = f"rate >= {rate_min}" + (f", cpu <= {cpu_max}" if cpu_max else "")
+        if rate_min is None:
+            target = "none"
+        else:
+            if rr is not None and cr is not None:
+                verdict = "PASS" if rr >= rate_min and (cpu_max is None or cr <= cpu_max) else "FAIL"
+            target = f"rate >= {rate_min}" + (f", cpu <= {cpu_max}" if cpu_max else "")
         out.append(f"ratio {label} {op:8s} rate={_fmt(rr, '.3f')} cpu={_fmt(cr, '.3f')}   (target {target}: {verdict})")
         out.append(f"RESULT ratio workload={workload} op={op} {label.replace(' ', '_')} rate={_fmt(rr, '.3f')} "
                    f"cpu={_fmt(cr, '.3f')} target={verdict}")
@@ -214,10 +217,11 @@ def report(b, a):
                   ["c", "swift", "swift-tasks", "c" + narrow, "swift" + narrow])
         ratio("tasks", "publish", "tasks/windowed", m[("publish", "swift-tasks")], m[("publish", "swift")], 0.9, 1.5)
         ratio("tasks", "publish", "tasks/c", m[("publish", "swift-tasks")], m[("publish", "c")], 0.9, None)
-        # The same number in flight: what the tasks pattern costs beyond its small window, and what C loses to it.
+        # The same number in flight: what the tasks pattern costs beyond its small window, and (no target, a
+        # measurement) what C itself loses to that window.
         ratio("tasks", "publish", f"tasks/windowed{a.tasks}", m[("publish", "swift-tasks")],
               m[("publish", "swift" + narrow)], 0.9, 1.5)
-        ratio("tasks", "publish", f"c window{a.tasks}/c", m[("publish", "c" + narrow)], m[("publish", "c")], 0.9, 1.5)
+        ratio("tasks", "publish", f"c window{a.tasks}/c", m[("publish", "c" + narrow)], m[("publish", "c")], None, None)
     if a.actor_rounds > 0 and "swift" in b.impls:
         m = table("actor", f"actor: the loops on the main actor, {a.count} x {a.size} B, {a.actor_rounds} rounds",
                   ["publish", "consume"], ["swift", "swift-main"])
